@@ -1,0 +1,5 @@
+import sys
+
+from tracesim.cli.main import main
+
+sys.exit(main())

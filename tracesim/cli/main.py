@@ -1,0 +1,63 @@
+"""Entry point of the ``tracesim`` command.
+
+Each subcommand lives in ``tracesim/cli/<name>.py`` and defines ``add_parser(subparsers)``, which registers
+its arguments and sets ``run=<function(args) -> exit code>``. Heavy imports happen inside ``run`` so that
+``tracesim --help`` stays fast. Errors reach the user as one line on stderr, never as a traceback (set
+``TRACESIM_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+
+from tracesim import __version__
+from tracesim.format.errors import TraceFormatError
+
+# Subcommand modules, in the order `tracesim --help` lists them.
+COMMANDS = ["info", "validate"]
+
+
+class UsageError(Exception):
+    """Bad arguments or input files that are not traces (scenario, policy): exit code 2, one line."""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"tracesim: warning: {message}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tracesim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tracesim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"tracesim.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.run(args) or 0)
+    except (TraceFormatError, UsageError) as exc:
+        print(f"tracesim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tracesim: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug of ours: still one line unless asked for more
+        if os.environ.get("TRACESIM_DEBUG"):
+            raise
+        print(f"tracesim: internal error: {type(exc).__name__}: {exc} (set TRACESIM_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

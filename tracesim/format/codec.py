@@ -1,0 +1,106 @@
+"""Conversion between records and msgpack frames.
+
+A frame is a msgpack array ``[kind, fields]`` or ``[kind, fields, proc]``: ``kind`` is a short string naming
+the record type (``Header.KIND``, ``StepScheduled.KIND``, ...), ``fields`` the record's fields in declaration
+order, ``proc`` the index of the writing process in the header (omitted when 0). Records are ``NamedTuple``s,
+which msgpack packs as arrays natively, so encoding costs no more than packing the same tuples by hand.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tracesim.format.errors import FieldError
+from tracesim.format.records import EVENT_KINDS, NESTED, Header
+
+# Bounds applied while unpacking: a hostile length prefix is refused before memory is allocated for it.
+MAX_STR_BYTES = 1 << 20
+MAX_ARRAY_LEN = 1 << 20
+MAX_MAP_LEN = 1 << 16
+MAX_FRAME_BYTES = 64 << 20
+
+_TYPES = {
+    "int": (int,), "str": (str,), "bool": (bool,), "float": (float, int), "tuple": (tuple,), "dict": (dict,),
+}
+
+
+class _Spec(NamedTuple):
+    cls: type
+    required: int  # number of leading fields without a default
+    defaults: tuple  # default of every field from `required` on
+    checks: tuple  # (index, name, allowed types, nested entry spec or None)
+
+
+def _field_types(annotation) -> tuple:
+    annotation = getattr(annotation, "__forward_arg__", annotation)  # NamedTuple keeps postponed annotations
+    types: tuple = ()
+    for part in annotation.split("|"):
+        part = part.strip()
+        if part == "None":
+            types += (type(None),)
+        else:
+            types += _TYPES[part]
+    return types
+
+
+def _spec(cls: type) -> _Spec:
+    names = cls._fields
+    required = len(names) - len(cls._field_defaults)
+    defaults = tuple(cls._field_defaults[n] for n in names[required:])
+    nested = NESTED.get(cls, {})
+    checks = tuple(
+        (i, name, _field_types(cls.__annotations__[name]), _spec(nested[name]) if name in nested else None)
+        for i, name in enumerate(names)
+    )
+    return _Spec(cls, required, defaults, checks)
+
+
+SPECS: dict = {kind: _spec(cls) for kind, cls in EVENT_KINDS.items()}
+HEADER_SPEC = _spec(Header)
+
+
+def build(spec: _Spec, values, path: str):
+    """Return ``spec.cls`` built from a decoded array, applying the evolution rules; raise FieldError."""
+    if type(values) is not tuple:
+        raise FieldError(path, f"expected an array of fields, got {type(values).__name__}")
+    n, names = len(values), spec.cls._fields
+    if n < spec.required:
+        raise FieldError(f"{path}.{names[n]}", f"missing required field (record has {n} of {len(names)} fields)")
+    if n > len(names):
+        values = values[: len(names)]  # fields appended by a newer minor version
+    elif n < len(names):
+        values = values + spec.defaults[n - spec.required:]
+    for i, name, types, nested in spec.checks:
+        value = values[i]
+        if not isinstance(value, types):
+            raise FieldError(f"{path}.{name}", f"expected {_type_names(types)}, got {type(value).__name__}")
+        if nested is not None and value:
+            entries = [build(nested, entry, f"{path}.{name}[{j}]") for j, entry in enumerate(value)]
+            values = values[:i] + (tuple(entries),) + values[i + 1:]
+    return spec.cls._make(values)
+
+
+def _type_names(types: tuple) -> str:
+    return " or ".join(sorted({"null" if t is type(None) else t.__name__ for t in types}))
+
+
+def decode_frame(frame):
+    """Return ``(record, proc)`` for an event frame, ``None`` for an unknown kind; raise FieldError."""
+    if type(frame) is not tuple or not 2 <= len(frame) <= 3:
+        raise FieldError("frame", "expected an array [kind, fields] or [kind, fields, proc]")
+    kind = frame[0]
+    spec = SPECS.get(kind)
+    if spec is None:
+        if kind == Header.KIND:
+            raise FieldError("frame", "a second header in the middle of the stream")
+        if not isinstance(kind, str):
+            raise FieldError("frame.kind", f"expected a string, got {type(kind).__name__}")
+        return None  # a kind added by a newer minor version: skipped
+    proc = frame[2] if len(frame) == 3 else 0
+    if type(proc) is not int or proc < 0:
+        raise FieldError(f"{kind}.proc", f"expected a non-negative int, got {proc!r}")
+    return build(spec, frame[1], kind), proc
+
+
+def encode_frame(record, proc: int = 0) -> tuple:
+    return (record.KIND, record) if proc == 0 else (record.KIND, record, proc)

@@ -1,0 +1,259 @@
+"""The event vocabulary: every fact a trace can hold, recorded or simulated.
+
+Each record is a frozen, typed ``NamedTuple``. On the wire a record is a msgpack array of its fields in
+declaration order (see ``docs/trace-format.md``), so the evolution rules are those of array-like structs:
+
+* fields are only ever appended, and every appended field has a default;
+* a reader drops trailing fields it does not know and fills missing trailing fields with their defaults;
+* the meaning of a field never changes.
+
+Units and clocks: every ``*_ns`` field is nanoseconds on the monotonic clock of the process that wrote the
+record (a merged trace rebases every process onto the clock of its first process; see ``merge.py``).
+``step`` is the engine's step index, counted from 0 by the scheduler that wrote it. ``version`` is the integer
+policy (weight) version. ``side`` says who observed a fact: ``"engine"`` (inside the engine core) or
+``"client"`` (the RL loop around it).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# Pause states, numbered as vLLM's ``PauseState`` (vllm/v1/core/sched/interface.py).
+UNPAUSED, PAUSED_NEW, PAUSED_ALL = 0, 1, 2
+
+
+class ProcessInfo(NamedTuple):
+    """One process that contributed records; ``proc`` indices in a trace point into the header's list."""
+
+    role: str  # "engine-core", "client", "sim", ...
+    host: str
+    pid: int
+    rank: int = 0  # data-parallel rank of an engine core; 0 otherwise
+    mono_anchor_ns: int = 0  # monotonic clock reading taken together with wall_anchor_ns
+    wall_anchor_ns: int = 0  # time.time_ns() at the same moment
+
+
+class Header(NamedTuple):
+    """First frame of every trace."""
+
+    KIND = "header"
+    format_major: int
+    format_minor: int
+    tracesim_version: str
+    source: str  # "vllm" (recorded), "sim" (simulated) or "synthetic" (generated without an engine)
+    processes: tuple  # tuple[ProcessInfo, ...]; index = proc of each record
+    engine_config: dict = {}  # settings of the engine that matter to timing and binding
+    seed: int | None = None  # simulated traces: the seed of the run
+    inputs: dict = {}  # simulated traces: base trace / scenario and perturbations that made it
+    created_wall_ns: int = 0
+
+
+# --- nested entries -------------------------------------------------------------------------------------
+
+
+class SchedReq(NamedTuple):
+    """One request in a scheduled step. prefill_tokens + decode_tokens + spec_tokens = tokens scheduled."""
+
+    req_id: str
+    prefill_tokens: int  # prompt (or recomputed) tokens in this step's chunk
+    decode_tokens: int  # generated-token positions fed this step (1 per running decode)
+    resumed: bool = False  # re-admitted after preemption in this step
+    cached_tokens: int = 0  # prefix-cache hit tokens, on the step that admitted the request
+    spec_tokens: int = 0  # speculative draft tokens scheduled
+    computed_tokens: int = 0  # num_computed_tokens before this step
+    placeholders: int = 0  # async scheduling: output placeholders outstanding after this schedule
+
+
+class OutReq(NamedTuple):
+    """One request's share of a step's model output, as applied by update_from_output."""
+
+    req_id: str
+    sampled: int  # tokens appended to the request by this output (0 in a prefill chunk)
+    finish_reason: str | None = None  # "stop", "length", "abort", ... when the request finished here
+    stale: bool = False  # output frame discarded: the request was reset/rescheduled since it was scheduled
+    token_ids: tuple | None = None  # optional (recorder flag): the sampled ids
+    logprobs: tuple | None = None  # optional (recorder flag): their logprobs
+
+
+class VersionSpan(NamedTuple):
+    """Output tokens [start, end) of a request were sampled by weights of ``version``."""
+
+    version: int
+    start: int
+    end: int
+
+
+class ConsumedSample(NamedTuple):
+    """One sample in a training batch, as the trainer believes it to be."""
+
+    req_id: str
+    group_id: str | None = None
+    version: int | None = None  # policy version the sample is labelled with
+    digest: str | None = None  # digest of the tokens the trainer trains on
+    reward: float | None = None
+
+
+# --- events ---------------------------------------------------------------------------------------------
+
+
+class RequestAdded(NamedTuple):
+    KIND = "add"
+    t_ns: int
+    req_id: str
+    side: str = "engine"
+    group_id: str | None = None  # samples of one prompt share a group
+    sample_idx: int = 0  # index within the group
+    group_size: int = 1  # n samples per prompt
+    prompt_len: int = 0  # tokens
+    max_tokens: int | None = None
+    logprobs: int | None = None  # number of logprobs requested (None: none)
+    prompt_digest: str | None = None
+    version: int | None = None  # client: policy version labelled at admission
+
+
+class StepScheduled(NamedTuple):
+    KIND = "sched"
+    t_ns: int  # schedule() entered
+    end_ns: int  # schedule() returned
+    step: int
+    reqs: tuple = ()  # tuple[SchedReq, ...], in the scheduler's batch order
+    preempted: tuple = ()  # req_ids preempted (KV freed, to be recomputed) by this schedule
+    finished: tuple = ()  # req_ids the scheduler reported finished since the previous step
+    waiting: int = 0  # requests waiting after this schedule
+    running: int = 0  # requests running after this schedule
+    queue_depth: int = 0  # steps scheduled and not yet updated, this one included
+    pause_state: int = UNPAUSED
+    kv_usage: float = 0.0  # fraction of KV blocks in use after this schedule
+
+
+class StepExecuted(NamedTuple):
+    """A forward pass on the device (simulated, or recorded by wrapping the executor)."""
+
+    KIND = "exec"
+    t_ns: int
+    end_ns: int
+    step: int
+    version: int | None = None  # weights the forward pass ran with
+
+
+class StepUpdated(NamedTuple):
+    KIND = "upd"
+    t_ns: int  # update_from_output entered
+    end_ns: int  # returned
+    step: int  # the step whose output this is
+    outs: tuple = ()  # tuple[OutReq, ...]
+    version: int | None = None  # weight version stamped on these outputs
+
+
+class Paused(NamedTuple):
+    KIND = "pause"
+    t_ns: int  # pause requested (client) or pause state entered (engine)
+    side: str = "engine"
+    mode: str | None = None  # "abort", "wait" or "keep" (client); None when unknown
+    clear_cache: bool = False
+    state: int = PAUSED_ALL  # engine pause state entered
+    end_ns: int | None = None  # client: the pause call returned (engine drained)
+
+
+class Resumed(NamedTuple):
+    KIND = "resume"
+    t_ns: int
+    side: str = "engine"
+
+
+class CacheReset(NamedTuple):
+    KIND = "cache_reset"
+    t_ns: int
+    ok: bool  # whether the prefix cache was actually reset
+    side: str = "engine"
+    reset_running: bool = False  # running requests were preempted to make the reset possible
+
+
+class WeightsUpdated(NamedTuple):
+    KIND = "weights"
+    t_ns: int  # weight write started
+    end_ns: int  # weight write finished
+    version: int  # version of the new weights
+    side: str = "client"
+    set_ns: int | None = None  # when the engine's version label changed (None: at end_ns)
+
+
+class Aborted(NamedTuple):
+    KIND = "abort"
+    t_ns: int
+    req_ids: tuple
+    reason: str = ""
+    side: str = "engine"
+
+
+class OutputDelivered(NamedTuple):
+    KIND = "deliver"
+    t_ns: int
+    req_id: str
+    start_idx: int  # output position of the first token in this frame
+    num_tokens: int
+    finished: bool = False
+    finish_reason: str | None = None
+    spans: tuple | None = None  # tuple[VersionSpan, ...] the engine reported; usually on the final frame
+    digest: str | None = None  # token_digest of all output tokens so far; always on the final frame
+
+
+class RewardBound(NamedTuple):
+    KIND = "reward"
+    t_ns: int
+    req_id: str  # the request the client believes it scored
+    digest: str | None = None  # token_digest of the tokens the reward was computed on
+    version: int | None = None  # policy version the client stamped on the sample
+    reward: float = 0.0
+    group_id: str | None = None
+    worker: int = 0
+
+
+class TrainerConsumed(NamedTuple):
+    KIND = "consume"
+    t_ns: int
+    train_step: int
+    samples: tuple = ()  # tuple[ConsumedSample, ...]
+    trainer_version: int | None = None  # policy version being trained when the batch was consumed
+
+
+class SampleDropped(NamedTuple):
+    """The client explicitly discarded samples (accounted for, not lost)."""
+
+    KIND = "drop"
+    t_ns: int
+    req_ids: tuple
+    reason: str = ""
+    group_id: str | None = None
+
+
+class RecorderLost(NamedTuple):
+    """The recorder could not keep up or could not write; this many records are missing before t_ns."""
+
+    KIND = "lost"
+    t_ns: int
+    count: int
+    reason: str = ""
+
+
+__all__ = [
+    "UNPAUSED", "PAUSED_NEW", "PAUSED_ALL", "ProcessInfo", "Header", "SchedReq", "OutReq", "VersionSpan",
+    "ConsumedSample", "RequestAdded", "StepScheduled", "StepExecuted", "StepUpdated", "Paused", "Resumed",
+    "CacheReset", "WeightsUpdated", "Aborted", "OutputDelivered", "RewardBound", "TrainerConsumed",
+    "SampleDropped", "RecorderLost", "EVENT_TYPES", "EVENT_KINDS", "NESTED",
+]
+
+EVENT_TYPES: tuple = (
+    RequestAdded, StepScheduled, StepExecuted, StepUpdated, Paused, Resumed, CacheReset, WeightsUpdated,
+    Aborted, OutputDelivered, RewardBound, TrainerConsumed, SampleDropped, RecorderLost,
+)
+EVENT_KINDS: dict = {cls.KIND: cls for cls in EVENT_TYPES}
+
+# Fields that hold nested records, per record type: field name -> entry type (a tuple of entries on the wire).
+NESTED: dict = {
+    Header: {"processes": ProcessInfo},
+    StepScheduled: {"reqs": SchedReq},
+    StepUpdated: {"outs": OutReq},
+    OutputDelivered: {"spans": VersionSpan},
+    TrainerConsumed: {"samples": ConsumedSample},
+}

@@ -1,0 +1,55 @@
+"""An in-memory trace: a header and its records, in stream order, with the process that wrote each."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from tracesim.format.reader import TraceReader
+from tracesim.format.records import Header
+from tracesim.format.writer import TraceWriter
+
+
+@dataclass
+class Trace:
+    header: Header
+    records: list  # event records, in stream order
+    procs: list = field(default_factory=list)  # process index of each record; empty means all 0
+    path: str | None = None  # the file it was read from, if any
+
+    def of(self, *types) -> list:
+        """Records of the given record types, in stream order."""
+        return [r for r in self.records if isinstance(r, types)]
+
+    def proc_of(self, index: int) -> int:
+        return self.procs[index] if self.procs else 0
+
+    def with_procs(self):
+        """Yield ``(proc, record)`` pairs."""
+        if not self.procs:
+            return ((0, r) for r in self.records)
+        return zip(self.procs, self.records)
+
+    def counts(self) -> dict:
+        """Number of records per kind, in the order kinds first appear."""
+        counts: dict = {}
+        for r in self.records:
+            counts[r.KIND] = counts.get(r.KIND, 0) + 1
+        return counts
+
+
+def read_trace(path: str | os.PathLike) -> Trace:
+    """Read a whole trace; raises TraceFormatError, warns TruncatedTraceWarning (see TraceReader)."""
+    with TraceReader(path) as reader:
+        procs, records = [], []
+        for proc, record in reader.iter_with_proc():
+            procs.append(proc)
+            records.append(record)
+    if not any(procs):
+        procs = []
+    return Trace(reader.header, records, procs, str(path))
+
+
+def write_trace(path: str | os.PathLike, trace: Trace) -> None:
+    with TraceWriter(path, trace.header) as writer:
+        writer.extend(trace.records, trace.procs or None)
