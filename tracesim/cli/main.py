@@ -18,7 +18,7 @@ from tracesim import __version__
 from tracesim.format.errors import TraceFormatError
 
 # Subcommand modules, in the order `tracesim --help` lists them.
-COMMANDS = ["info", "validate"]
+COMMANDS = ["info", "validate", "record", "replay", "simulate", "fit", "check", "plot", "export"]
 
 
 class UsageError(Exception):
@@ -34,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tracesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"tracesim.cli.{name}").add_parser(sub)
+        try:
+            module = importlib.import_module(f"tracesim.cli.{name}")
+        except ModuleNotFoundError as exc:  # TEMPORARY while commands land in parallel; removed at integration
+            if exc.name != f"tracesim.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
     return parser
 
 
