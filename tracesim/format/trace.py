@@ -16,6 +16,8 @@ class Trace:
     records: list  # event records, in stream order
     procs: list = field(default_factory=list)  # process index of each record; empty means all 0
     path: str | None = None  # the file it was read from, if any
+    truncated_bytes: int = 0  # bytes of a partial final record dropped when reading
+    skipped: int = 0  # records of kinds unknown to this version, skipped when reading
 
     def of(self, *types) -> list:
         """Records of the given record types, in stream order."""
@@ -47,7 +49,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
             records.append(record)
     if not any(procs):
         procs = []
-    return Trace(reader.header, records, procs, str(path))
+    return Trace(reader.header, records, procs, str(path), reader.truncated_bytes, reader.skipped)
 
 
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:

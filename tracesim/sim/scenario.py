@@ -1,0 +1,199 @@
+"""Scenario: everything a simulated run needs besides the seed and the perturbations.
+
+A scenario has three parts, each a frozen dataclass so a run's inputs can be hashed, compared and written
+into a trace header: ``Workload`` (what the rollout client submits), ``EngineConfig`` (the vLLM V1 engine
+settings that matter to timing and binding) and ``LoopPolicy`` (the RL-loop policies of DESIGN §4).
+
+``load_scenario(path)`` reads a TOML file with the tables ``[workload]``, ``[engine]``, ``[loop]`` and
+``[steptime]``; unknown keys and bad values raise ``ScenarioError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+
+
+class ScenarioError(ValueError):
+    """A scenario file or value is invalid; the message names the file (when known) and the field."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    num_prompts: int = 32  # groups submitted in all (requeued retries come on top)
+    group_size: int = 4  # samples per prompt (n)
+    prompt_len: tuple = (64, 256)  # tokens, uniform in [lo, hi] per prompt
+    output_len: tuple = (16, 128)  # tokens the sample would generate before its stop token, per sample
+    max_tokens: int = 96  # sampling max_tokens: output_len above it finishes with "length"
+    concurrency: int = 8  # closed loop: groups kept in flight by the rollout client
+    submit_gap_us: int = 200  # client think time between two group submissions
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_batched_tokens: int = 512  # token budget per step
+    max_num_seqs: int = 64  # running requests at most
+    block_size: int = 16  # tokens per KV block
+    num_gpu_blocks: int = 2048  # KV blocks, the null block included (vLLM reserves one)
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    long_prefill_token_threshold: int = 0  # 0: no cap on one request's prefill chunk
+    async_scheduling: bool = False  # batch queue of depth 2 with output placeholders
+    discard_stale_frames: bool = True  # False: a stale output frame is applied to the new incarnation (bug)
+    sched_us: int = 150  # schedule() cost
+    update_us: int = 100  # update_from_output() cost
+    step_gap_us: int = 50  # engine-core overhead between update and the next schedule
+    output_latency_us: int = 400  # engine core -> client transport of one output frame
+    add_latency_us: int = 200  # client -> engine core transport of one request
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Forward-pass cost: base + per prefill token + per decode token + per 1k tokens of context."""
+
+    base_us: float = 2000.0
+    prefill_us: float = 25.0
+    decode_us: float = 60.0
+    context_us_per_1k: float = 8.0
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    version_label: str = "spans"  # admission | first_token | finish | spans
+    version_read: str = "once"  # once | late (read again after the reward await: a stale-read bug)
+    reward_match: str = "id"  # id | arrival (pair reward results with samples by completion order: bug)
+    pause_mode: str = "abort"  # abort | wait | keep
+    clear_cache: bool = True  # reset the prefix cache at the pause
+    on_abort: str = "drop"  # drop (drop the whole group) | requeue (resubmit aborted samples)
+    retry_ids: str = "fresh"  # fresh | reuse (a requeued sample keeps its request id)
+    wait_for_drain: bool = True  # False: write weights without waiting for the pause to drain (bug)
+    max_version_lag: int = -1  # drop groups older than this at consumption; -1: no bound enforced
+    reward_workers: int = 4
+    reward_us: tuple = (2000, 20000)  # reward latency per sample, uniform: workers finish out of order
+    batch_groups: int = 4  # groups per training batch
+    train_us: int = 30000  # one training step
+    update_every: int = 2  # push weights every K training steps (0: never)
+    weight_write_us: int = 20000  # writing new weights into the engine
+
+
+PAUSE_MODES = ("abort", "wait", "keep")
+_CHOICES = {
+    "version_label": ("admission", "first_token", "finish", "spans"),
+    "version_read": ("once", "late"),
+    "reward_match": ("id", "arrival"),
+    "pause_mode": PAUSE_MODES,
+    "on_abort": ("drop", "requeue"),
+    "retry_ids": ("fresh", "reuse"),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    workload: Workload = field(default_factory=Workload)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    loop: LoopPolicy = field(default_factory=LoopPolicy)
+    steptime: StepTime = field(default_factory=StepTime)
+    name: str = "default"
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists for tuples) for a trace header; ``scenario_from_dict`` reads it back."""
+        return {"name": self.name, **{part: _plain(dataclasses.asdict(getattr(self, part))) for part in _PARTS}}
+
+    def replace(self, **parts) -> "Scenario":
+        return dataclasses.replace(self, **parts)
+
+
+_PARTS = {"workload": Workload, "engine": EngineConfig, "loop": LoopPolicy, "steptime": StepTime}
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def scenario_from_dict(data: dict, where: str = "scenario") -> Scenario:
+    """Build a Scenario from nested tables; raise ScenarioError naming ``where`` and the bad field."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{where}: expected a table")
+    unknown = sorted(set(data) - set(_PARTS) - {"name"})
+    if unknown:
+        raise ScenarioError(f"{where}: unknown table {unknown[0]!r} (expected one of {sorted(_PARTS)})")
+    name = data.get("name", "default")
+    if not isinstance(name, str):
+        raise ScenarioError(f"{where}: field name: expected a string, got {name!r}")
+    parts = {part: _build(cls, data.get(part, {}), f"{where}: [{part}]") for part, cls in _PARTS.items()}
+    scenario = Scenario(name=name, **parts)
+    _validate(scenario, where)
+    return scenario
+
+
+def _build(cls, table, where: str):
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: expected a table, got {table!r}")
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ScenarioError(f"{where}: unknown field {key!r}")
+        default = known[key].default
+        values[key] = _coerce(value, default, f"{where}.{key}")
+    return cls(**values)
+
+
+def _coerce(value, default, where: str):
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ScenarioError(f"{where}: expected true or false, got {value!r}")
+    elif isinstance(default, tuple):
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+                or value[0] > value[1]):
+            raise ScenarioError(f"{where}: expected [lo, hi] with 0 <= lo <= hi, got {value!r}")
+        return tuple(value)
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ScenarioError(f"{where}: expected a non-negative number, got {value!r}")
+        return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScenarioError(f"{where}: expected an integer, got {value!r}")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ScenarioError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _validate(s: Scenario, where: str) -> None:
+    for name, choices in _CHOICES.items():
+        value = getattr(s.loop, name)
+        if value not in choices:
+            raise ScenarioError(f"{where}: [loop].{name}: {value!r} is not one of {', '.join(choices)}")
+    positive = {
+        "[workload].num_prompts": s.workload.num_prompts, "[workload].group_size": s.workload.group_size,
+        "[workload].max_tokens": s.workload.max_tokens, "[workload].concurrency": s.workload.concurrency,
+        "[engine].max_num_batched_tokens": s.engine.max_num_batched_tokens,
+        "[engine].max_num_seqs": s.engine.max_num_seqs, "[engine].block_size": s.engine.block_size,
+        "[engine].num_gpu_blocks": s.engine.num_gpu_blocks - 1, "[loop].reward_workers": s.loop.reward_workers,
+        "[loop].batch_groups": s.loop.batch_groups,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ScenarioError(f"{where}: {name}: must be positive, got {value}")
+    need = -(-(s.workload.prompt_len[1] + s.workload.max_tokens) // s.engine.block_size)
+    if need > s.engine.num_gpu_blocks - 1:
+        raise ScenarioError(f"{where}: [engine].num_gpu_blocks: {s.engine.num_gpu_blocks} blocks cannot hold "
+                            f"one request of {s.workload.prompt_len[1] + s.workload.max_tokens} tokens")
+    if s.workload.prompt_len[0] < 1:
+        raise ScenarioError(f"{where}: [workload].prompt_len: prompts need at least one token")
+
+
+def load_scenario(path: str | os.PathLike) -> Scenario:
+    """Read a TOML scenario; raise ScenarioError (file unreadable, bad TOML, bad field)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    return scenario_from_dict(data, str(path))
