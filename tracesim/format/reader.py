@@ -60,9 +60,10 @@ class TraceReader:
             raise TraceFormatError(self.path, "not a tracesim trace: the first record is not a header", offset=0)
         fields = frame[1]
         if type(fields) is tuple and len(fields) >= 2 and fields[0] != FORMAT_MAJOR and type(fields[0]) is int:
+            hint = "upgrade tracesim to read it" if fields[0] > FORMAT_MAJOR else "it predates this tracesim"
             raise TraceFormatError(
                 self.path, f"format version {fields[0]}.{fields[1]} is not supported: this tracesim reads "
-                f"format {FORMAT_MAJOR}.x (upgrade tracesim to read newer traces)", field="header.format_major")
+                f"format {FORMAT_MAJOR}.x ({hint})", field="header.format_major")
         try:
             return codec.build(codec.HEADER_SPEC, fields, "header")
         except FieldError as exc:
@@ -95,12 +96,30 @@ class TraceReader:
             yield start, frame
 
     def _finish(self, start: int, n_done: int) -> None:
-        self._file.close()
         self.truncated_bytes = self.size_bytes - start
+        if self.truncated_bytes:
+            self._check_tail(start)
+        self._file.close()
         if self.truncated_bytes:
             warnings.warn(TruncatedTraceWarning(
                 f"{self.path}: trace ends inside a record at byte {start}: dropped {self.truncated_bytes} "
                 f"bytes; read the header and {n_done} complete records"), stacklevel=3)
+
+    def _check_tail(self, start: int) -> None:
+        """A partial final record is a truncation only if it starts like a frame and declares sane lengths."""
+        self._file.seek(start)
+        tail = self._file.read(min(self.truncated_bytes, codec.MAX_FRAME_BYTES))
+        if tail[0] not in (0x92, 0x93):  # every frame is a 2- or 3-element array
+            raise TraceFormatError(self.path, f"corrupted record: byte 0x{tail[0]:02x} does not start a frame",
+                                   offset=start)
+        try:
+            msgpack.unpackb(tail, max_str_len=codec.MAX_STR_BYTES, max_bin_len=codec.MAX_STR_BYTES,
+                            max_array_len=codec.MAX_ARRAY_LEN, max_map_len=codec.MAX_MAP_LEN)
+        except ValueError as exc:
+            if "exceeds" in str(exc):
+                raise TraceFormatError(self.path, f"corrupted record: {exc}", offset=start) from None
+        except Exception:  # anything else about a partial record is what truncation looks like
+            pass
 
     def __iter__(self):
         for _proc, record in self.iter_with_proc():

@@ -157,3 +157,42 @@ def trace_end_ns(trace: Trace, t0_ns: int) -> float:
         end = getattr(r, "end_ns", None)
         latest = max(latest, r.t_ns, end if end is not None else r.t_ns)
     return float(latest - t0_ns)
+
+
+class TraceView:
+    """Everything a picture of one trace needs, computed on first use and kept (a trace is immutable here)."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        self.t0_ns = time_origin_ns(trace)
+        self.end_ns = trace_end_ns(trace, self.t0_ns)
+        self._steps = self._pauses = self._requests = None
+
+    @property
+    def steps(self) -> Steps:
+        if self._steps is None:
+            self._steps = extract_steps(self.trace, self.t0_ns)
+        return self._steps
+
+    @property
+    def pauses(self) -> Pauses:
+        if self._pauses is None:
+            self._pauses = extract_pauses(self.trace, self.t0_ns, self.end_ns)
+        return self._pauses
+
+    @property
+    def requests(self) -> dict:
+        if self._requests is None:
+            from tracesim.viz.lanes import extract_requests  # lanes imports RequestLane from here
+
+            self._requests = extract_requests(self.trace, self.t0_ns)
+        return self._requests
+
+    def name(self) -> str:
+        base = os.path.basename(self.trace.path) if self.trace.path else "trace"
+        return f"{base} ({self.trace.header.source})"
+
+
+def view_of(trace) -> TraceView:
+    """A ``TraceView`` of a view, a ``Trace`` or a path."""
+    return trace if isinstance(trace, TraceView) else TraceView(as_trace(trace))

@@ -1,0 +1,32 @@
+"""Hypothesis strategies for every record type, derived from the field annotations the codec checks."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from tracesim.format.codec import HEADER_SPEC, SPECS
+
+_INT = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_TEXT = st.text(max_size=12)
+_SCALARS = {
+    int: _INT, str: _TEXT, bool: st.booleans(), float: st.floats(allow_nan=False),
+    dict: st.dictionaries(_TEXT, st.one_of(_INT, _TEXT, st.booleans()), max_size=4),
+}
+
+
+def _field(types: tuple, nested):
+    if nested is not None:
+        inner = st.lists(records_of(nested), max_size=4).map(tuple)
+    elif tuple in types:
+        inner = st.lists(_TEXT, max_size=4).map(tuple)
+    else:
+        inner = st.one_of([_SCALARS[t] for t in types if t in _SCALARS and not (t is int and float in types)])
+    return st.one_of(st.none(), inner) if type(None) in types else inner
+
+
+def records_of(spec):
+    return st.tuples(*[_field(types, nested) for _i, _n, types, nested in spec.checks]).map(spec.cls._make)
+
+
+EVENT_RECORDS = st.one_of([records_of(spec) for spec in SPECS.values()])
+HEADERS = records_of(HEADER_SPEC).map(lambda h: h._replace(format_major=1))

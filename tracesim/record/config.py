@@ -1,0 +1,64 @@
+"""Where and what the engine-side recorder writes, read from the environment of the engine-core process.
+
+vLLM spawns the engine core, so configuration travels through environment variables set before the engine
+starts (``enable_engine_recording`` sets them for you):
+
+``TRACESIM_RECORD_DIR``       output directory; recording is off when unset or empty
+``TRACESIM_RECORD_TOKENS``    ``1``: also record sampled token ids and their logprobs in ``StepUpdated``
+``TRACESIM_RECORD_FLUSH_S``   seconds between writes (default 0.5): what a killed engine can lose at most
+``TRACESIM_RECORD_RAW_IDS``   ``1``: keep vLLM's internal request ids (``<id>-<8 random chars>``) instead of
+                              the ids the client passed, which the client-side records use
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEDULER_CLS = "tracesim.record.scheduler.RecordingScheduler"
+
+ENV_DIR = "TRACESIM_RECORD_DIR"
+ENV_TOKENS = "TRACESIM_RECORD_TOKENS"
+ENV_FLUSH_S = "TRACESIM_RECORD_FLUSH_S"
+ENV_RAW_IDS = "TRACESIM_RECORD_RAW_IDS"
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    out_dir: str | None = None  # None: recording is off
+    record_tokens: bool = False
+    flush_interval_s: float = 0.5
+    raw_ids: bool = False
+
+    @classmethod
+    def from_env(cls, environ=None) -> "RecorderConfig":
+        """Read the ``TRACESIM_RECORD_*`` variables; a malformed flush interval falls back to the default."""
+        env = os.environ if environ is None else environ
+        try:
+            flush_s = float(env.get(ENV_FLUSH_S, "0.5"))
+        except ValueError:
+            flush_s = 0.5
+        return cls(out_dir=env.get(ENV_DIR) or None, record_tokens=env.get(ENV_TOKENS, "") == "1",
+                   flush_interval_s=flush_s if flush_s > 0 else 0.5, raw_ids=env.get(ENV_RAW_IDS, "") == "1")
+
+    def engine_path(self, pid: int, dp_rank: int = 0) -> Path:
+        """One file per engine-core process: ``engine-<pid>-dp<rank>.msgpack``."""
+        return Path(self.out_dir or ".") / f"engine-{pid}-dp{dp_rank}.msgpack"
+
+
+def enable_engine_recording(out_dir, *, record_tokens: bool = False, flush_interval_s: float = 0.5) -> dict:
+    """Turn on engine-side recording for engines started after this call, in this process and its children.
+
+    Creates ``out_dir``, sets the environment the spawned engine core reads, and returns the engine keyword
+    arguments to pass on (``LLM(**kwargs)``, ``AsyncEngineArgs(**kwargs)``): ``{"scheduler_cls": ...}``.
+    Never raises: if ``out_dir`` cannot be created the engine recorder warns once and generation goes on.
+    """
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError:
+        pass  # the engine-side sink reports it once, where it matters
+    os.environ[ENV_DIR] = os.path.abspath(out_dir)
+    os.environ[ENV_TOKENS] = "1" if record_tokens else "0"
+    os.environ[ENV_FLUSH_S] = str(flush_interval_s)
+    return {"scheduler_cls": SCHEDULER_CLS}

@@ -1,0 +1,148 @@
+"""Engine-side recorder state: what each scheduler hook captures on the hot path.
+
+Hooks only read values that change later (clock, step counter, placeholders, pause state, KV usage, queue
+lengths) and queue them with references to vLLM's per-step objects (``SchedulerOutput``, the
+``EngineCoreOutputs`` returned by ``update_from_output``), which vLLM creates fresh each step and does not
+mutate afterwards. ``convert.Converter`` builds the records on the sink thread. Nothing here imports vllm, so
+the same code serves the standalone driver and the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import tracesim
+from tracesim.format.records import Header, ProcessInfo
+from tracesim.record.config import RecorderConfig
+from tracesim.record.convert import Converter
+from tracesim.record.sink import RecordSink, host_name, process_anchors
+
+_now = time.monotonic_ns
+
+
+def engine_config_of(scheduler, is_async: bool) -> dict:
+    """Settings of the engine that matter to timing and binding, for the trace header."""
+    cfg = {"scheduler": "AsyncScheduler" if is_async else "Scheduler", "async_scheduling": is_async}
+    try:
+        vc = scheduler.vllm_config
+        sc, cc = vc.scheduler_config, vc.cache_config
+        cfg.update(
+            max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
+            chunked_prefill=bool(sc.enable_chunked_prefill), enable_prefix_caching=bool(cc.enable_prefix_caching),
+            block_size=cc.block_size, num_gpu_blocks=cc.num_gpu_blocks, model=str(vc.model_config.model),
+            max_model_len=vc.model_config.max_model_len, max_concurrent_batches=vc.max_concurrent_batches,
+            data_parallel_size=vc.parallel_config.data_parallel_size,
+        )
+        import vllm  # already loaded: we run inside the engine
+
+        cfg["vllm_version"] = getattr(vllm, "__version__", "unknown")
+    except Exception:  # a vLLM that moved a field: the header just says less
+        pass
+    return cfg
+
+
+def dp_rank_of(scheduler) -> int:
+    try:
+        return int(scheduler.vllm_config.parallel_config.data_parallel_rank or 0)
+    except Exception:
+        return 0
+
+
+class EngineRecorder:
+    """Per-scheduler recording state. Create with ``start``; every ``on_*`` is called by a hook in
+    ``scheduler.py`` (which catches whatever they raise and reports it through ``failed``)."""
+
+    def __init__(self, sink: RecordSink, converter: Converter, is_async: bool):
+        self.sink = sink
+        self.converter = converter
+        self.is_async = is_async
+        self.step = 0  # index of the next schedule() call
+        self.in_flight = 0  # scheduled steps whose output has not been applied yet
+        self.maybe_stale: set = set()  # preempted/reset request ids whose in-flight output may be stale
+
+    @classmethod
+    def start(cls, scheduler, *, is_async: bool, config: RecorderConfig | None = None,
+              path=None) -> "EngineRecorder | None":
+        """Start recording for ``scheduler`` if the config (default: environment) enables it. Never raises."""
+        try:
+            config = config or RecorderConfig.from_env()
+            if config.out_dir is None and path is None:
+                return None
+            mono, wall = process_anchors()
+            rank = dp_rank_of(scheduler)
+            proc = ProcessInfo("engine-core", host_name(), os.getpid(), rank, mono, wall)
+            header = Header(1, 0, tracesim.__version__, "vllm", (proc,),
+                            engine_config=engine_config_of(scheduler, is_async), created_wall_ns=wall)
+            converter = Converter(record_tokens=config.record_tokens, raw_ids=config.raw_ids)
+            out = path if path is not None else config.engine_path(os.getpid(), rank)
+            sink = RecordSink(out, header, convert=converter.convert, flush_interval_s=config.flush_interval_s)
+            return cls(sink, converter, is_async)
+        except Exception as exc:  # never take the engine down because recording could not start
+            import warnings
+
+            warnings.warn(f"tracesim recorder: not recording ({type(exc).__name__}: {exc})", RuntimeWarning)
+            return None
+
+    # --- hooks -----------------------------------------------------------------------------------------
+
+    def on_add(self, request, t_ns: int) -> None:
+        self.sink.put(("add", t_ns, request.request_id, request.prompt_token_ids, request.sampling_params))
+
+    def on_schedule(self, sched, out, t0_ns: int, t1_ns: int) -> None:
+        step = self.step
+        self.step = step + 1
+        self.in_flight += 1
+        out._tracesim_step = step  # read back by on_update: which step this output belongs to
+        placeholders = None
+        if self.is_async:
+            placeholders = {r.request_id: r.num_output_placeholders for r in sched.running
+                            if r.num_output_placeholders}
+        if out.preempted_req_ids:
+            self.maybe_stale.update(out.preempted_req_ids)
+        running, waiting = sched.get_request_counts()
+        self.sink.put(("sched", t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
+                       int(sched.pause_state), sched.kv_cache_manager.usage))
+
+    def stale_before_update(self, sched, out):
+        """Request ids whose output in ``out`` vLLM will treat as stale (preempted while in flight)."""
+        if not self.maybe_stale:
+            return None
+        stale = []
+        requests = sched.requests
+        for req_id in self.maybe_stale.intersection(out.num_scheduled_tokens):
+            request = requests.get(req_id)
+            if request is not None and getattr(request, "num_stale_output_tokens", 0) > 0:
+                stale.append(req_id)
+        self.maybe_stale.difference_update([r for r in self.maybe_stale if r not in requests or
+                                            getattr(requests[r], "num_stale_output_tokens", 0) == 0])
+        self.maybe_stale.update(stale)
+        return stale or None
+
+    def on_update(self, sched, out, result, stale, t0_ns: int, t1_ns: int) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        step = getattr(out, "_tracesim_step", -1)
+        self.sink.put(("upd", t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale))
+
+    def on_finish(self, requests, status, t_ns: int) -> None:
+        self.sink.put(("abort", t_ns, [r.request_id for r in requests], getattr(status, "name", str(status))))
+
+    def on_pause_state(self, before: int, after: int, t_ns: int) -> None:
+        if before != after:
+            self.sink.put(("pause", t_ns, before, after))
+
+    def on_cache_reset(self, t_ns: int, ok: bool, reset_running: bool, running) -> None:
+        if reset_running:
+            self.maybe_stale.update(running)
+        self.sink.put(("reset", t_ns, ok, reset_running))
+
+    def failed(self, exc: BaseException) -> None:
+        """A hook raised: count the lost event, warn once. Never raises."""
+        try:
+            self.sink.dropped += 1
+            self.sink._warn(f"recording hook failed ({type(exc).__name__}: {exc})")
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        self.sink.close()

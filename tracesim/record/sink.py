@@ -1,0 +1,163 @@
+"""A record sink that keeps trace writing off the caller's critical path and never raises.
+
+``RecordSink.put`` appends an item to a deque (atomic under the GIL, no lock); a daemon thread pops what
+is queued every ``flush_interval_s``, turns the items into records (``convert``) and writes
+them with a ``TraceWriter``, flushing to the OS after every batch. A process that dies therefore loses at
+most the last flush window.
+
+Failure policy: opening or writing the file, and converting an item, may fail. The sink then warns once
+(``warnings.warn`` + the ``tracesim.record`` logger), counts the records it dropped and, when the file is
+writable again (or at close), writes one ``RecorderLost`` record with that count. Nothing propagates to
+the thread that calls ``put``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+import warnings
+
+from tracesim.format.records import RecorderLost
+from tracesim.format.writer import TraceWriter
+
+log = logging.getLogger("tracesim.record")
+
+DEFAULT_FLUSH_INTERVAL_S = 0.5
+MAX_PENDING = 1 << 20  # items held while the writer lags; beyond this, new items are dropped and counted
+
+
+def _identity(item):
+    return (item,)
+
+
+class RecordSink:
+    """Buffer items from a hot path and write them as trace records from a background thread.
+
+    ``path``/``header``: the trace file to create. ``convert(item) -> iterable of records`` runs on the
+    background thread (default: the item is already a record). Never raises from ``put``/``close``.
+    """
+
+    def __init__(self, path, header, *, convert=_identity, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+                 proc: int = 0):
+        self.path = str(path)
+        self.header = header
+        self.proc = proc
+        self.dropped = 0  # records (or items) lost so far
+        self.written = 0
+        self._lost_reported = 0
+        self._convert = convert
+        self._interval_s = flush_interval_s
+        self._pending: collections.deque = collections.deque()
+        self._warned = False
+        self._closed = False
+        self._wake = threading.Event()
+        self._io_lock = threading.Lock()  # one drain at a time: the thread, or close()
+        self._writer = None
+        try:
+            self._writer = TraceWriter(self.path, header, flush_interval_s=flush_interval_s)
+        except Exception as exc:  # unwritable path: keep serving, count what we drop
+            self._warn(f"cannot open trace file {self.path}: {exc}")
+        self._thread = threading.Thread(target=self._run, name="tracesim-recorder", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # --- hot path -------------------------------------------------------------------------------------
+
+    def put(self, item) -> None:
+        """Queue one item; O(1), lock-free, never raises."""
+        if len(self._pending) < MAX_PENDING:
+            self._pending.append(item)
+        else:
+            self.dropped += 1
+
+    # --- background ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            self.drain()
+
+    def drain(self) -> None:
+        """Convert and write everything queued so far. Called by the thread and by ``close``."""
+        with self._io_lock:
+            pending = self._pending
+            if not pending:
+                return
+            popleft = pending.popleft
+            batch = [popleft() for _ in range(len(pending))]  # deque pops are atomic: no put is lost
+            records = []
+            for item in batch:
+                try:
+                    records.extend(self._convert(item))
+                except Exception as exc:
+                    self.dropped += 1
+                    self._warn(f"could not convert a recorded event ({type(exc).__name__}: {exc})")
+            self._write(records)
+
+    def _write(self, records: list) -> None:
+        if self._writer is None:
+            self.dropped += len(records)
+            return
+        try:
+            if self.dropped > self._lost_reported:
+                lost = self.dropped - self._lost_reported
+                self._writer.append(RecorderLost(time.monotonic_ns(), lost, "dropped"), self.proc)
+                self._lost_reported = self.dropped
+            if self.proc:
+                self._writer.extend(records, [self.proc] * len(records))
+            else:
+                self._writer.extend(records)
+            self._writer.flush()
+            self.written += len(records)
+        except Exception as exc:
+            self.dropped += len(records)
+            self._warn(f"cannot write trace file {self.path}: {exc}")
+
+    def _warn(self, message: str) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        try:
+            text = f"tracesim recorder: {message}; generation continues, dropped records are counted"
+            log.warning(text)
+            warnings.warn(text, RuntimeWarning, stacklevel=2)
+        except Exception:  # pragma: no cover - warnings machinery itself failing must not matter
+            pass
+
+    def close(self) -> None:
+        """Write what is queued, the lost count if any, and close the file. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        try:
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout=5.0)
+            self.drain()
+            if self._writer is not None:
+                if self.dropped > self._lost_reported:
+                    self._write([])
+                self._writer.close()
+        except Exception as exc:
+            self._warn(f"cannot close trace file {self.path}: {exc}")
+        try:
+            atexit.unregister(self.close)
+        except Exception:  # pragma: no cover
+            pass
+
+
+def process_anchors() -> tuple[int, int]:
+    """(monotonic ns, wall ns) read back to back: the clock anchor of a ProcessInfo."""
+    return time.monotonic_ns(), time.time_ns()
+
+
+def host_name() -> str:
+    try:
+        return os.uname().nodename
+    except Exception:  # pragma: no cover
+        return "unknown"

@@ -1,0 +1,287 @@
+"""The native scheduling policy, after vLLM V1's ``Scheduler`` / ``AsyncScheduler`` (0.32).
+
+One ``schedule()`` call: running requests first, in order, each getting ``num_tokens + placeholders -
+num_computed`` tokens capped by the token budget (chunked prefill); when KV blocks run out the last running
+request is preempted (recompute: its KV is freed and it goes back to the front of the waiting queue). If
+nothing was preempted and the engine is not paused, waiting requests are admitted in order while the budget,
+``max_num_seqs`` and the KV blocks allow, with prefix-cache hits counted on admission (full blocks only, and
+never the last prompt token). ``update()`` applies one step's output: a sampled token per request that caught
+up with its tokens, finishing at the stop length or ``max_tokens``.
+
+Async scheduling adds one output placeholder per scheduled non-chunk request, resolved by the update; an
+output frame for a request that was reset (aborted, or preempted by a cache reset) since it was scheduled is
+stale and dropped, unless ``discard_stale_frames`` is off (a deliberate bug setting).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+
+from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, UNPAUSED, OutReq, SchedReq
+from tracesim.sim.kvcache import BlockPool
+
+WAITING, RUNNING, FINISHED = 0, 1, 2
+
+
+def token_id(req_hash: int, pos: int, version: int) -> int:
+    """Deterministic pseudo token id: differs when another weight version produced the position."""
+    return (req_hash * 1_000_003 + pos * 7_919 + version * 104_729) % 50_257
+
+
+@dataclass(eq=False)
+class SimReq:
+    req_id: str
+    prompt_len: int
+    max_tokens: int
+    stop_len: int  # output length at which the sample emits its stop token
+    prompt_key: str  # samples with equal keys share the prompt (prefix-cache hits)
+    group_id: str | None = None
+    sample_idx: int = 0
+    group_size: int = 1
+    status: int = WAITING
+    num_computed: int = 0
+    placeholders: int = 0
+    inflight: int = 0  # steps scheduled and not yet updated
+    incarnation: int = 0  # bumped when in-flight output must be dropped (abort, cache-reset preemption)
+    preempted: bool = False  # next admission is a resume
+    drop_inflight: bool = False  # in-flight output of the last preemption is dropped, not delivered
+    blocks: list = field(default_factory=list)
+    out_tokens: list = field(default_factory=list)
+    exec_versions: list = field(default_factory=list)  # weights that computed each output token
+    stamp_versions: list = field(default_factory=list)  # version stamped by the update (what vLLM reports)
+    finish_reason: str | None = None
+    hash: int = 0
+
+    def __post_init__(self):
+        self.hash = zlib.crc32(self.req_id.encode())
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_len + len(self.out_tokens)
+
+    def block_keys(self, upto: int, block_size: int) -> list:
+        """Content keys of the full blocks among the first ``upto`` tokens."""
+        n_prompt_blocks = self.prompt_len // block_size
+        return [(self.prompt_key, i) if i < n_prompt_blocks else (self.req_id, i)
+                for i in range(upto // block_size)]
+
+
+@dataclass
+class Planned:
+    """One request's share of a schedule, before it becomes a ``SchedReq``."""
+
+    req: SimReq
+    num_tokens: int
+    computed_before: int
+    resumed: bool
+    cached: int
+    incarnation: int
+    samples: bool  # the step samples a token for it (not a prefill chunk)
+
+    def record(self, prompt_len: int) -> SchedReq:
+        decode = 1 if self.samples and self.computed_before >= prompt_len and self.num_tokens == 1 else 0
+        return SchedReq(self.req.req_id, self.num_tokens - decode, decode, self.resumed, self.cached, 0,
+                        self.computed_before, self.req.placeholders)
+
+
+class Scheduler:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.waiting: deque = deque()
+        self.running: list = []
+        self.requests: dict = {}  # req_id -> SimReq, live ones (insertion ordered)
+        self.pause_state = UNPAUSED
+        self.finished_since: list = []  # req_ids finished since the previous schedule
+
+    # --- requests ----------------------------------------------------------------------------------------
+
+    def add(self, req: SimReq) -> None:
+        self.requests[req.req_id] = req
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        if self.pause_state == PAUSED_ALL:
+            return False
+        return bool(self.running) or (self.pause_state == UNPAUSED and bool(self.waiting))
+
+    def _finish(self, req: SimReq, reason: str) -> None:
+        req.status = FINISHED
+        req.finish_reason = reason
+        self.pool.release(req.blocks)
+        req.blocks = []
+        self.requests.pop(req.req_id, None)
+        self.finished_since.append(req.req_id)
+
+    def abort_all(self) -> list:
+        """Finish every live request with reason "abort"; return them (in admission order)."""
+        reqs = list(self.requests.values())
+        for req in reqs:
+            req.incarnation += 1
+            self._finish(req, "abort")
+        self.running.clear()
+        self.waiting.clear()
+        return reqs
+
+    def preempt(self, req: SimReq, drop_inflight: bool) -> None:
+        self.pool.release(req.blocks)
+        req.blocks = []
+        req.status = WAITING
+        req.num_computed = 0
+        req.placeholders = 0
+        req.preempted = True
+        req.drop_inflight = drop_inflight
+        if drop_inflight:
+            req.incarnation += 1
+        self.waiting.appendleft(req)
+
+    def reset_prefix_cache(self, reset_running: bool) -> tuple:
+        """Return (ok, preempted req_ids); with ``reset_running`` running requests are preempted first."""
+        preempted = []
+        if reset_running:
+            while self.running:
+                req = self.running.pop()
+                self.preempt(req, drop_inflight=True)
+                preempted.append(req.req_id)
+        return self.pool.reset(), tuple(preempted)
+
+    # --- schedule ----------------------------------------------------------------------------------------
+
+    def schedule(self) -> tuple:
+        """Return (planned list, preempted req_ids)."""
+        budget = 0 if self.pause_state == PAUSED_ALL else self.cfg.max_num_batched_tokens
+        planned, preempted = [], []
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = req.num_tokens + req.placeholders - req.num_computed
+            if req.placeholders > 0 and req.num_computed + 2 - req.placeholders >= req.prompt_len + req.max_tokens:
+                i += 1
+                continue
+            n = self._cap(n, budget)
+            if n <= 0:
+                i += 1
+                continue
+            while not self._allocate(req, n, []):
+                victim = self.running.pop()
+                self.preempt(victim, drop_inflight=False)
+                preempted.append(victim.req_id)
+                if victim is req:
+                    break
+            if req.status != RUNNING:
+                break
+            planned.append(self._plan(req, n, False, 0))
+            budget -= n
+            i += 1
+        if not preempted and self.pause_state == UNPAUSED:
+            budget = self._admit(planned, budget)
+        for p in planned:
+            self._after_schedule(p)
+        return planned, tuple(preempted)
+
+    def _cap(self, n: int, budget: int) -> int:
+        threshold = self.cfg.long_prefill_token_threshold
+        if 0 < threshold < n:
+            n = threshold
+        return min(n, budget)
+
+    def _admit(self, planned: list, budget: int) -> int:
+        bs = self.cfg.block_size
+        skipped = []
+        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+            req = self.waiting[0]
+            if req.inflight and not req.drop_inflight:
+                skipped.append(self.waiting.popleft())  # its in-flight output lands before it is rescheduled
+                continue
+            hits = self.pool.lookup(req.block_keys(req.num_tokens - 1, bs))
+            cached = len(hits) * bs
+            n = req.num_tokens - cached
+            if not self.cfg.enable_chunked_prefill and n > budget:
+                break
+            n = self._cap(n, budget)
+            if not self._allocate(req, n, hits):
+                break
+            self.waiting.popleft()
+            req.num_computed = cached
+            resumed, req.preempted = req.preempted, False
+            self.running.append(req)
+            planned.append(self._plan(req, n, resumed, cached))
+            budget -= n
+        self.waiting.extendleft(reversed(skipped))
+        return budget
+
+    def _allocate(self, req: SimReq, n: int, hits: list) -> bool:
+        bs = self.cfg.block_size
+        have = len(req.blocks) + len(hits)
+        total = (len(hits) * bs if hits else req.num_computed) + n
+        need = max(0, -(-total // bs) - have)
+        if not self.pool.can_take(hits, need):
+            return False
+        self.pool.touch(hits)
+        req.blocks = req.blocks + hits + self.pool.take(need)
+        req.status = RUNNING
+        return True
+
+    def _plan(self, req: SimReq, n: int, resumed: bool, cached: int) -> Planned:
+        before = req.num_computed
+        samples = before + n >= req.num_tokens + req.placeholders
+        return Planned(req, n, before, resumed, cached, req.incarnation, samples)
+
+    def _after_schedule(self, p: Planned) -> None:
+        req = p.req
+        req.num_computed += p.num_tokens
+        req.inflight += 1
+        if p.samples and self.cfg.async_scheduling:
+            req.placeholders += 1
+        # Blocks whose tokens are all known and computed get their content key (vLLM caches at allocation).
+        known = min(req.num_computed, req.num_tokens)
+        for i, key in enumerate(req.block_keys(known, self.cfg.block_size)):
+            if i < len(req.blocks):
+                self.pool.commit(req.blocks[i], key, 0)
+
+    # --- update ------------------------------------------------------------------------------------------
+
+    def update(self, planned: list, exec_version: int, stamp_version: int) -> list:
+        """Apply one step's output; return OutReq entries (finished and stale ones included)."""
+        outs = []
+        for p in planned:
+            req = p.req
+            req.inflight -= 1
+            stale = p.incarnation != req.incarnation
+            if req.status == FINISHED and not stale:
+                continue  # finished by an earlier update while this step was in flight (async)
+            if stale and self.cfg.discard_stale_frames:
+                outs.append(OutReq(req.req_id, 0, None, True))
+                continue
+            if not p.samples or (stale and req.status == FINISHED):
+                if not p.samples:
+                    outs.append(OutReq(req.req_id, 0))
+                continue
+            pos = len(req.out_tokens)
+            req.out_tokens.append(token_id(req.hash, pos, exec_version))
+            req.exec_versions.append(exec_version)
+            req.stamp_versions.append(stamp_version)
+            if req.placeholders and not stale:
+                req.placeholders -= 1
+            reason = None
+            if len(req.out_tokens) >= req.stop_len:
+                reason = "stop"
+            elif len(req.out_tokens) >= req.max_tokens:
+                reason = "length"
+            if reason is not None and req.status != FINISHED:
+                if req.status == RUNNING:
+                    self.running.remove(req)
+                elif req in self.waiting:
+                    self.waiting.remove(req)
+                self._finish(req, reason)
+            outs.append(OutReq(req.req_id, 1, reason, stale))
+        return outs
+
+    def counts(self) -> tuple:
+        return len(self.waiting), len(self.running)
+
+
+__all__ = ["Scheduler", "SimReq", "Planned", "token_id", "WAITING", "RUNNING", "FINISHED",
+           "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]
