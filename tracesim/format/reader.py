@@ -95,6 +95,16 @@ class TraceReader:
             n_done += 1
             yield start, frame
 
+    def raw_frames(self) -> list:
+        """Like ``frames()`` as one list and without offsets: the unpacker's own C loop. Same errors."""
+        unpacker, frames = self._unpacker, []
+        try:
+            frames.extend(unpacker)
+        except _UNPACK_ERRORS as exc:
+            raise TraceFormatError(self.path, f"corrupted record: {exc}", offset=unpacker.tell()) from None
+        self._finish(unpacker.tell(), len(frames))
+        return frames
+
     def _finish(self, start: int, n_done: int) -> None:
         self.truncated_bytes = self.size_bytes - start
         if self.truncated_bytes:

@@ -41,34 +41,42 @@ class TraceWriter:
         self._flush_bytes = flush_bytes
         self._flush_interval_s = flush_interval_s
         self._packer = msgpack.Packer(autoreset=False, use_bin_type=True)
+        self._pack = self._packer.pack
         self._lock = threading.Lock()
-        self._pending = 0
         self._last_write_s = time.monotonic()
-        self.records_written = 0
+        self.records_appended = 0
+        self._next_check = _CHECK_EVERY  # records_appended at which the flush thresholds are looked at
         self._file = open(self.path, "wb")
         self._packer.pack((Header.KIND, header))
         self.flush()  # a header on disk at once: even an early crash leaves a readable trace
 
     def append(self, record, proc: int = 0) -> None:
         """Append one event record; ``proc`` indexes ``header.processes``."""
+        # Hot path: the frame is built inline (same layout as codec.encode_frame) and the packer's bound
+        # method is cached, so appending costs little more than packing the record by hand.
         with self._lock:
-            self._packer.pack(encode_frame(record, proc))
-            self._pending += 1
-            if self._pending >= _CHECK_EVERY:
+            self._pack((record.KIND, record) if not proc else (record.KIND, record, proc))
+            self.records_appended += 1
+            if self.records_appended >= self._next_check:
                 self._maybe_flush_locked()
 
     def extend(self, records, procs=None) -> None:
-        """Append many records (``procs``: parallel iterable of process indices, default all 0)."""
+        """Append many records (``procs``: parallel sequence of process indices, default all 0).
+
+        The batched path: one lock acquisition and one threshold check per call. The recorder's writer thread
+        drains its queue through here.
+        """
+        if not isinstance(records, (list, tuple)):
+            records = list(records)
         with self._lock:
-            pack = self._packer.pack
+            pack = self._pack
             if procs is None:
                 for record in records:
                     pack((record.KIND, record))
-                    self._pending += 1
             else:
                 for record, proc in zip(records, procs):
                     pack(encode_frame(record, proc))
-                    self._pending += 1
+            self.records_appended += len(records)
             self._maybe_flush_locked()
 
     def flush(self) -> None:
@@ -87,6 +95,7 @@ class TraceWriter:
                 self._file.close()
 
     def _maybe_flush_locked(self) -> None:
+        self._next_check = self.records_appended + _CHECK_EVERY
         if (self._packer.getbuffer().nbytes >= self._flush_bytes
                 or time.monotonic() - self._last_write_s >= self._flush_interval_s):
             self._write_locked()
@@ -94,8 +103,6 @@ class TraceWriter:
     def _write_locked(self) -> None:
         data = self._packer.bytes()
         self._packer.reset()
-        self.records_written += self._pending
-        self._pending = 0
         self._last_write_s = time.monotonic()
         if data:
             self._file.write(data)
