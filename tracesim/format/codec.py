@@ -29,6 +29,8 @@ class _Spec(NamedTuple):
     required: int  # number of leading fields without a default
     defaults: tuple  # default of every field from `required` on
     checks: tuple  # (index, name, allowed types, nested entry spec or None)
+    nested: tuple  # (index, name, nested entry spec) of the fields holding entries
+    good_signatures: set  # tuples of exact value types already seen to pass every check
 
 
 def _field_types(annotation) -> tuple:
@@ -52,11 +54,15 @@ def _spec(cls: type) -> _Spec:
         (i, name, _field_types(cls.__annotations__[name]), _spec(nested[name]) if name in nested else None)
         for i, name in enumerate(names)
     )
-    return _Spec(cls, required, defaults, checks)
+    return _Spec(cls, required, defaults, checks, tuple((i, n, sub) for i, n, _t, sub in checks if sub), set())
 
 
 SPECS: dict = {kind: _spec(cls) for kind, cls in EVENT_KINDS.items()}
 HEADER_SPEC = _spec(Header)
+
+
+_MAX_SIGNATURES = 512  # per record type; optional fields make a few combinations, hostile input many
+_new_tuple = tuple.__new__
 
 
 def build(spec: _Spec, values, path: str):
@@ -64,20 +70,33 @@ def build(spec: _Spec, values, path: str):
     if type(values) is not tuple:
         raise FieldError(path, f"expected an array of fields, got {type(values).__name__}")
     n, names = len(values), spec.cls._fields
-    if n < spec.required:
-        raise FieldError(f"{path}.{names[n]}", f"missing required field (record has {n} of {len(names)} fields)")
-    if n > len(names):
-        values = values[: len(names)]  # fields appended by a newer minor version
-    elif n < len(names):
-        values = values + spec.defaults[n - spec.required:]
-    for i, name, types, nested in spec.checks:
+    if n != len(names):
+        if n < spec.required:
+            raise FieldError(f"{path}.{names[n]}", f"missing required field (record has {n} of {len(names)} fields)")
+        if n > len(names):
+            values = values[: len(names)]  # fields appended by a newer minor version
+        else:
+            values = values + spec.defaults[n - spec.required:]
+    # Fast path: a record whose exact field types were seen before needs no per-field checks.
+    signature = tuple(map(type, values))
+    if signature not in spec.good_signatures:
+        _check_fields(spec, values, path)
+        if len(spec.good_signatures) < _MAX_SIGNATURES:
+            spec.good_signatures.add(signature)
+    for i, name, nested in spec.nested:
         value = values[i]
-        if not isinstance(value, types):
-            raise FieldError(f"{path}.{name}", f"expected {_type_names(types)}, got {type(value).__name__}")
-        if nested is not None and value:
-            entries = [build(nested, entry, f"{path}.{name}[{j}]") for j, entry in enumerate(value)]
-            values = values[:i] + (tuple(entries),) + values[i + 1:]
-    return spec.cls._make(values)
+        if value:
+            if type(value) is not tuple:
+                raise FieldError(f"{path}.{name}", f"expected an array of entries, got {type(value).__name__}")
+            entries = tuple([build(nested, entry, f"{path}.{name}[{j}]") for j, entry in enumerate(value)])
+            values = values[:i] + (entries,) + values[i + 1:]
+    return _new_tuple(spec.cls, values)
+
+
+def _check_fields(spec: _Spec, values: tuple, path: str) -> None:
+    for i, name, types, _nested in spec.checks:
+        if not isinstance(values[i], types):
+            raise FieldError(f"{path}.{name}", f"expected {_type_names(types)}, got {type(values[i]).__name__}")
 
 
 def _type_names(types: tuple) -> str:

@@ -96,13 +96,19 @@ class TraceReader:
             yield start, frame
 
     def raw_frames(self) -> list:
-        """Like ``frames()`` as one list and without offsets: the unpacker's own C loop. Same errors."""
+        """Like ``frames()`` as one list and without offsets, for bulk reads. Same errors and warnings."""
         unpacker, frames = self._unpacker, []
+        unpack, tell, append = unpacker.unpack, unpacker.tell, frames.append
+        start = tell()
         try:
-            frames.extend(unpacker)
+            while True:
+                start = tell()  # after a partial record tell() has moved on: keep where it began
+                append(unpack())
+        except msgpack.OutOfData:
+            pass
         except _UNPACK_ERRORS as exc:
-            raise TraceFormatError(self.path, f"corrupted record: {exc}", offset=unpacker.tell()) from None
-        self._finish(unpacker.tell(), len(frames))
+            raise TraceFormatError(self.path, f"corrupted record: {exc}", offset=start) from None
+        self._finish(start, len(frames))
         return frames
 
     def _finish(self, start: int, n_done: int) -> None:

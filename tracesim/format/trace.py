@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 
+from tracesim.format import codec
+from tracesim.format.errors import FieldError, TraceFormatError
 from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.writer import TraceWriter
@@ -41,15 +44,50 @@ class Trace:
 
 
 def read_trace(path: str | os.PathLike) -> Trace:
-    """Read a whole trace; raises TraceFormatError, warns TruncatedTraceWarning (see TraceReader)."""
+    """Read a whole trace; raises TraceFormatError, warns TruncatedTraceWarning (see TraceReader).
+
+    Bulk path: the file is unpacked in one C loop with the cyclic GC paused (millions of fresh tuples would
+    trigger collections that free nothing); byte offsets are only worked out again if a record is bad.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with TraceReader(path) as reader:
+            frames = reader.raw_frames()
+        records, procs, skipped = _decode_all(reader, frames)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Trace(reader.header, records, procs if any(procs) else [], str(path), reader.truncated_bytes, skipped)
+
+
+def _decode_all(reader: TraceReader, frames: list) -> tuple:
+    decode, n_proc = codec.decode_frame, len(reader.header.processes)
+    records, procs, skipped = [], [], 0
+    for i, frame in enumerate(frames):
+        try:
+            decoded = decode(frame)
+        except FieldError as exc:
+            raise TraceFormatError(reader.path, str(exc), offset=_offset_of(reader.path, i), field=exc.field) from None
+        if decoded is None:
+            skipped += 1
+            continue
+        record, proc = decoded
+        if proc and proc >= n_proc:
+            raise TraceFormatError(reader.path, f"proc {proc} is not in the header's {n_proc} processes",
+                                   offset=_offset_of(reader.path, i), field=f"{record.KIND}.proc")
+        records.append(record)
+        procs.append(proc)
+    return records, procs, skipped
+
+
+def _offset_of(path: str, frame_index: int) -> int | None:
+    """Byte offset of the frame_index-th event frame (error path only: reads the file again)."""
     with TraceReader(path) as reader:
-        procs, records = [], []
-        for proc, record in reader.iter_with_proc():
-            procs.append(proc)
-            records.append(record)
-    if not any(procs):
-        procs = []
-    return Trace(reader.header, records, procs, str(path), reader.truncated_bytes, reader.skipped)
+        for i, (offset, _frame) in enumerate(reader.frames()):
+            if i == frame_index:
+                return offset
+    return None
 
 
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:
