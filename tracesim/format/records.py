@@ -26,8 +26,8 @@ class ProcessInfo(NamedTuple):
     """One process that contributed records; ``proc`` indices in a trace point into the header's list."""
 
     role: str  # "engine-core", "client", "sim", ...
-    host: str
-    pid: int
+    host: str  # hostname; processes on one host share the monotonic clock
+    pid: int  # operating-system process id (0 in simulated traces)
     rank: int = 0  # data-parallel rank of an engine core; 0 otherwise
     mono_anchor_ns: int = 0  # monotonic clock reading taken together with wall_anchor_ns
     wall_anchor_ns: int = 0  # time.time_ns() at the same moment
@@ -37,15 +37,15 @@ class Header(NamedTuple):
     """First frame of every trace."""
 
     KIND = "header"
-    format_major: int
-    format_minor: int
-    tracesim_version: str
+    format_major: int  # readers refuse another major version
+    format_minor: int  # readers accept newer minors, skipping fields and kinds they do not know
+    tracesim_version: str  # version of the tracesim that wrote the file
     source: str  # "vllm" (recorded), "sim" (simulated) or "synthetic" (generated without an engine)
     processes: tuple  # tuple[ProcessInfo, ...]; index = proc of each record
     engine_config: dict = {}  # settings of the engine that matter to timing and binding
     seed: int | None = None  # simulated traces: the seed of the run
     inputs: dict = {}  # simulated traces: base trace / scenario and perturbations that made it
-    created_wall_ns: int = 0
+    created_wall_ns: int = 0  # wall clock (time.time_ns) when the trace was started; 0 in simulated traces
 
 
 # --- nested entries -------------------------------------------------------------------------------------
