@@ -76,3 +76,15 @@ def test_unreadable_input_gives_one_line_and_exit_2(tmp_path, content, command):
 def test_missing_file_is_one_line_exit_2(tmp_path):
     out = tracesim("info", tmp_path / "nope.msgpack")
     assert out.returncode == 2 and "cannot open" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_merge_command_writes_one_timeline(tmp_path):
+    from tracesim.format import RequestAdded, read_trace
+
+    a, b, out = tmp_path / "a.msgpack", tmp_path / "b.msgpack", tmp_path / "m.msgpack"
+    write_trace(a, Trace(header(role="engine-core", pid=1), [StepScheduled(10, 11, 0), StepScheduled(30, 31, 1)]))
+    write_trace(b, Trace(header(role="client", pid=2), [RequestAdded(5, "r0", side="client")]))
+    res = tracesim("merge", a, b, "-o", out)
+    assert res.returncode == 0, res.stderr
+    merged = read_trace(out)
+    assert [r.t_ns for r in merged.records] == [5, 10, 30] and merged.procs == [1, 0, 0]

@@ -18,7 +18,7 @@ from tracesim import __version__
 from tracesim.format.errors import TraceFormatError
 
 # Subcommand modules, in the order `tracesim --help` lists them.
-COMMANDS = ["info", "validate", "record", "replay", "simulate", "fit", "check", "plot", "export"]
+COMMANDS = ["info", "validate", "merge", "record", "replay", "simulate", "fit", "check", "plot", "export"]
 
 
 class UsageError(Exception):
