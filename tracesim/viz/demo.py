@@ -94,7 +94,8 @@ def demo_trace(n_steps: int = 60, *, max_batch: int = 8, group_size: int = 2, qu
                 update_oldest()
             t_ns = _weight_update(records, t_ns, version + 1, rng)
             version += 1
-        while len(waiting) + len(running) < 2 * max_batch:
+        # arrivals come in bursts, so the waiting queue fills and drains
+        while len(waiting) + len(running) < max_batch or (len(waiting) < 2 * max_batch and rng.random() < 0.3):
             admit()
         while waiting and len(running) < max_batch:
             running.append(waiting.pop(0))
@@ -109,7 +110,8 @@ def demo_trace(n_steps: int = 60, *, max_batch: int = 8, group_size: int = 2, qu
                 prefill_total += chunk
             else:  # async scheduling: decode again before the previous step's output is back
                 sched.append(SchedReq(req.req_id, 0, 1, computed_tokens=req.prompt_len + req.produced))
-        picked = [r for r in running if any(s.req_id == r.req_id for s in sched)]
+        scheduled = {s.req_id for s in sched}
+        picked = [r for r in running if r.req_id in scheduled]
         sched_end = t_ns + 150 * _US + 2 * _US * len(sched)
         records.append(StepScheduled(t_ns, sched_end, step, tuple(sched), waiting=len(waiting),
                                      running=len(running), queue_depth=len(in_flight) + 1,

@@ -114,6 +114,12 @@ def _segments(ln: RequestLane) -> list:
     return [tuple(s) for s in segments]
 
 
+def lane_end(ln: RequestLane) -> float:
+    """Last time a request was seen alive (admission at least)."""
+    times = [ln.admitted, ln.first_sched, ln.end] + [seg[1] for seg in ln.segments[-1:]]
+    return max(t for t in times if t == t)
+
+
 def pack_rows(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Row index per interval such that intervals in one row never overlap; uses as few rows as possible.
 

@@ -11,12 +11,13 @@ Intervals closer than a pixel are merged before drawing, so a 100k-step trace dr
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.collections import PolyCollection
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from tracesim.viz import style
 from tracesim.viz.extract import TraceView, view_of
-from tracesim.viz.lanes import merge_close, pack_rows
+from tracesim.viz.lanes import lane_end, merge_close, pack_rows
 from tracesim.viz.marks import ViolationMarks
 
 _PIXELS = 2000  # merge intervals closer than window / _PIXELS: below one pixel at the default size
@@ -82,9 +83,11 @@ def _draw_engine(view: TraceView, ax, ctx: _Ctx) -> list:
     labels += [f"batch queue {q + 1}" for q in range(n_queue)]
     y = {label: len(labels) - 1 - i for i, label in enumerate(labels)}
     for label, s, e, colour in lanes:
-        ax.broken_barh(ctx.clip(s, e), (y[label] - _BAR_HEIGHT / 2, _BAR_HEIGHT), color=colour)
+        _draw_lane(ax, ctx, s, e, y[label], (colour, _darker(colour)))
     for q in range(n_queue):
-        _draw_queue_lane(ax, ctx, steps, rows == q, in_flight_end, y[f"batch queue {q + 1}"])
+        m = rows == q
+        _draw_lane(ax, ctx, steps.sched_start[m], in_flight_end[m], y[f"batch queue {q + 1}"],
+                   style.INFLIGHT_COLOURS)
     p = view.pauses
     ax.broken_barh(ctx.clip(p.start, p.end), (y["pause"] - _BAR_HEIGHT / 2, _BAR_HEIGHT), color=style.PAUSE_COLOUR)
     ax.broken_barh(ctx.clip(p.write_start, p.write_end), (y["weight write"] - _BAR_HEIGHT / 2, _BAR_HEIGHT),
@@ -98,17 +101,23 @@ def _draw_engine(view: TraceView, ax, ctx: _Ctx) -> list:
             for k in ("schedule", "execute", "update") if k in y]
 
 
-def _draw_queue_lane(ax, ctx: _Ctx, steps, mask, end, y: float) -> None:
-    """Steps alternate colour when few enough to see one by one; otherwise merged like any other lane."""
-    s, e, parity = steps.sched_start[mask], end[mask], steps.step[mask] % 2
-    visible = (e >= ctx.start) & (s <= ctx.stop)
-    if np.count_nonzero(visible) > _PIXELS // 4:
-        ax.broken_barh(ctx.clip(s, e), (y - _BAR_HEIGHT / 2, _BAR_HEIGHT), color=style.INFLIGHT_COLOURS[0])
+def _draw_lane(ax, ctx: _Ctx, s, e, y: float, colours) -> None:
+    """Consecutive steps alternate shade when few enough to tell apart (back-to-back forward passes would
+    otherwise read as one bar); beyond that the lane is merged below a pixel like any other."""
+    visible = np.flatnonzero((e >= ctx.start) & (s <= ctx.stop))
+    if len(visible) > _PIXELS // 4:
+        ax.broken_barh(ctx.clip(s, e), (y - _BAR_HEIGHT / 2, _BAR_HEIGHT), color=colours[0])
         return
+    visible = visible[np.argsort(s[visible], kind="stable")]
     for k in (0, 1):
-        m = visible & (parity == k)
-        bars = np.column_stack((s[m] / ctx.scale, (e[m] - s[m]) / ctx.scale))
-        ax.broken_barh(bars, (y - _BAR_HEIGHT / 2, _BAR_HEIGHT), color=style.INFLIGHT_COLOURS[k])
+        idx = visible[k::2]
+        bars = np.column_stack((s[idx] / ctx.scale, np.maximum(e[idx] - s[idx], ctx.min_gap) / ctx.scale))
+        ax.broken_barh(bars, (y - _BAR_HEIGHT / 2, _BAR_HEIGHT), color=colours[k])
+
+
+def _darker(colour: str) -> str:
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return "#%02x%02x%02x" % (int(r * 0.65), int(g * 0.65), int(b * 0.65))
 
 
 def _label_writes(ax, ctx: _Ctx, p, y: float) -> None:
@@ -123,11 +132,12 @@ def _label_writes(ax, ctx: _Ctx, p, y: float) -> None:
 
 
 def _shade_pauses(view: TraceView, ax, ctx: _Ctx) -> None:
+    """Full-height shading, one collection per kind (thousands of pauses stay one artist each)."""
     p = view.pauses
-    for s, e in ctx.clip(p.start, p.end + 0.0):
-        ax.axvspan(s, s + e, color=style.PAUSE_COLOUR, alpha=0.15, lw=0)
-    for s, e in ctx.clip(p.write_start, p.write_end):
-        ax.axvspan(s, s + e, color=style.WRITE_COLOUR, alpha=0.2, lw=0)
+    for starts, ends, colour, alpha in ((p.start, p.end, style.PAUSE_COLOUR, 0.15),
+                                        (p.write_start, p.write_end, style.WRITE_COLOUR, 0.2)):
+        xw = ctx.clip(starts, ends)
+        style.shade_spans(ax, xw[:, 0], xw[:, 0] + xw[:, 1], colour, alpha)
 
 
 def _draw_requests(view: TraceView, ax, ctx: _Ctx, max_rows: int, marked: set, row_order) -> tuple:
@@ -142,7 +152,7 @@ def _draw_requests(view: TraceView, ax, ctx: _Ctx, max_rows: int, marked: set, r
         rows = np.arange(len(lanes))
     else:
         starts = np.array([ln.admitted for ln in lanes])
-        rows = pack_rows(starts, np.array([_last(ln) for ln in lanes]))
+        rows = pack_rows(starts, np.array([lane_end(ln) for ln in lanes]))
     shown = rows < max_rows
     by_version: dict = {}
     queued, aborted = [], []
@@ -159,9 +169,12 @@ def _draw_requests(view: TraceView, ax, ctx: _Ctx, max_rows: int, marked: set, r
             aborted.append((row, ln.end))
     n_rows = int(rows[shown].max()) + 1 if np.any(shown) else 1
     handles = _draw_row_bars(ax, ctx, queued, style.QUEUED_COLOUR, n_rows, "queued (admitted, not scheduled)")
+    by_colour: dict = {}
     for version in sorted(by_version, key=lambda v: (v is None, v or 0)):
-        label = "unknown version" if version is None else f"tokens by policy v{version}"
-        handles += _draw_row_bars(ax, ctx, by_version[version], style.version_colour(version), n_rows, label)
+        by_colour.setdefault(style.version_colour(version), []).append(version)
+    for colour, versions in by_colour.items():
+        bars = [bar for v in versions for bar in by_version[v]]
+        handles += _draw_row_bars(ax, ctx, bars, colour, n_rows, _version_label(versions))
     if aborted:
         a = np.array(aborted, dtype=float)
         a = a[(a[:, 1] >= ctx.start) & (a[:, 1] <= ctx.stop)]
@@ -173,22 +186,25 @@ def _draw_requests(view: TraceView, ax, ctx: _Ctx, max_rows: int, marked: set, r
                       Patch(color=style.WRITE_COLOUR, alpha=0.6, label="weight write")], row_y
 
 
+def _version_label(versions: list) -> str:
+    """Legend text for the versions sharing one colour (the palette repeats after ten versions)."""
+    if versions == [None]:
+        return "unknown version"
+    known = [v for v in versions if v is not None]
+    more = f", v{known[1]}, …" if len(known) > 2 else (f", v{known[1]}" if len(known) == 2 else "")
+    return f"tokens by policy v{known[0]}{more}" + (" / unknown" if None in versions else "")
+
+
 def _meets(ln, ctx: _Ctx) -> bool:
-    return ln.admitted <= ctx.stop and _last(ln) >= ctx.start
-
-
-def _last(ln) -> float:
-    candidates = [ln.admitted, ln.first_sched, ln.end] + [s[1] for s in ln.segments[-1:]]
-    return max(c for c in candidates if c == c)
+    return ln.admitted <= ctx.stop and lane_end(ln) >= ctx.start
 
 
 def _draw_row_bars(ax, ctx: _Ctx, bars: list, colour: str, n_rows: int, label: str) -> list:
-    """Bars ``(row, start, end)``; merged per row below a pixel by offsetting rows far apart on one axis."""
+    """Bars ``(row, start, end)`` of one colour, merged per row below a pixel, drawn as one collection."""
     if not bars:
         return []
     a = np.array(bars, dtype=float)
-    keep = (a[:, 2] >= ctx.start) & (a[:, 1] <= ctx.stop)
-    a = a[keep]
+    a = a[(a[:, 2] >= ctx.start) & (a[:, 1] <= ctx.stop)]
     if len(a) == 0:
         return []
     # Times are >= 0 (relative to the trace start): laying rows end to end, `stride` apart, lets one vectorised
@@ -197,11 +213,15 @@ def _draw_row_bars(ax, ctx: _Ctx, bars: list, colour: str, n_rows: int, label: s
     s, e = merge_close(a[:, 0] * stride + a[:, 1], a[:, 0] * stride + a[:, 2], ctx.min_gap)
     row = np.floor(s / stride)
     s, e = s - row * stride, e - row * stride
-    for r in np.unique(row):
-        m = row == r
-        bars_xy = np.column_stack((s[m] / ctx.scale, np.maximum(e[m] - s[m], ctx.min_gap) / ctx.scale))
-        ax.broken_barh(bars_xy, (n_rows - 1 - r - _BAR_HEIGHT / 2, _BAR_HEIGHT), color=colour)
+    _rects(ax, s / ctx.scale, np.maximum(e - s, ctx.min_gap) / ctx.scale, n_rows - 1 - row, colour)
     return [Patch(color=colour, label=label)]
+
+
+def _rects(ax, x, width, y, colour: str) -> None:
+    """Many bars as one PolyCollection (one artist, whatever their number)."""
+    lo, hi = y - _BAR_HEIGHT / 2, y + _BAR_HEIGHT / 2
+    verts = np.stack([np.column_stack(c) for c in ((x, lo), (x, hi), (x + width, hi), (x + width, lo))], axis=1)
+    ax.add_collection(PolyCollection(verts, facecolors=colour, edgecolors="none"), autolim=False)
 
 
 def _label_rows(ax, lanes, rows, shown, n_rows: int, one_per_row: bool) -> None:
