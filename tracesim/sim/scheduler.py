@@ -48,6 +48,8 @@ class SimReq:
     preempted: bool = False  # next admission is a resume
     drop_inflight: bool = False  # in-flight output of the last preemption is dropped, not delivered
     blocks: list = field(default_factory=list)
+    committed: int = 0  # leading blocks already given their content key
+    arrival_ns: int | None = None  # replay: the recorded time the engine core added it
     out_tokens: list = field(default_factory=list)
     exec_versions: list = field(default_factory=list)  # weights that computed each output token
     stamp_versions: list = field(default_factory=list)  # version stamped by the update (what vLLM reports)
@@ -79,9 +81,12 @@ class Planned:
     cached: int
     incarnation: int
     samples: bool  # the step samples a token for it (not a prefill chunk)
+    admitted: bool = False  # admitted from the waiting queue by this schedule (new or resumed)
 
     def record(self, prompt_len: int) -> SchedReq:
-        decode = 1 if self.samples and self.computed_before >= prompt_len and self.num_tokens == 1 else 0
+        # The recorder's split (tracesim/record/convert.py): one fed token of a running request past its prompt
+        # is a decode; new, resumed and multi-token shares are prefill.
+        decode = 1 if (not self.admitted and self.computed_before >= prompt_len and self.num_tokens == 1) else 0
         return SchedReq(self.req.req_id, self.num_tokens - decode, decode, self.resumed, self.cached, 0,
                         self.computed_before, self.req.placeholders)
 
@@ -128,6 +133,7 @@ class Scheduler:
     def preempt(self, req: SimReq, drop_inflight: bool) -> None:
         self.pool.release(req.blocks)
         req.blocks = []
+        req.committed = 0
         req.status = WAITING
         req.num_computed = 0
         req.placeholders = 0
@@ -207,7 +213,7 @@ class Scheduler:
             req.num_computed = cached
             resumed, req.preempted = req.preempted, False
             self.running.append(req)
-            planned.append(self._plan(req, n, resumed, cached))
+            planned.append(self._plan(req, n, resumed, cached, True))
             budget -= n
         self.waiting.extendleft(reversed(skipped))
         return budget
@@ -217,17 +223,27 @@ class Scheduler:
         have = len(req.blocks) + len(hits)
         total = (len(hits) * bs if hits else req.num_computed) + n
         need = max(0, -(-total // bs) - have)
-        if not self.pool.can_take(hits, need):
-            return False
-        self.pool.touch(hits)
-        req.blocks = req.blocks + hits + self.pool.take(need)
+        if hits or need:
+            if not self.pool.can_take(hits, need):
+                return False
+            self.pool.touch(hits)
+            req.blocks = req.blocks + hits + self.pool.take(need)
         req.status = RUNNING
+        # Blocks whose tokens are all known get their content key now, as vLLM caches at allocation: a
+        # request admitted later in the same schedule already hits them.
+        full = min((len(hits) * bs if hits else req.num_computed) + n, req.num_tokens) // bs
+        if full > req.committed:  # only blocks that became full since the last allocation
+            n_prompt_blocks = req.prompt_len // bs
+            for i in range(req.committed, full):
+                key = (req.prompt_key, i) if i < n_prompt_blocks else (req.req_id, i)
+                self.pool.commit(req.blocks[i], key, 0)
+            req.committed = full
         return True
 
-    def _plan(self, req: SimReq, n: int, resumed: bool, cached: int) -> Planned:
+    def _plan(self, req: SimReq, n: int, resumed: bool, cached: int, admitted: bool = False) -> Planned:
         before = req.num_computed
         samples = before + n >= req.num_tokens + req.placeholders
-        return Planned(req, n, before, resumed, cached, req.incarnation, samples)
+        return Planned(req, n, before, resumed, cached, req.incarnation, samples, admitted)
 
     def _after_schedule(self, p: Planned) -> None:
         req = p.req
@@ -235,11 +251,6 @@ class Scheduler:
         req.inflight += 1
         if p.samples and self.cfg.async_scheduling:
             req.placeholders += 1
-        # Blocks whose tokens are all known and computed get their content key (vLLM caches at allocation).
-        known = min(req.num_computed, req.num_tokens)
-        for i, key in enumerate(req.block_keys(known, self.cfg.block_size)):
-            if i < len(req.blocks):
-                self.pool.commit(req.blocks[i], key, 0)
 
     # --- update ------------------------------------------------------------------------------------------
 
@@ -251,7 +262,8 @@ class Scheduler:
             req.inflight -= 1
             stale = p.incarnation != req.incarnation
             if req.status == FINISHED and not stale:
-                continue  # finished by an earlier update while this step was in flight (async)
+                outs.append(OutReq(req.req_id, 0))  # finished by an earlier update while in flight (async)
+                continue
             if stale and self.cfg.discard_stale_frames:
                 outs.append(OutReq(req.req_id, 0, None, True))
                 continue

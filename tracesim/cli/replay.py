@@ -1,0 +1,46 @@
+"""``tracesim replay TRACE [--scenario FILE] [--seed N] [--timing exact|fitted] -o OUT``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("replay", help="replay a recorded trace through the simulator")
+    p.add_argument("trace", help="recorded trace (.msgpack)")
+    p.add_argument("-o", "--output", required=True, help="simulated trace to write")
+    p.add_argument("--scenario", help="TOML scenario: engine overheads, step-time model, loop policies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timing", choices=("exact", "fitted"), default="exact",
+                   help="exact: recorded step durations; fitted: a step-time model fitted on TRACE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from tracesim.cli.main import UsageError
+    from tracesim.format import read_trace, write_trace
+    from tracesim.sim.fidelity import compare
+    from tracesim.sim.replay import replay
+    from tracesim.sim.scenario import ScenarioError, load_scenario
+    from tracesim.sim.steptime import fit
+
+    trace = read_trace(args.trace)
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else None
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    steptime = None
+    if args.timing == "fitted":
+        try:
+            steptime = fit(trace)
+        except ValueError as exc:
+            raise UsageError(f"{args.trace}: cannot fit a step-time model: {exc}") from None
+    with tqdm(unit="step", file=sys.stderr, disable=args.no_progress or None, desc="replay") as bar:
+        out = replay(trace, timing=args.timing, steptime=steptime, seed=args.seed, scenario=scenario, progress=bar)
+    write_trace(args.output, out)
+    print(json.dumps({"output": args.output, "records": len(out.records), **compare(trace, out).to_dict()}))
+    return 0

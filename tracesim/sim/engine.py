@@ -1,0 +1,249 @@
+"""The engine-core process: vLLM V1's busy loop in virtual time.
+
+Between two actions the core drains its input queue (adds, aborts, pause / resume, cache resets), then
+either steps or, with nothing to do, sleeps until an input arrives. A synchronous step is schedule -> forward
+pass on the GPU -> update_from_output. With async scheduling the core keeps a batch queue of depth 2: it
+schedules and submits step N+1 before it blocks on step N and applies its output, so ``sched(N+1)`` precedes
+``upd(N)`` (DESIGN §3).
+
+Weights: ``weights_version`` is what is on the GPU (a forward pass runs with the value read when it starts);
+``version`` is the label stamped on outputs by each update. A weight write changes the first, setting the
+version changes the second: the client decides when (``rlloop.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from tracesim.format.records import (
+    PAUSED_ALL, PAUSED_NEW, UNPAUSED, Aborted, CacheReset, Paused, RequestAdded, Resumed, StepExecuted,
+    StepScheduled, StepUpdated,
+)
+from tracesim.sim.scheduler import Scheduler
+
+
+class InFlight:
+    """A scheduled step whose output is not applied yet."""
+
+    __slots__ = ("step", "planned", "done", "exec_version")
+
+    def __init__(self, step, planned, done):
+        self.step, self.planned, self.done, self.exec_version = step, planned, done, 0
+
+
+class Engine:
+    """``emit(record)`` receives every engine-side record; ``on_output(step, frames)`` the output path."""
+
+    def __init__(self, env, cfg, timing, emit, on_output, progress=None):
+        self.env, self.cfg, self.timing, self.emit, self.on_output = env, cfg, timing, emit, on_output
+        self.sched = Scheduler(cfg)
+        self.version = 0
+        self.weights_version = 0
+        self.step = 0
+        self.inputs: deque = deque()  # (kind, payload) delivered to the core, applied between actions
+        self.queue: deque = deque()  # batch queue of InFlight
+        self.held_adds: list = []  # adds that arrived while paused (vLLM queues them until resume)
+        self.pause = None  # (mode, clear_cache, done event) while a pause has not completed
+        self.gpu_free_ns = 0  # when the GPU finishes the last submitted forward pass
+        self.progress = progress
+        self._wake = env.event()
+
+    # --- inputs (called by client processes) -------------------------------------------------------------
+
+    def submit(self, kind: str, payload=None):
+        """Queue an input for the core ("add", "abort", "pause", "resume", "reset"); return nothing."""
+        self.inputs.append((kind, payload))
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def request_pause(self, mode: str, clear_cache: bool, abort_all: bool | None = None):
+        """Queue a pause; the returned event fires when the engine has drained (DESIGN §3). ``abort_all``
+        defaults to ``mode == "abort"`` (replay passes False: it replays the recorded aborts itself)."""
+        done = self.env.event()
+        self.submit("pause", (mode, clear_cache, done, mode == "abort" if abort_all is None else abort_all))
+        return done
+
+    def _drain_inputs(self) -> None:
+        while self.inputs:
+            kind, payload = self.inputs.popleft()
+            getattr(self, "_on_" + kind)(payload)
+
+    def _on_add(self, req) -> None:
+        if self.sched.pause_state != UNPAUSED:
+            self.held_adds.append(req)
+            return
+        self._add(req)
+
+    def _add(self, req, held: bool = False) -> None:
+        # Replay: the recording says when the core added it; an add held by a pause is added at resume.
+        t_ns = self.env.now if req.arrival_ns is None or held else min(req.arrival_ns, self.env.now)
+        self.emit(RequestAdded(t_ns, req.req_id, "engine", req.group_id, req.sample_idx, req.group_size,
+                               req.prompt_len, req.max_tokens, None, req.prompt_key, None))
+        self.sched.add(req)
+
+    def _on_abort(self, req_ids) -> None:
+        live = [r for r in (self.sched.requests.get(i) for i in req_ids) if r is not None]
+        if not live:
+            return
+        for req in live:
+            req.incarnation += 1
+            if req in self.sched.running:
+                self.sched.running.remove(req)
+            elif req in self.sched.waiting:
+                self.sched.waiting.remove(req)
+            self.sched._finish(req, "abort")
+        self.emit(Aborted(self.env.now, tuple(r.req_id for r in live), "client", "engine"))
+        self.on_output(None, [(r, 0, "abort") for r in live])
+
+    def _on_pause(self, payload) -> None:
+        mode, clear_cache, done, abort_all = payload
+        if abort_all:
+            aborted = self.sched.abort_all()
+            if aborted:
+                self.emit(Aborted(self.env.now, tuple(r.req_id for r in aborted), "pause", "engine"))
+                self.on_output(None, [(r, 0, "abort") for r in aborted])
+        state = PAUSED_ALL if mode == "keep" else PAUSED_NEW
+        self.sched.pause_state = state
+        self.emit(Paused(self.env.now, "engine", mode, clear_cache, state))
+        self.pause = (mode, clear_cache, done)
+        self._maybe_finish_pause()
+
+    def _maybe_finish_pause(self) -> None:
+        if self.pause is None or self.queue:
+            return
+        mode, clear_cache, done = self.pause
+        if mode != "keep" and self.sched.running:
+            return
+        self.pause = None
+        if clear_cache:
+            self._on_reset(True)
+        done.succeed(self.env.now)
+
+    def _on_resume(self, payload) -> None:
+        self.sched.pause_state = UNPAUSED
+        self.emit(Resumed(self.env.now, "engine"))
+        held, self.held_adds = self.held_adds, []
+        for req in held:
+            self._add(req, held=True)
+
+    def _on_reset(self, reset_running) -> None:
+        had_running = bool(self.sched.running)
+        ok, _ = self.sched.reset_prefix_cache(bool(reset_running))
+        self.emit(CacheReset(self.env.now, ok, "engine", bool(reset_running) and had_running))
+
+    # --- the busy loop -----------------------------------------------------------------------------------
+
+    def run(self):
+        """SimPy process: runs until the environment stops."""
+        env, kind = self.env, "sched"
+        last_end = env.now
+        while True:
+            # The gap runs from the end of the previous action: time spent asleep counts towards it.
+            gap = self.timing.gap_ns(kind, self.step if kind == "sched" else self._oldest_step())
+            if last_end + gap > env.now:
+                yield env.timeout(last_end + gap - env.now)
+            self._drain_inputs()
+            if self.cfg.async_scheduling:
+                kind = yield from self._step_async()
+            else:
+                kind = yield from self._step_sync()
+            if kind is None:  # nothing to do: sleep until an input arrives
+                self._wake = env.event()
+                if not self.inputs:
+                    yield self._wake
+                kind = "sched"
+            else:
+                last_end = env.now
+
+    def _oldest_step(self) -> int:
+        return self.queue[0].step if self.queue else self.step
+
+    def _schedule(self):
+        """Run one schedule() call; return the InFlight submitted to the GPU, or None if it was empty."""
+        env, step = self.env, self.step
+        t0 = env.now
+        planned, preempted = self.sched.schedule()
+        if not planned and not self.sched.finished_since:
+            return None  # an empty schedule() is only a step when it reports finished requests (as in vLLM)
+        dur = self.timing.sched_ns(step)
+        if dur:
+            yield env.timeout(dur)
+        self.step += 1
+        waiting, running = self.sched.counts()
+        finished, self.sched.finished_since = tuple(self.sched.finished_since), []
+        reqs = tuple(p.record(p.req.prompt_len) for p in planned)
+        self.emit(StepScheduled(t0, env.now, step, reqs, preempted, finished, waiting, running,
+                                len(self.queue) + 1, self.sched.pause_state, round(self.sched.pool.usage(), 6)))
+        flight = InFlight(step, planned, env.event())
+        self._launch(flight, reqs)
+        self.queue.append(flight)
+        if self.progress is not None and step % 1024 == 1023:
+            self.progress.update(1024)
+        return flight
+
+    def _launch(self, flight, reqs) -> None:
+        """The forward pass runs on the GPU after the previous one; its end is known when it starts. An empty
+        schedule (it only reports finished requests) runs no forward pass."""
+        if not reqs:
+            flight.done.succeed()
+            return
+        start = max(self.env.now, self.gpu_free_ns)
+        end = start + self.timing.exec_ns(flight.step, reqs)
+        self.gpu_free_ns = end
+        self.env.process(self._execute(flight, start, end))
+
+    def _execute(self, flight, start, end):
+        if start > self.env.now:
+            yield self.env.timeout(start - self.env.now)
+        flight.exec_version = self.weights_version
+        yield self.env.timeout(end - start)
+        self.emit(StepExecuted(start, end, flight.step, flight.exec_version))
+        flight.done.succeed()
+
+    def _update(self):
+        env = self.env
+        flight = self.queue[0]
+        if not flight.done.triggered:
+            yield flight.done
+        t0 = env.now
+        dur = self.timing.upd_ns(flight.step)
+        if dur:
+            yield env.timeout(dur)
+        self.queue.popleft()
+        outs = self.sched.update(flight.planned, flight.exec_version, self.version)
+        self.emit(StepUpdated(t0, env.now, flight.step, tuple(outs), self.version))
+        frames = [(p.req, o.sampled, o.finish_reason) for p, o in zip(_applied(flight.planned, outs), outs)
+                  if not (o.stale and self.cfg.discard_stale_frames) and (o.sampled or o.finish_reason)]
+        if frames:
+            self.on_output(flight.step, frames)
+        self._maybe_finish_pause()
+
+    def _can_schedule(self) -> bool:
+        return self.sched.has_work() or (bool(self.sched.finished_since) and self.sched.pause_state != PAUSED_ALL)
+
+    def _step_sync(self):
+        if not self._can_schedule():
+            return None
+        flight = yield from self._schedule()
+        if flight is None:
+            return None
+        yield from self._update()
+        return "sched"
+
+    def _step_async(self):
+        if len(self.queue) < 2 and self._can_schedule():
+            flight = yield from self._schedule()
+            if flight is not None and len(self.queue) < 2:
+                return "sched"
+        if not self.queue:
+            return None
+        yield from self._update()
+        return "sched" if len(self.queue) < 2 else "upd"
+
+
+def _applied(planned, outs):
+    """The Planned entries that produced ``outs`` (update skips requests finished while in flight)."""
+    by_id = {}
+    for p in planned:
+        by_id.setdefault(p.req.req_id, p)
+    return [by_id[o.req_id] for o in outs]

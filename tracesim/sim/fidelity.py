@@ -1,0 +1,80 @@
+"""How closely a replay reproduces its recording (DESIGN §7).
+
+Compared: the step sequence (step index and batch composition: request, prefill tokens, decode tokens, in
+batch order), the finishing order (request ids in the order updates finished them), and times. Per-step time
+error is the relative difference of step durations (``sched(k+1).t_ns - sched(k).t_ns``); per-request error the
+relative difference of latency (engine add to the update that finished it). Times are rebased to each trace's
+first record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tracesim.format.records import RequestAdded, StepScheduled, StepUpdated
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    steps_recorded: int
+    steps_simulated: int
+    batches_identical: int  # steps whose composition matches, from the start
+    first_mismatch: int | None  # first step whose composition differs (None: all match)
+    finish_order_identical: bool
+    step_err_median: float
+    step_err_p99: float
+    request_err_median: float
+    request_err_p99: float
+
+    @property
+    def exact(self) -> bool:
+        return (self.first_mismatch is None and self.steps_recorded == self.steps_simulated
+                and self.finish_order_identical)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _batches(trace) -> list:
+    return [(r.step, tuple((q.req_id, q.prefill_tokens, q.decode_tokens) for q in r.reqs))
+            for r in trace.of(StepScheduled)]
+
+
+def _finishes(trace) -> list:
+    return [(o.req_id, r.end_ns) for r in trace.of(StepUpdated) for o in r.outs if o.finish_reason is not None]
+
+
+def _t0(trace) -> int:
+    ts = [r.t_ns for r in trace.records if hasattr(r, "t_ns")]
+    return min(ts) if ts else 0
+
+
+def _q(errs: list, p: float) -> float:
+    return float(np.percentile(errs, p)) if errs else 0.0
+
+
+def compare(recorded, simulated) -> Fidelity:
+    rb, sb = _batches(recorded), _batches(simulated)
+    first = next((i for i, (a, b) in enumerate(zip(rb, sb)) if a != b), None)
+    if first is None and len(rb) != len(sb):
+        first = min(len(rb), len(sb))
+    same = first if first is not None else len(rb)
+    rf, sf = _finishes(recorded), _finishes(simulated)
+    # Durations are compared step by step over the steps both traces have (matching batches or not).
+    rt = [r.t_ns for r in recorded.of(StepScheduled)]
+    st = [r.t_ns for r in simulated.of(StepScheduled)]
+    step_errs = [abs((st[i + 1] - st[i]) - (rt[i + 1] - rt[i])) / max(rt[i + 1] - rt[i], 1)
+                 for i in range(min(len(rt), len(st)) - 1)]
+    r0, s0 = _t0(recorded), _t0(simulated)
+    r_add = {r.req_id: r.t_ns - r0 for r in recorded.of(RequestAdded) if r.side == "engine"}
+    s_add = {r.req_id: r.t_ns - s0 for r in simulated.of(RequestAdded) if r.side == "engine"}
+    s_fin = {rid: t - s0 for rid, t in sf}
+    req_errs = []
+    for rid, t in rf:
+        if rid in s_fin and rid in r_add and rid in s_add:
+            lat_r, lat_s = t - r0 - r_add[rid], s_fin[rid] - s_add[rid]
+            req_errs.append(abs(lat_s - lat_r) / max(lat_r, 1))
+    return Fidelity(len(rb), len(sb), same, first, [r for r, _ in rf] == [r for r, _ in sf],
+                    _q(step_errs, 50), _q(step_errs, 99), _q(req_errs, 50), _q(req_errs, 99))

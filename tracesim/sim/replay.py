@@ -1,0 +1,231 @@
+"""Replay a recorded trace through the model.
+
+What replay takes from the recording (the inputs), rebased so the first record is at t=0:
+
+* engine configuration (header ``engine_config``: budget, max running requests, block size and count,
+  chunked prefill, prefix caching, async scheduling);
+* request arrivals: each engine-side ``add`` at its time, with prompt length, prompt digest (equal digests
+  share a prefix), max_tokens and group;
+* each request's output length and finish reason (when to emit the stop token is the model's data, not the
+  scheduler's decision);
+* control events at their engine-side times: aborts, pauses (state; the mode when the client recorded it),
+  resumes, cache resets, weight versions;
+* durations: exact replay uses each step's recorded schedule / forward / update times and the gaps between
+  engine actions; what-if replay uses a fitted step-time model instead.
+
+What the model computes: every schedule (which requests, how many tokens, preemption, prefix hits, KV),
+every update (which tokens, finishing, stale frames), the output path to the client, and all times.
+Client-side records of the recording (adds, pause calls, weight writes) are carried over, rebased.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import simpy
+
+from tracesim.format.records import (
+    PAUSED_ALL, Aborted, CacheReset, Paused, RequestAdded, Resumed, StepScheduled, StepUpdated, WeightsUpdated,
+)
+from tracesim.format.trace import Trace
+from tracesim.sim.engine import Engine
+from tracesim.sim.rollout import Rollout, Sample
+from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
+from tracesim.sim.scenario import EngineConfig, Scenario, Workload
+from tracesim.sim.scheduler import SimReq
+from tracesim.sim.steptime import step_costs
+from tracesim.sim.timing import ModelTiming, RecordedTiming
+
+NEVER = 1 << 40  # a stop length no request reaches
+
+
+def engine_config_from(header) -> EngineConfig:
+    """EngineConfig from a recorded header's engine_config (recorder keys; missing ones keep defaults)."""
+    ec = dict(header.engine_config or {})
+    keys = {"max_num_batched_tokens": "max_num_batched_tokens", "max_num_seqs": "max_num_seqs",
+            "block_size": "block_size", "num_gpu_blocks": "num_gpu_blocks",
+            "enable_chunked_prefill": "chunked_prefill", "enable_prefix_caching": "enable_prefix_caching",
+            "async_scheduling": "async_scheduling", "long_prefill_token_threshold": "long_prefill_token_threshold"}
+    values = {}
+    for field_name, key in keys.items():
+        v = ec.get(key, ec.get(field_name))
+        if v is not None:
+            values[field_name] = type(getattr(EngineConfig, field_name))(v)
+    return EngineConfig(**values)
+
+
+@dataclass
+class _Arrival:
+    add: RequestAdded
+    out_len: int = 0
+    reason: str | None = None
+
+
+def _arrivals(trace) -> list:
+    """Engine-side adds in stream order, each with the output length and finish reason it reached."""
+    arrivals, current = [], {}
+    for r in trace.records:
+        if type(r) is RequestAdded and r.side == "engine":
+            current[r.req_id] = a = _Arrival(r)
+            arrivals.append(a)
+        elif type(r) is StepUpdated:
+            for o in r.outs:
+                a = current.get(o.req_id)
+                if a is None or a.reason is not None:
+                    continue
+                if not o.stale:
+                    a.out_len += o.sampled
+                if o.finish_reason is not None:
+                    a.reason = o.finish_reason
+    return arrivals
+
+
+def _controls(trace, t0: int) -> list:
+    """(t_rel, order, kind, payload) engine inputs from the recording's control records."""
+    out, client_mode = [], None
+    for i, r in enumerate(trace.records):
+        kind = type(r)
+        if kind is Paused and r.side == "client":
+            client_mode = r.mode
+        elif kind is Paused and r.side == "engine":
+            mode = r.mode or client_mode or ("keep" if r.state == PAUSED_ALL else "wait")
+            if mode == "abort":
+                mode = "wait"  # its aborts are replayed from the recorded Aborted records
+            out.append((r.t_ns - t0, i, "pause", (mode, False)))
+        elif kind is Resumed and r.side == "engine":
+            out.append((r.t_ns - t0, i, "resume", None))
+        elif kind is CacheReset and r.side == "engine":
+            out.append((r.t_ns - t0, i, "reset", r.reset_running))
+        elif kind is Aborted and r.side == "engine":
+            out.append((r.t_ns - t0, i, "abort", tuple(r.req_ids)))
+        elif kind is WeightsUpdated:
+            out.append(((r.set_ns if r.set_ns is not None else r.end_ns) - t0, i, "version", r.version))
+    return out
+
+
+def _client_records(trace, t0: int) -> list:
+    """Client-side records carried over unchanged except for the rebased times, in time order."""
+    keep = []
+    for i, r in enumerate(trace.records):
+        if getattr(r, "side", None) == "client" and type(r) in (RequestAdded, Paused, Resumed, WeightsUpdated, Aborted):
+            fields = {"t_ns": r.t_ns - t0}
+            for name in ("end_ns", "set_ns"):
+                if getattr(r, name, None) is not None:
+                    fields[name] = getattr(r, name) - t0
+            keep.append((r.t_ns - t0, i, r._replace(**fields)))
+    return sorted(keep)
+
+
+def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0, scenario: Scenario | None = None,
+           perturbations: tuple = (), progress=None) -> Trace:
+    """Replay ``trace``; ``timing`` is "exact" (recorded durations) or "fitted" (``steptime``, a FitResult or
+    a Scenario's StepTime). Returns the simulated trace; raises StuckRunError."""
+    starts = [r.t_ns for r in trace.records if hasattr(r, "t_ns")]
+    t0 = min(starts) if starts else 0
+    cfg = engine_config_from(trace.header)
+    if scenario is not None:
+        cfg = scenario.engine.__class__(**{**scenario.engine.__dict__, **{
+            k: getattr(cfg, k) for k in ("max_num_batched_tokens", "max_num_seqs", "block_size", "num_gpu_blocks",
+                                         "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling")}})
+    base = scenario or Scenario(workload=Workload(), engine=cfg)
+    scen = base.replace(engine=cfg, name=f"replay:{trace.path or 'trace'}")
+    model = ModelTiming(scen.steptime if steptime is None else getattr(steptime, "steptime", steptime), cfg)
+    if steptime is not None and hasattr(steptime, "sched_us"):
+        cfg_t = cfg.__class__(**{**cfg.__dict__, "sched_us": steptime.sched_us, "update_us": steptime.update_us,
+                                 "step_gap_us": steptime.step_gap_us})
+        model = ModelTiming(steptime.steptime, cfg_t)
+    if timing == "exact":
+        c = step_costs(trace)
+        model = RecordedTiming(c.sched_ns, c.upd_ns, c.exec_ns, c.gaps, model)
+    elif timing != "fitted":
+        raise ValueError(f"timing must be 'exact' or 'fitted', got {timing!r}")
+
+    env = simpy.Environment()
+    records: list = []
+    emit = records.append
+    engine = Engine(env, cfg, model, emit, None, progress)
+    client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None)
+    client.latency_ns = scen.engine.output_latency_us * 1000
+    client.samples = _TrackAll(client)
+    arrivals = _arrivals(trace)
+    inputs = [(a.add.t_ns - t0, i, "add", a) for i, a in enumerate(arrivals)]
+    inputs = sorted(inputs + [(t, 1_000_000 + i, k, p) for t, i, k, p in _controls(trace, t0)],
+                    key=lambda x: (x[0], x[1]))
+    env.process(_drive(env, engine, client, inputs, _client_records(trace, t0), emit))
+    env.process(engine.run())
+    done = env.event()
+    env.process(_until_idle(env, engine, inputs, done))
+    env.run(until=simpy.AnyOf(env, [done, env.timeout(MAX_VIRTUAL_NS)]))
+    if not done.triggered:
+        raise StuckRunError(f"replay did not finish within {MAX_VIRTUAL_NS} virtual ns (step {engine.step})")
+    inputs_rec = RunInputs(scen, seed, tuple(perturbations), trace.path)
+    hdr_inputs = {**inputs_rec.header_inputs(), "timing": timing}
+    return Trace(sim_header(inputs_rec, scen.to_dict()["engine"])._replace(inputs=hdr_inputs), records, [], None)
+
+
+class _TrackAll(dict):
+    """The replay client tracks every request it hears of (its adds are the recording's)."""
+
+    def __init__(self, client):
+        super().__init__()
+        self.client = client
+
+    def get(self, req_id, default=None):
+        sample = dict.get(self, req_id)
+        if sample is None:
+            sample = Sample(req_id, None, 0, 0, 0)
+            self[req_id] = sample
+        return sample
+
+
+def _drive(env, engine, client, inputs, client_records, emit):
+    """Feed the recording's inputs to the engine (and its client records to the output) at their times."""
+    client._finished = lambda sample, reason, digest: client.samples.pop(sample.req_id, None)
+    ci = 0
+    for t, _, kind, payload in inputs:
+        while ci < len(client_records) and client_records[ci][0] <= t:
+            _emit_at(env, client_records[ci][2], emit)
+            ci += 1
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        if kind == "add":
+            a = payload
+            r = a.add
+            stop = a.out_len if a.reason == "stop" else NEVER
+            max_tokens = r.max_tokens if r.max_tokens is not None else NEVER
+            req = SimReq(r.req_id, r.prompt_len, max_tokens, stop, r.prompt_digest or f"req:{r.req_id}",
+                         r.group_id, r.sample_idx, r.group_size)
+            req.arrival_ns = env.now
+            engine.submit("add", req)
+        elif kind == "pause":
+            engine.request_pause(payload[0], payload[1], abort_all=False)
+        elif kind == "version":
+            engine.weights_version = engine.version = payload
+        else:
+            engine.submit(kind, payload)
+    for _, _, rec in client_records[ci:]:
+        if rec.t_ns > env.now:
+            yield env.timeout(rec.t_ns - env.now)
+        emit(rec)
+
+
+def _emit_at(env, rec, emit):
+    emit(rec)
+
+
+def _until_idle(env, engine, inputs, done):
+    """Done once every input was fed and the engine has nothing left (polled at each engine wake)."""
+    last = inputs[-1][0] if inputs else 0
+    if last > env.now:
+        yield env.timeout(last)
+    while True:
+        if not engine.inputs and not engine.queue and not engine.sched.has_work() and not _pending(engine):
+            yield env.timeout(engine.cfg.output_latency_us * 1000 + 1)  # let the last frames land
+            if not engine.inputs and not engine.queue and not engine.sched.has_work():
+                done.succeed(env.now)
+                return
+        yield env.timeout(1_000_000)
+
+
+def _pending(engine) -> bool:
+    return bool(engine.held_adds) and engine.sched.pause_state == 0

@@ -1,0 +1,176 @@
+"""The rollout client: submits groups, receives output frames, labels versions, hands samples to rewards.
+
+Client-side policies (``LoopPolicy``, DESIGN §4) that decide bindings live here: when a sample's version label
+is read (admission, first token, finish, per-token spans; once or again after the reward await) and what an
+abort does (drop the group, or requeue the sample under a fresh or a reused id).
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+from tracesim.format.digest import token_digest
+from tracesim.format.records import OutputDelivered, RequestAdded, SampleDropped, VersionSpan
+from tracesim.sim.scheduler import SimReq, token_id
+
+
+def spans_of(versions: list) -> tuple:
+    """Run-length VersionSpans of per-token versions."""
+    spans, start = [], 0
+    for i in range(1, len(versions) + 1):
+        if i == len(versions) or versions[i] != versions[start]:
+            spans.append(VersionSpan(versions[start], start, i))
+            start = i
+    return tuple(spans)
+
+
+class Sample:
+    """One sample as the client sees it."""
+
+    __slots__ = ("req_id", "group", "idx", "tokens", "stamps", "label", "finished", "reason", "digest",
+                 "retries", "stop_len")
+
+    def __init__(self, req_id, group, idx, stop_len, label):
+        self.req_id, self.group, self.idx, self.stop_len, self.label = req_id, group, idx, stop_len, label
+        self.tokens, self.stamps, self.finished, self.reason, self.digest, self.retries = [], [], False, None, None, 0
+
+
+class Group:
+    __slots__ = ("group_id", "prompt_len", "samples", "dropped", "resolved", "prompt_digest")
+
+    def __init__(self, group_id, prompt_len):
+        self.group_id, self.prompt_len, self.samples, self.dropped, self.resolved = group_id, prompt_len, [], False, False
+        self.prompt_digest = token_digest([token_id(zlib.crc32(group_id.encode()), i, 0) for i in range(prompt_len)])
+
+
+class Rollout:
+    """Closed-loop client: keeps ``concurrency`` groups generating until ``num_prompts`` were submitted."""
+
+    def __init__(self, env, scenario, engine, emit, rng: random.Random, on_finished, on_group_dropped):
+        self.env, self.wl, self.policy, self.engine, self.emit = env, scenario.workload, scenario.loop, engine, emit
+        self.latency_ns = scenario.engine.output_latency_us * 1000
+        self.add_latency_ns = scenario.engine.add_latency_us * 1000
+        self.rng = rng
+        self.on_finished, self.on_group_dropped = on_finished, on_group_dropped
+        self.version = 0  # the client's notion of the current policy version
+        self.samples: dict = {}  # live req_id -> Sample
+        self.groups: list = []
+        self.generating = 0  # groups with samples still generating
+        self.submitted = 0
+        self._slot = env.event()
+        engine.on_output = self.send
+
+    # --- submission --------------------------------------------------------------------------------------
+
+    def run(self):
+        """SimPy process: submit groups while below the concurrency limit."""
+        wl = self.wl
+        while self.submitted < wl.num_prompts:
+            if self.generating >= wl.concurrency:
+                self._slot = self.env.event()
+                yield self._slot
+                continue
+            self._submit_group()
+            if wl.submit_gap_us:
+                yield self.env.timeout(wl.submit_gap_us * 1000)
+
+    def _submit_group(self) -> None:
+        wl, gi = self.wl, self.submitted
+        self.submitted += 1
+        group = Group(f"g{gi}", self.rng.randint(*wl.prompt_len))
+        self.groups.append(group)
+        self.generating += 1
+        for j in range(wl.group_size):
+            sample = Sample(f"g{gi}-s{j}", group, j, self.rng.randint(*wl.output_len), self.version)
+            group.samples.append(sample)
+            self._add(sample, sample.req_id)
+
+    def _add(self, sample: Sample, req_id: str) -> None:
+        wl, group = self.wl, sample.group
+        sample.req_id = req_id
+        self.samples[req_id] = sample
+        prompt_key = group.prompt_digest
+        self.emit(RequestAdded(self.env.now, req_id, "client", group.group_id, sample.idx, wl.group_size,
+                               group.prompt_len, wl.max_tokens, None, prompt_key, self.version))
+        req = SimReq(req_id, group.prompt_len, wl.max_tokens, sample.stop_len, prompt_key, group.group_id,
+                     sample.idx, wl.group_size)
+        self._later(self.add_latency_ns, lambda: self.engine.submit("add", req))
+
+    def _later(self, delay_ns: int, fn) -> None:
+        ev = self.env.timeout(delay_ns)
+        ev.callbacks.append(lambda _ev: fn())
+
+    # --- output path -------------------------------------------------------------------------------------
+
+    def send(self, step, frames) -> None:
+        """Engine side: snapshot the frames of one update now; they reach the client after the latency."""
+        batch = []
+        for req, sampled, reason in frames:
+            n = len(req.out_tokens)
+            batch.append((req.req_id, req.out_tokens[n - sampled:n], req.stamp_versions[n - sampled:n], reason))
+        self._later(self.latency_ns, lambda: self.deliver(batch))
+
+    def deliver(self, batch) -> None:
+        for req_id, tokens, stamps, reason in batch:
+            sample = self.samples.get(req_id)
+            if sample is None:
+                continue  # a frame for a request the client no longer tracks
+            start = len(sample.tokens)
+            if start == 0 and tokens and self.policy.version_label == "first_token":
+                sample.label = self.version
+            sample.tokens.extend(tokens)
+            sample.stamps.extend(stamps)
+            finished = reason is not None
+            spans = digest = None
+            if finished:
+                spans = spans_of(sample.stamps)
+                digest = token_digest(sample.tokens)
+            self.emit(OutputDelivered(self.env.now, req_id, start, len(tokens), finished, reason, spans, digest))
+            if finished:
+                self._finished(sample, reason, digest)
+
+    def _finished(self, sample: Sample, reason: str, digest: str) -> None:
+        del self.samples[sample.req_id]
+        sample.finished, sample.reason, sample.digest = True, reason, digest
+        if reason == "abort":
+            if self.policy.on_abort == "requeue":
+                sample.retries += 1
+                sample.tokens, sample.stamps, sample.finished = [], [], False
+                sample.label = self.version
+                rid = sample.req_id if self.policy.retry_ids == "reuse" else f"{sample.group.group_id}-s{sample.idx}-r{sample.retries}"
+                self._add(sample, rid)
+                return
+            self.drop_group(sample.group, "aborted")
+            return
+        if self.policy.version_label == "finish":
+            sample.label = self.version
+        elif self.policy.version_label == "spans":
+            sample.label = min(s.version for s in spans_of(sample.stamps)) if sample.stamps else self.version
+        self.on_finished(sample)
+        self._check_generated(sample.group)
+
+    def _check_generated(self, group: Group) -> None:
+        if not group.resolved and all(s.finished for s in group.samples):
+            group.resolved = True
+            self.generating -= 1
+            if not self._slot.triggered:
+                self._slot.succeed()
+
+    def drop_group(self, group: Group, reason: str) -> None:
+        """Discard a whole group (accounted for by a SampleDropped); aborts members still generating."""
+        if group.dropped:
+            return
+        group.dropped = True
+        live = [s.req_id for s in group.samples if not s.finished and s.req_id in self.samples]
+        if live:
+            self.engine.submit("abort", tuple(live))
+        self.emit(SampleDropped(self.env.now, tuple(s.req_id for s in group.samples), reason, group.group_id))
+        for s in group.samples:
+            s.finished = True
+            self.samples.pop(s.req_id, None)
+        self._check_generated(group)
+        self.on_group_dropped(group)
+
+    def all_submitted(self) -> bool:
+        return self.submitted >= self.wl.num_prompts

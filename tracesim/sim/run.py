@@ -1,0 +1,75 @@
+"""A run: (base scenario or recorded trace, seed, perturbations) -> simulated Trace, a pure function.
+
+Nothing here reads a clock, a hostname or a pid; every random draw comes from ``random.Random`` seeded
+with derived seeds, and SimPy orders simultaneous events by (time, priority, insertion sequence). The same
+inputs therefore give the same records and, written out, the same bytes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import simpy
+
+import tracesim
+from tracesim.format.records import Header, ProcessInfo
+from tracesim.format.trace import Trace
+from tracesim.sim.engine import Engine
+from tracesim.sim.rollout import Rollout
+from tracesim.sim.scenario import Scenario
+from tracesim.sim.timing import ModelTiming
+from tracesim.sim.trainer import RewardPool, Trainer
+
+SIM_PROCESS = ProcessInfo("sim", "sim", 0)
+MAX_VIRTUAL_NS = 10 ** 15  # ~11.6 virtual days: a run that has not ended by then is stuck
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a simulated run is a function of. ``perturbations`` is an ordered list of serialisable changes
+    (none are defined yet; exploration will add them and apply them where the model reads its inputs)."""
+
+    scenario: Scenario
+    seed: int = 0
+    perturbations: tuple = ()
+    base_trace: str | None = None  # path of the recorded trace a replay was built from, for the header
+
+    def header_inputs(self) -> dict:
+        d = {"scenario": self.scenario.to_dict(), "perturbations": [list(p) for p in self.perturbations]}
+        if self.base_trace is not None:
+            d["base_trace"] = self.base_trace
+        return d
+
+
+class StuckRunError(RuntimeError):
+    """The run did not finish within MAX_VIRTUAL_NS of virtual time (a deadlock in the modelled loop)."""
+
+
+def sim_header(inputs: RunInputs, engine_config: dict) -> Header:
+    return Header(1, 0, tracesim.__version__, "sim", (SIM_PROCESS,), engine_config, inputs.seed,
+                  inputs.header_inputs(), 0)
+
+
+def simulate(inputs: RunInputs, progress=None) -> Trace:
+    """Run the scenario's RL loop to completion; return the trace. Raises StuckRunError."""
+    s = inputs.scenario
+    env = simpy.Environment()
+    records: list = []
+    emit = records.append
+    rng_work = random.Random(f"{inputs.seed}:workload")
+    rng_reward = random.Random(f"{inputs.seed}:reward")
+    engine = Engine(env, s.engine, ModelTiming(s.steptime, s.engine), emit, None, progress)
+    done = env.event()
+    trainer: Trainer
+    rollout = Rollout(env, s, engine, emit, rng_work, lambda smp: pool.put(smp),
+                      lambda g: trainer.group_dropped(g))
+    trainer = Trainer(env, s, engine, rollout, emit, done)
+    pool = RewardPool(env, s.loop, emit, rng_reward, rollout, trainer.rewarded)
+    env.process(engine.run())
+    env.process(rollout.run())
+    env.process(trainer.run())
+    env.run(until=simpy.AnyOf(env, [done, env.timeout(MAX_VIRTUAL_NS)]))
+    if not done.triggered:
+        raise StuckRunError(f"run did not finish within {MAX_VIRTUAL_NS} virtual ns (stuck at step {engine.step})")
+    return Trace(sim_header(inputs, s.to_dict()["engine"]), records, [], None)

@@ -1,0 +1,116 @@
+"""Fit a per-step cost model on a trace: forward-pass time as a linear function of batch composition.
+
+Features of step k: prefill tokens, decode tokens, context tokens (tokens attended to: computed + scheduled,
+summed over the batch). The forward-pass time of step k is read from ``StepExecuted`` when the trace has it;
+otherwise it is estimated from the engine's own records as ``upd(k).t_ns - start(k)`` with ``start(k) =
+max(sched(k).end_ns, upd(k-1).t_ns)`` (the GPU starts k when k is submitted and k-1 is done). Every 5th step
+is held out; errors are reported on those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracesim.format.records import StepExecuted, StepScheduled, StepUpdated
+from tracesim.sim.scenario import StepTime
+from tracesim.sim.timing import batch_features
+
+HOLD_OUT_EVERY = 5
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """What a trace says each engine action cost, by step (nanoseconds)."""
+
+    features: dict  # step -> (prefill, decode, context)
+    exec_ns: dict  # step -> forward-pass time
+    sched_ns: dict  # step -> schedule() time
+    upd_ns: dict  # step -> update_from_output() time
+    gaps: dict  # ("sched" | "upd", step) -> time since the previous engine action ended
+
+
+def step_costs(trace) -> StepCosts:
+    """Measure per-step costs from one engine's sched / upd / exec records (the first engine process)."""
+    scheds = {r.step: r for r in trace.of(StepScheduled)}
+    upds = {r.step: r for r in trace.of(StepUpdated)}
+    execs = {r.step: r.end_ns - r.t_ns for r in trace.of(StepExecuted)}
+    features = {k: batch_features(r.reqs) for k, r in scheds.items()}
+    exec_ns, prev_done = {}, None
+    for k in sorted(scheds):
+        s, u = scheds[k], upds.get(k)
+        if k in execs:
+            exec_ns[k] = execs[k]
+        elif u is not None:
+            start = s.end_ns if prev_done is None else max(s.end_ns, prev_done)
+            exec_ns[k] = max(0, u.t_ns - start)
+        prev_done = u.t_ns if u is not None else prev_done
+    actions = sorted([(r.t_ns, 0, "sched", r.step, r.end_ns) for r in scheds.values()]
+                     + [(r.t_ns, 1, "upd", r.step, r.end_ns) for r in upds.values()])
+    # The first action's gap runs from the trace's first record (where replay puts t=0).
+    prev_end = min((r.t_ns for r in trace.records if hasattr(r, "t_ns")), default=0)
+    gaps = {}
+    for t, _, kind, step, end in actions:
+        gaps[(kind, step)] = max(0, t - prev_end)
+        prev_end = end
+    return StepCosts(features, exec_ns, {k: r.end_ns - r.t_ns for k, r in scheds.items()},
+                     {k: r.end_ns - r.t_ns for k, r in upds.items()}, gaps)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steptime: StepTime
+    sched_us: int
+    update_us: int
+    step_gap_us: int  # median gap between actions while busy
+    train_steps: int
+    test_steps: int
+    median_rel_err: float  # on held-out steps
+    p99_rel_err: float
+    median_abs_err_us: float
+
+    def to_toml(self) -> str:
+        st = self.steptime
+        return (f"[steptime]\nbase_us = {st.base_us:.3f}\nprefill_us = {st.prefill_us:.4f}\n"
+                f"decode_us = {st.decode_us:.4f}\ncontext_us_per_1k = {st.context_us_per_1k:.4f}\n\n"
+                f"[engine]\nsched_us = {self.sched_us}\nupdate_us = {self.update_us}\n"
+                f"step_gap_us = {self.step_gap_us}\n")
+
+
+def fit(trace) -> FitResult:
+    """Least-squares fit (coefficients clipped at 0) of exec time on step features; raises ValueError when
+    the trace has fewer than 5 measurable steps."""
+    costs = step_costs(trace)
+    steps = sorted(k for k in costs.exec_ns if k in costs.features)
+    if len(steps) < 5:
+        raise ValueError(f"only {len(steps)} steps with a measurable forward-pass time (need 5)")
+    x = np.array([(1.0, *costs.features[k]) for k in steps], dtype=float)
+    x[:, 3] /= 1000.0  # context per 1k tokens
+    y = np.array([costs.exec_ns[k] for k in steps], dtype=float)
+    test = np.array([i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1 for i in range(len(steps))])
+    coef = _nonneg_lstsq(x[~test], y[~test])
+    pred = x[test] @ coef
+    rel = np.abs(pred - y[test]) / np.maximum(y[test], 1.0)
+    st = StepTime(coef[0] / 1e3, coef[1] / 1e3, coef[2] / 1e3, coef[3] / 1e3)
+    busy_gaps = [g for g in costs.gaps.values()]
+    return FitResult(st, int(np.median(list(costs.sched_ns.values())) / 1e3),
+                     int(np.median(list(costs.upd_ns.values()) or [0]) / 1e3),
+                     int(np.percentile(busy_gaps, 50) / 1e3) if busy_gaps else 0,
+                     int((~test).sum()), int(test.sum()), float(np.median(rel)), float(np.percentile(rel, 99)),
+                     float(np.median(np.abs(pred - y[test])) / 1e3))
+
+
+def _nonneg_lstsq(x, y):
+    """Least squares, refitting without the features whose coefficient came out negative."""
+    active = list(range(x.shape[1]))
+    while True:
+        coef_a, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        neg = [a for a, c in zip(active, coef_a) if c < 0]
+        if not neg:
+            coef = np.zeros(x.shape[1])
+            coef[active] = coef_a
+            return coef
+        active = [a for a in active if a not in neg]
+        if not active:
+            return np.zeros(x.shape[1])
