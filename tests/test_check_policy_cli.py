@@ -1,0 +1,123 @@
+"""Policy files and the ``tracesim check`` command: exit codes, text and JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from check_builder import Run, correct_group
+
+from tracesim.check import Policy, load_policy
+from tracesim.cli.main import UsageError, main
+from tracesim.format import write_trace
+
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+def test_default_policy_is_strict():
+    p = Policy()
+    assert (p.allow_mixed_versions, p.max_version_lag, p.allow_stale_kv) == (False, 0, False)
+    assert load_policy(POLICIES / "strict.toml") == p
+
+
+def test_bundled_policies_load():
+    p = load_policy(POLICIES / "inflight-updates.toml")
+    assert p.allow_mixed_versions and p.allow_stale_kv and p.max_version_lag == 4
+    assert load_policy(POLICIES / "recording-cut-off.toml").max_version_lag is None
+
+
+def test_policy_keys_may_sit_at_top_level(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text("max_version_lag = 2\n")
+    assert load_policy(f).max_version_lag == 2
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[policy]\nmax_lag = 1\n", "unknown policy key 'max_lag'"),
+    ("[policy]\nallow_stale_kv = 1\n", "allow_stale_kv"),
+    ("[policy]\nmax_version_lag = -1\n", "max_version_lag"),
+    ("[policy\n", "not valid TOML"),
+])
+def test_bad_policy_file_is_one_usage_error_naming_the_file(tmp_path, text, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(UsageError) as exc:
+        load_policy(f)
+    assert needle in str(exc.value) and str(f) in str(exc.value)
+
+
+def _write(tmp_path, run: Run) -> str:
+    path = tmp_path / "t.msgpack"
+    write_trace(path, run.trace())
+    return str(path)
+
+
+def _swapped_reward() -> Run:
+    run = Run()
+    for i, r in enumerate(("a", "b")):
+        run.admit(r, "g0", i, 2)
+    run.generate(["a", "b"])
+    run.reward("a", scored="b")
+    run.reward("b")
+    run.consume(["a", "b"])
+    return run
+
+
+def test_clean_trace_exits_0(tmp_path, capsys):
+    assert main(["check", _write(tmp_path, correct_group())]) == 0
+    assert ": ok;" in capsys.readouterr().out
+
+
+def test_violations_exit_1_and_json_lists_them(tmp_path, capsys):
+    assert main(["check", _write(tmp_path, _swapped_reward()), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {"violations", "not_checkable", "checked", "waived", "lost_records"}
+    (v,) = doc["violations"]
+    assert v["invariant"] == "reward_bound_to_own_tokens" and v["req_id"] == "a"
+    assert {"step", "t_ns", "message", "events"} <= set(v)
+
+
+def test_text_output_names_invariant_request_and_events(tmp_path, capsys):
+    assert main(["check", _write(tmp_path, _swapped_reward())]) == 1
+    out = capsys.readouterr().out
+    assert "reward_bound_to_own_tokens: req a" in out and "    reward t_ns=" in out
+    assert "1 violation(s) of reward_bound_to_own_tokens (1)" in out
+
+
+def test_not_checkable_is_printed(tmp_path, capsys):
+    run = correct_group()
+    run.records = [r for r in run.records if r.KIND != "reward"]
+    main(["check", _write(tmp_path, run)])
+    assert "reward_bound_to_own_tokens: not checkable: missing reward records" in capsys.readouterr().out
+
+
+def test_policy_option_changes_the_verdict(tmp_path):
+    run = Run()
+    run.admit("a")
+    run.generate(["a"])
+    run.reward("a")
+    run.consume(["a"], trainer_version=3)
+    path = _write(tmp_path, run)
+    assert main(["check", path]) == 1
+    assert main(["check", path, "--policy", str(POLICIES / "inflight-updates.toml")]) == 0
+
+
+def test_unreadable_trace_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(b"\x93garbage")
+    assert main(["check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tracesim: error:") and str(bad) in err and "Traceback" not in err
+
+
+def test_bad_policy_exits_2(tmp_path, capsys):
+    f = tmp_path / "p.toml"
+    f.write_text("nope = true\n")
+    assert main(["check", _write(tmp_path, correct_group()), "--policy", str(f)]) == 2
+    assert "unknown policy key 'nope'" in capsys.readouterr().err
+
+
+def test_only_restricts_the_invariants(tmp_path, capsys):
+    assert main(["check", _write(tmp_path, _swapped_reward()), "--only", "steps_well_formed", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checked"] == ["steps_well_formed"]

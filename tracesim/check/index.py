@@ -1,0 +1,329 @@
+"""One pass over a trace that gathers what every checker needs.
+
+Checkers share this index instead of re-scanning the records: per-request state for the engine side (one
+``EngineInc`` per incarnation, i.e. per engine ``RequestAdded`` of an id) and the client side (one ``ClientInc``
+per client ``RequestAdded``), the steps by ``(proc, step)``, and the few facts that depend on the interleaving
+of events (which incarnation scheduled an output frame, which steps were out of order). The index records
+facts; the invariant modules judge them and word the violations.
+
+Stream order is the order of facts: a merged trace is sorted by time, a single-process trace is written in the
+order things happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracesim.format.records import (
+    Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, RewardBound, SampleDropped,
+    StepExecuted, StepScheduled, StepUpdated, TrainerConsumed, WeightsUpdated,
+)
+
+
+class EngineInc:
+    """One incarnation of a request inside the engine: from its engine-side add to its finish or abort."""
+
+    __slots__ = ("req_id", "add", "proc", "outs", "ended", "end_rec", "client")
+
+    def __init__(self, req_id: str, add, proc: int):
+        self.req_id, self.add, self.proc = req_id, add, proc
+        self.outs: list = []  # (step, sampled, upd record) of every applied, non-stale output with tokens
+        self.ended: str | None = None  # "finished" or "aborted"
+        self.end_rec = None
+        self.client: ClientInc | None = None
+
+
+class ClientInc:
+    """One incarnation of a sample on the client side: admission, deliveries, rewards, consumption, drops."""
+
+    __slots__ = ("req_id", "add", "frames", "final", "rewards", "consumed", "dropped", "aborted", "engine",
+                 "superseded_by")
+
+    def __init__(self, req_id: str, add):
+        self.req_id, self.add = req_id, add  # add is None for a sample seen without a client admission
+        self.frames: list = []  # OutputDelivered, in stream order
+        self.final = None  # the first finished frame
+        self.rewards: list = []  # RewardBound
+        self.consumed: list = []  # (TrainerConsumed, ConsumedSample)
+        self.dropped: list = []  # SampleDropped
+        self.aborted: list = []  # Aborted (either side)
+        self.engine: EngineInc | None = None
+        self.superseded_by = None  # the client RequestAdded that re-admitted the same id
+
+
+@dataclass
+class Step:
+    proc: int
+    sched: StepScheduled
+    exec: StepExecuted | None = None
+    upd: StepUpdated | None = None
+
+
+@dataclass
+class Index:
+    header: object
+    steps: dict = field(default_factory=dict)  # (proc, step) -> Step
+    step_order: list = field(default_factory=list)  # Steps in schedule order
+    engine: dict = field(default_factory=dict)  # req_id -> [EngineInc, ...]
+    client: dict = field(default_factory=dict)  # req_id -> [ClientInc, ...]
+    client_order: list = field(default_factory=list)  # every ClientInc, in order of first sight
+    groups: dict = field(default_factory=dict)  # group_id -> [ClientInc with a client add, ...]
+    weights: list = field(default_factory=list)
+    resets: list = field(default_factory=list)
+    pauses: list = field(default_factory=list)
+    rewards: list = field(default_factory=list)
+    consumes: list = field(default_factory=list)
+    timeline: list = field(default_factory=list)  # (proc, record) for sched/add(engine)/abort/reset/weights
+    n_exec = n_upd = n_deliver = n_client_adds = n_engine_adds = 0
+    lost: list = field(default_factory=list)  # RecorderLost
+    # facts for the sequential engine invariants: (code, Step or None, record, detail...)
+    step_faults: list = field(default_factory=list)
+    frame_faults: list = field(default_factory=list)
+    twice_live: list = field(default_factory=list)  # (side, new add record, old incarnation)
+    derived: dict = field(default_factory=dict)  # values computed once and shared by checkers
+
+    @property
+    def has_client(self) -> bool:
+        return bool(self.n_client_adds or self.n_deliver or self.rewards or self.consumes)
+
+    @property
+    def has_engine(self) -> bool:
+        return bool(self.steps)
+
+
+def build_index(trace) -> Index:
+    """Index ``trace`` (a ``tracesim.format.Trace``) in one pass; never raises on odd content."""
+    ix = Index(trace.header)
+    scan = _Scanner(ix)
+    handlers = {
+        StepScheduled: scan.sched, StepExecuted: scan.exec, StepUpdated: scan.upd, RequestAdded: scan.add,
+        OutputDelivered: scan.deliver, RewardBound: scan.reward, TrainerConsumed: scan.consume,
+        SampleDropped: scan.drop, Aborted: scan.abort, WeightsUpdated: scan.weights, CacheReset: scan.reset,
+        Paused: ix.pauses.append, RecorderLost: ix.lost.append,
+    }
+    get = handlers.get
+    if trace.procs:
+        for proc, rec in zip(trace.procs, trace.records):
+            h = get(type(rec))
+            if h is not None:
+                scan.proc = proc
+                h(rec)
+    else:
+        for rec in trace.records:
+            h = get(type(rec))
+            if h is not None:
+                h(rec)
+    scan.finish()
+    return ix
+
+
+class _Scanner:
+    def __init__(self, ix: Index):
+        self.ix = ix
+        self.proc = 0
+        self.pending: dict = {}  # (proc, step) -> ({req_id: EngineInc}, resets) until its update arrives
+        self.resets = 0  # effective cache resets that preempted running requests (their in-flight output is void)
+        self.last_reset = None
+        self.last_sched: dict = {}  # proc -> last scheduled step
+        self.last_upd: dict = {}  # proc -> last updated step
+
+    # --- engine ------------------------------------------------------------------------------------------
+
+    def _live_engine(self, req_id: str, proc: int, add=None) -> EngineInc:
+        incs = self.ix.engine.get(req_id)
+        if incs is None:
+            inc = EngineInc(req_id, add, proc)
+            self.ix.engine[req_id] = [inc]
+            return inc
+        return incs[-1]
+
+    def sched(self, rec: StepScheduled) -> None:
+        ix, proc, s = self.ix, self.proc, rec.step
+        key = (proc, s)
+        last = self.last_sched.get(proc)
+        if key in ix.steps:
+            ix.step_faults.append(("sched_twice", ix.steps[key], rec))
+            return
+        if last is not None and s != last + 1:
+            ix.step_faults.append(("sched_order", None, rec, last))
+        self.last_sched[proc] = s if last is None else max(last, s)
+        st = Step(proc, rec)
+        ix.steps[key] = st
+        ix.step_order.append(st)
+        ix.timeline.append((proc, rec))
+        engine = ix.engine
+        snap = {}
+        for q in rec.reqs:
+            incs = engine.get(q.req_id)
+            snap[q.req_id] = incs[-1] if incs is not None else self._live_engine(q.req_id, proc)
+        self.pending[key] = (snap, self.resets)
+
+    def exec(self, rec: StepExecuted) -> None:
+        ix = self.ix
+        ix.n_exec += 1
+        st = ix.steps.get((self.proc, rec.step))
+        if st is None or st.exec is not None or st.upd is not None:
+            ix.step_faults.append(("exec_unscheduled" if st is None else "exec_twice", st, rec))
+            return
+        st.exec = rec
+
+    def upd(self, rec: StepUpdated) -> None:
+        ix, proc = self.ix, self.proc
+        ix.n_upd += 1
+        key = (proc, rec.step)
+        st = ix.steps.get(key)
+        pend = self.pending.pop(key, None)
+        if st is None or pend is None:
+            ix.step_faults.append(("upd_unscheduled" if st is None else "upd_twice", st, rec))
+            return
+        last = self.last_upd.get(proc)
+        if last is not None and rec.step <= last:
+            ix.step_faults.append(("upd_order", st, rec, last))
+        self.last_upd[proc] = rec.step
+        st.upd = rec
+        snap, resets = pend
+        reset_since = self.last_reset if resets != self.resets else None
+        engine = ix.engine
+        for out in rec.outs:
+            incs = engine.get(out.req_id)
+            cur = incs[-1] if incs is not None else None
+            if out.sampled > 0:
+                # Tokens were appended to the request. A frame from before a plain preemption still
+                # delivers its tokens (vLLM does: the position was sampled from valid KV; it marks the frame
+                # stale only for its counters). A frame from before an abort, a re-add of the id, or a cache
+                # reset that preempted running requests (they resume and resample that position) is void.
+                inc = snap.get(out.req_id)
+                if inc is None:
+                    ix.frame_faults.append(("unscheduled", st, rec, out, None, None))
+                elif inc is not cur or cur.ended == "aborted":
+                    ix.frame_faults.append(("other_incarnation", st, rec, out, inc, None))
+                elif reset_since is not None:
+                    ix.frame_faults.append(("reset", st, rec, out, inc, reset_since))
+                if cur is not None:
+                    cur.outs.append((rec.step, out.sampled, rec))
+            if out.finish_reason is not None and cur is not None and cur.ended is None:
+                cur.ended, cur.end_rec = ("aborted" if out.finish_reason == "abort" else "finished"), rec
+
+    def add(self, rec: RequestAdded) -> None:
+        if rec.side == "client":
+            self._client_add(rec)
+            return
+        ix = self.ix
+        ix.n_engine_adds += 1
+        ix.timeline.append((self.proc, rec))
+        inc = EngineInc(rec.req_id, rec, self.proc)
+        incs = ix.engine.get(rec.req_id)
+        if incs is None:
+            ix.engine[rec.req_id] = [inc]
+        else:
+            old = incs[-1]
+            if old.add is None and not old.outs and old.ended is None:
+                incs[-1] = inc  # placeholder made by a schedule seen before the add
+            else:
+                if old.ended is None:
+                    ix.twice_live.append(("engine", rec, old))
+                incs.append(inc)
+        c = ix.client.get(rec.req_id)
+        if c is not None and c[-1].engine is None:
+            c[-1].engine, inc.client = inc, c[-1]
+
+    def abort(self, rec: Aborted) -> None:
+        ix = self.ix
+        ix.timeline.append((self.proc, rec))
+        for req_id in rec.req_ids:
+            incs = ix.engine.get(req_id)
+            if incs is not None:
+                inc = incs[-1]
+                if inc.ended is None:
+                    inc.ended, inc.end_rec = "aborted", rec
+            c = ix.client.get(req_id)
+            if c is not None:
+                c[-1].aborted.append(rec)
+
+    def weights(self, rec: WeightsUpdated) -> None:
+        self.ix.weights.append(rec)
+        self.ix.timeline.append((self.proc, rec))
+
+    def reset(self, rec: CacheReset) -> None:
+        if rec.ok and rec.reset_running:
+            self.resets += 1
+            self.last_reset = rec
+        self.ix.resets.append(rec)
+        self.ix.timeline.append((self.proc, rec))
+
+    # --- client ------------------------------------------------------------------------------------------
+
+    def _client_add(self, rec: RequestAdded) -> None:
+        ix = self.ix
+        ix.n_client_adds += 1
+        inc = ClientInc(rec.req_id, rec)
+        incs = ix.client.get(rec.req_id)
+        if incs is None:
+            ix.client[rec.req_id] = [inc]
+        else:
+            old = incs[-1]
+            if old.add is None:
+                # records about the id arrived before its admission (merged clocks): adopt them
+                inc.frames, inc.final, inc.rewards = old.frames, old.final, old.rewards
+                inc.consumed, inc.dropped, inc.aborted = old.consumed, old.dropped, old.aborted
+                incs[-1] = inc
+                ix.client_order.remove(old)
+            else:
+                if old.final is None and not old.aborted and not old.consumed and not old.dropped:
+                    ix.twice_live.append(("client", rec, old))
+                old.superseded_by = rec
+                incs.append(inc)
+        ix.client_order.append(inc)
+        if rec.group_id is not None:
+            ix.groups.setdefault(rec.group_id, []).append(inc)
+        e = ix.engine.get(rec.req_id)
+        if e is not None and e[-1].client is None and e[-1].ended is None:
+            e[-1].client, inc.engine = inc, e[-1]
+
+    def _client(self, req_id: str) -> ClientInc:
+        incs = self.ix.client.get(req_id)
+        if incs is not None:
+            return incs[-1]
+        inc = ClientInc(req_id, None)
+        self.ix.client[req_id] = [inc]
+        self.ix.client_order.append(inc)
+        return inc
+
+    def deliver(self, rec: OutputDelivered) -> None:
+        self.ix.n_deliver += 1
+        inc = self._client(rec.req_id)
+        inc.frames.append(rec)
+        if rec.finished and inc.final is None:
+            inc.final = rec
+
+    def reward(self, rec: RewardBound) -> None:
+        self.ix.rewards.append(rec)
+        self._client(rec.req_id).rewards.append(rec)
+
+    def consume(self, rec: TrainerConsumed) -> None:
+        self.ix.consumes.append(rec)
+        for sample in rec.samples:
+            self._client(sample.req_id).consumed.append((rec, sample))
+
+    def drop(self, rec: SampleDropped) -> None:
+        ix = self.ix
+        if rec.req_ids:
+            for req_id in rec.req_ids:
+                self._client(req_id).dropped.append(rec)
+        elif rec.group_id is not None:  # the whole group, every member admitted so far
+            for inc in ix.groups.get(rec.group_id, ()):
+                if inc.superseded_by is None:
+                    inc.dropped.append(rec)
+
+    def finish(self) -> None:
+        """Link client and engine incarnations left unlinked by stream order (engine add seen first)."""
+        ix = self.ix
+        for req_id, cincs in ix.client.items():
+            eincs = ix.engine.get(req_id)
+            if not eincs:
+                continue
+            free = [e for e in eincs if e.client is None]
+            for c in cincs:
+                if c.engine is None and free:
+                    c.engine = free.pop(0)
+                    c.engine.client = c

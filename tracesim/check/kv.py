@@ -1,0 +1,85 @@
+"""No stale KV: no token of a sample attends KV computed by other weights than the ones producing it.
+
+Derived from the engine timeline: each step's forward pass runs under one version (see
+``base.step_versions``) and adds KV of that version to the requests it schedules and to the prefix cache. A
+request that keeps its KV across a weight update then decodes under the new version attends stale KV; a
+request admitted (or resumed) with prefix-cache hits after an update, while the cache still holds blocks
+computed by other weights, may attend stale KV. An effective ``CacheReset(ok=True)`` empties the prefix cache
+(and, with ``reset_running``, the KV of running requests, which are recomputed); preemption and abort drop a
+request's KV. Which cached blocks a hit used is not recorded: a hit is judged against the versions computed
+for the same prompt (``prompt_digest``) since the last reset when there are any, else against the whole cache.
+"""
+
+from __future__ import annotations
+
+from tracesim.check.base import NotCheckable, ref, step_versions, violation
+from tracesim.format.records import Aborted, CacheReset, RequestAdded, StepScheduled
+
+KV = "no_stale_kv"
+
+
+def no_stale_kv(ix, policy) -> list:
+    """See the module docstring. Waived by ``allow_stale_kv``."""
+    if not ix.steps:
+        return NotCheckable("missing engine steps (no sched records)")
+    versions = step_versions(ix)
+    if not ix.weights and not any(isinstance(v, int) for v in versions.values()):
+        return NotCheckable("missing weight versions (no weight updates, exec or upd versions)")
+    prompts: dict = {}  # req_id -> prompt digest (engine add)
+    kv: dict = {}  # req_id -> {version: step that first wrote KV of it}
+    cache: dict = {}  # version -> step that wrote it into the prefix cache
+    by_prompt: dict = {}  # prompt digest -> {version: step}
+    flagged: set = set()
+    out = []
+    for proc, rec in ix.timeline:
+        t = type(rec)
+        if t is StepScheduled:
+            v = versions.get((proc, rec.step))
+            if v is None:
+                continue
+            for req_id in rec.preempted:
+                kv.pop(req_id, None)
+            for q in rec.reqs:
+                r = q.req_id
+                mine = kv.get(r)
+                if mine is None or q.resumed:
+                    mine = kv[r] = {}
+                    if q.cached_tokens > 0 and r not in flagged:
+                        pd = prompts.get(r)
+                        src = by_prompt.get(pd) if pd is not None else None
+                        src = src or cache
+                        old = next((w for w in src if w != v), None)
+                        if old is not None:
+                            flagged.add(r)
+                            out.append(violation(
+                                KV, f"{r} reused {q.cached_tokens} prefix-cached tokens at step {rec.step} under "
+                                f"version {v} while the cache held KV computed by version {old} (step "
+                                f"{src[old]}) and no effective cache reset came between", r, rec.step,
+                                [ref(rec, r)]))
+                elif r not in flagged and (len(mine) > 1 or v not in mine):
+                    old = next(w for w in mine if w != v)
+                    flagged.add(r)
+                    out.append(violation(
+                        KV, f"{r} ran step {rec.step} under version {v} attending its own KV computed by version "
+                        f"{old} (step {mine[old]}); its KV was neither recomputed nor reset after the update",
+                        r, rec.step, [ref(rec, r)]))
+                mine.setdefault(v, rec.step)
+                cache.setdefault(v, rec.step)
+                pd = prompts.get(r)
+                if pd is not None:
+                    by_prompt.setdefault(pd, {}).setdefault(v, rec.step)
+        elif t is CacheReset:
+            if rec.ok:
+                cache.clear()
+                by_prompt.clear()
+                if rec.reset_running:
+                    kv.clear()
+        elif t is RequestAdded:
+            kv.pop(rec.req_id, None)
+            flagged.discard(rec.req_id)
+            if rec.prompt_digest is not None:
+                prompts[rec.req_id] = rec.prompt_digest
+        elif t is Aborted:
+            for r in rec.req_ids:
+                kv.pop(r, None)
+    return out

@@ -1,0 +1,95 @@
+"""``tracesim check TRACE [--policy FILE] [--json]``: check the binding invariants of a trace.
+
+Exit 0 when no invariant is violated, 1 with violations, 2 when the trace or policy cannot be read.
+Invariants the trace lacks the records for are listed as "not checkable: missing ..." and do not fail.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+_PROGRESS_MIN_BYTES = 16 << 20  # show a progress bar when reading traces at least this large
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("check", help="check the binding invariants of a trace", description=__doc__)
+    p.add_argument("trace", help="trace file (.msgpack)")
+    p.add_argument("--policy", metavar="FILE", help="TOML policy file (default: the strict policy)")
+    p.add_argument("--only", metavar="NAME", action="append",
+                   help="check only this invariant (repeatable); see docs/checkers.md for names")
+    p.add_argument("--json", action="store_true",
+                   help='print {"violations": [...], "not_checkable": {...}, "checked": [...], "waived": {...}, '
+                   '"lost_records": N}')
+    p.set_defaults(run=run)
+
+
+def _read(path: str):
+    """read_trace, with a tqdm bar on stderr for large files."""
+    import os
+
+    from tracesim.format.trace import Trace, read_trace
+
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    if size < _PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        return read_trace(path)
+    from tqdm import tqdm
+
+    from tracesim.format.reader import TraceReader
+
+    procs, records = [], []
+    with TraceReader(path) as reader, tqdm(desc="reading", unit=" rec", unit_scale=True, file=sys.stderr,
+                                           leave=False) as bar:
+        for proc, record in reader.iter_with_proc():
+            procs.append(proc)
+            records.append(record)
+            if len(records) % 65536 == 0:
+                bar.update(65536)
+    return Trace(reader.header, records, procs if any(procs) else [], path, reader.truncated_bytes,
+                 reader.skipped)
+
+
+def run(args) -> int:
+    from tracesim.check import INVARIANTS, Policy, check_trace, load_policy
+    from tracesim.cli.main import UsageError
+
+    policy = load_policy(args.policy) if args.policy else Policy()
+    if args.only:
+        unknown = [n for n in args.only if n not in INVARIANTS]
+        if unknown:
+            raise UsageError(f"unknown invariant {unknown[0]!r}; known: {', '.join(INVARIANTS)}")
+    trace = _read(args.trace)
+    report = check_trace(trace, policy, only=args.only)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_text(args.trace, trace, report)
+    return 1 if report.violations else 0
+
+
+def _print_text(path: str, trace, report) -> None:
+    for v in report.violations:
+        where = " ".join(p for p in (
+            f"req {v.req_id}" if v.req_id is not None else "", f"step {v.step}" if v.step is not None else "",
+            f"t_ns {v.t_ns}" if v.t_ns is not None else "") if p)
+        print(f"{v.invariant}: {where}: {v.message}")
+        for e in v.events:
+            bits = [f"{e.kind} t_ns={e.t_ns}"] + ([f"step={e.step}"] if e.step is not None else []) \
+                + ([f"req={e.req_id}"] if e.req_id is not None else [])
+            print(f"    {' '.join(bits)}")
+    for name, why in report.not_checkable.items():
+        print(f"{name}: not checkable: {why}")
+    for name, why in report.waived.items():
+        print(f"{name}: waived: {why}")
+    if report.lost_records:
+        print(f"warning: the recorder lost {report.lost_records:,} record(s); a violation may come from a missing one")
+    counts = {}
+    for v in report.violations:
+        counts[v.invariant] = counts.get(v.invariant, 0) + 1
+    verdict = "ok" if not report.violations else \
+        f"{len(report.violations)} violation(s) of " + ", ".join(f"{k} ({n})" for k, n in counts.items())
+    print(f"{path}: {verdict}; {len(report.checked)} invariant(s) checked, {len(report.not_checkable)} not "
+          f"checkable, {len(report.waived)} waived ({len(trace.records):,} records)")
