@@ -1,9 +1,9 @@
 """Plot and export time on a 100k-step trace, against reading that trace from disk in the same run.
 
-    .venv/bin/python benchmarks/bench_plot.py [--steps 100000] [--batch 16]
+    .venv/bin/python benchmarks/bench_plot.py [--steps 100000]
 
-The trace is made by ``tracesim.viz.demo.demo_trace`` (engine records only: schedule, forward pass and
-update per step, two steps in flight, a weight update every 25 steps). Reported: seconds per stage and the
+The trace is simulated by ``tracesim.sim`` from ``scenarios/keep-bad-bindings.toml`` scaled up (async
+scheduling, two steps in flight, keep-mode weight updates, every record kind of the RL loop). Reported: seconds per stage and the
 ratio to ``read_trace`` of the same file (the baseline: what a user pays anyway before drawing anything).
 """
 
@@ -19,7 +19,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tracesim.format import read_trace, write_trace  # noqa: E402
 from tracesim.viz import TraceView, plot_batches, plot_timeline, write_chrome  # noqa: E402
-from tracesim.viz.demo import demo_trace  # noqa: E402
+from tracesim.sim.run import RunInputs, simulate  # noqa: E402
+from tracesim.sim.scenario import load_scenario  # noqa: E402
+
+STEPS_PER_PROMPT = 12  # measured on keep-bad-bindings.toml: 24 prompts give ~300 steps
+
+
+def simulated(steps: int):
+    import dataclasses
+
+    s = load_scenario(os.path.join(os.path.dirname(__file__), "..", "scenarios", "keep-bad-bindings.toml"))
+    workload = dataclasses.replace(s.workload, num_prompts=max(1, steps // STEPS_PER_PROMPT))
+    return simulate(RunInputs(s.replace(workload=workload), seed=0))
 
 
 def timed(label: str, fn, results: dict):
@@ -33,13 +44,12 @@ def timed(label: str, fn, results: dict):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
     res: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "big.msgpack")
-        trace = timed("generate (not compared)", lambda: demo_trace(args.steps, max_batch=args.batch,
-                                                                    outputs=False), res)
+        trace = timed("simulate (not compared)", lambda: simulated(args.steps), res)
+        n_steps = trace.counts().get("sched", 0)
         write_trace(path, trace)
         del trace
         size_mb = os.path.getsize(path) / 1e6
@@ -53,11 +63,11 @@ def main() -> None:
         timed("write_chrome (json)", lambda: write_chrome(view, os.path.join(tmp, "c.json")), res)
         chrome_mb = os.path.getsize(os.path.join(tmp, "c.json")) / 1e6
     base = res["read_trace (baseline)"]
-    print(f"\n{args.steps} steps, batch <= {args.batch}, {len(trace.records)} records, {size_mb:.1f} MB trace, "
+    print(f"\n{n_steps} steps, {len(trace.records)} records, {size_mb:.1f} MB trace, "
           f"{chrome_mb:.1f} MB chrome json")
     print("| stage | seconds | × read_trace |\n|---|---:|---:|")
     for label, sec in res.items():
-        if label != "generate (not compared)":
+        if label != "simulate (not compared)":
             print(f"| {label} | {sec:.2f} | {sec / base:.2f} |")
 
 

@@ -10,3 +10,18 @@ def header(source: str = "synthetic", *, host: str = "h", pid: int = 1, role: st
            mono_anchor_ns: int = 0, wall_anchor_ns: int = 0, **kw) -> Header:
     proc = ProcessInfo(role, host, pid, 0, mono_anchor_ns, wall_anchor_ns)
     return Header(FORMAT_MAJOR, FORMAT_MINOR, __version__, source, (proc,), **kw)
+
+
+def simulated(scenario: str = "keep-bad-bindings.toml", seed: int = 0, **workload):
+    """A simulated trace of a bundled scenario (default: a deliberately wrong RL loop that checkers flag),
+    optionally with workload fields changed (e.g. ``num_prompts=120`` for a longer run)."""
+    import dataclasses
+    from pathlib import Path
+
+    from tracesim.sim.run import RunInputs, simulate
+    from tracesim.sim.scenario import load_scenario
+
+    s = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / scenario)
+    if workload:
+        s = s.replace(workload=dataclasses.replace(s.workload, **workload))
+    return simulate(RunInputs(s, seed=seed))

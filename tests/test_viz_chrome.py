@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import simulated
 from tracesim.check import check_trace
 from tracesim.cli.main import main
 from tracesim.viz import to_chrome, write_chrome
-from tracesim.viz.demo import demo_trace
 
 BUNDLED = Path(__file__).resolve().parents[1] / "traces" / "synthetic-small.msgpack"
 _KEYS = {"X": {"name", "ph", "pid", "tid", "ts", "dur"}, "i": {"name", "ph", "pid", "tid", "ts", "s"},
@@ -69,7 +69,8 @@ def _assert_spans_nest(body: list) -> None:
 
 @pytest.fixture(scope="module")
 def demo():
-    return demo_trace(60)
+    """A simulated run of a deliberately wrong RL loop (async, keep-mode pauses, labels at admission)."""
+    return simulated()
 
 
 def test_export_of_bundled_trace_is_valid_and_names_every_party():
@@ -82,7 +83,7 @@ def test_export_of_bundled_trace_is_valid_and_names_every_party():
 def test_steps_requests_and_pauses_are_spans(demo):
     body = validate(to_chrome(demo))
     spans = {ev["name"] for ev in body if ev["ph"] == "X"}
-    assert {"schedule 0", "update 0", "forward 0", "step 0 in flight", "g0.0", "paused (keep)",
+    assert {"schedule 0", "update 0", "forward 0", "step 0 in flight", "g0-s0", "paused (keep)",
             "write weights v1", "tokens by v0", "tokens by v1"} <= spans
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
+from helpers import simulated
 from tracesim.cli.main import main
 from tracesim.format import write_trace
-from tracesim.viz.demo import demo_trace
 
 BUNDLED = str(Path(__file__).resolve().parents[1] / "traces" / "synthetic-small.msgpack")
 
@@ -18,7 +18,7 @@ BUNDLED = str(Path(__file__).resolve().parents[1] / "traces" / "synthetic-small.
 @pytest.fixture(scope="module")
 def demo_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("traces") / "demo.msgpack"
-    write_trace(path, demo_trace(60))
+    write_trace(path, simulated())
     return str(path)
 
 

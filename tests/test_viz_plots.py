@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ from hypothesis import strategies as st
 from matplotlib.image import imread
 
 import tracesim.plot as tp
+from helpers import simulated
 from tracesim.check import check_trace
 from tracesim.check.violation import Violation
 from tracesim.format import read_trace
-from tracesim.viz.demo import demo_trace
 from tracesim.viz.extract import TraceView
 from tracesim.viz.lanes import merge_close, pack_rows
 
@@ -24,7 +25,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "traces" / "synthetic-small.msgp
 
 @pytest.fixture(scope="module")
 def demo():
-    return demo_trace(60)
+    """A simulated run of a deliberately wrong RL loop (async, keep-mode pauses, labels at admission)."""
+    return simulated()
 
 
 def _saved(fig, tmp_path, name="out.png"):
@@ -123,8 +125,8 @@ def test_request_straddling_a_weight_update_shows_both_versions(demo):
 
 
 def test_batch_plot_averages_bins_on_long_traces():
-    fig = tp.plot_batches(demo_trace(2500, outputs=False))
-    assert "mean of every 3 steps" in fig.axes[0].get_ylabel()
+    fig = tp.plot_batches(simulated(num_prompts=120))
+    assert re.search(r"mean of every \d+ steps", fig.axes[0].get_ylabel())
 
 
 def test_batch_plot_of_trace_without_steps_is_an_error(demo):
@@ -136,7 +138,7 @@ def test_batch_plot_of_trace_without_steps_is_an_error(demo):
 
 
 def test_compare_draws_both_runs_on_one_time_axis(demo, tmp_path):
-    fig = tp.plot_compare(demo, demo_trace(60, seed=5), labels=("original", "perturbed"))
+    fig = tp.plot_compare(demo, simulated(seed=5), labels=("original", "perturbed"))
     titles = [ax.get_title(loc="left") for ax in fig.axes]
     assert titles[0].startswith("original:") and titles[2].startswith("perturbed:")
     assert fig.axes[0].get_xlim() == fig.axes[3].get_xlim()
@@ -146,7 +148,7 @@ def test_compare_draws_both_runs_on_one_time_axis(demo, tmp_path):
 
 
 def test_many_requests_are_packed_into_bounded_rows():
-    fig = tp.plot_timeline(demo_trace(300), max_request_rows=10)
+    fig = tp.plot_timeline(simulated(seed=1), max_request_rows=10)
     assert "packed" in fig.axes[1].get_ylabel()
     assert fig.axes[1].get_ylim()[1] <= 10
 

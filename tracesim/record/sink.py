@@ -58,6 +58,7 @@ class RecordSink:
         self._io_lock = threading.Lock()  # one drain at a time: the thread, or close()
         self._writer = None
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._writer = TraceWriter(self.path, header, flush_interval_s=flush_interval_s)
         except Exception as exc:  # unwritable path: keep serving, count what we drop
             self._warn(f"cannot open trace file {self.path}: {exc}")
