@@ -30,17 +30,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracesim", description=__doc__.splitlines()[0])
+    import tracesim
+
+    parser = argparse.ArgumentParser(prog="tracesim", description=tracesim.__doc__.strip(),
+                                     epilog="Run `tracesim COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"tracesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"tracesim.cli.{name}")
-        except ModuleNotFoundError as exc:  # TEMPORARY while commands land in parallel; removed at integration
-            if exc.name != f"tracesim.cli.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"tracesim.cli.{name}").add_parser(sub)
     return parser
 
 

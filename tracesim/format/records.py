@@ -65,12 +65,17 @@ class SchedReq(NamedTuple):
 
 
 class OutReq(NamedTuple):
-    """One request's share of a step's model output, as applied by update_from_output."""
+    """One request's share of a step's model output, as applied by update_from_output.
+
+    A ``stale`` frame belongs to a request that was preempted or reset while the step was in flight. vLLM
+    still applies it after a plain preemption (the request resumes only once its stale share has drained);
+    after a drop-mode reset the frame is discarded and ``sampled`` is 0.
+    """
 
     req_id: str
     sampled: int  # tokens appended to the request by this output (0 in a prefill chunk)
     finish_reason: str | None = None  # "stop", "length", "abort", ... when the request finished here
-    stale: bool = False  # output frame discarded: the request was reset/rescheduled since it was scheduled
+    stale: bool = False  # the request was preempted or reset after this step scheduled it (see class doc)
     token_ids: tuple | None = None  # optional (recorder flag): the sampled ids
     logprobs: tuple | None = None  # optional (recorder flag): their logprobs
 
