@@ -27,6 +27,7 @@ from tracesim.format.writer import TraceWriter
 log = logging.getLogger("tracesim.record")
 
 DEFAULT_FLUSH_INTERVAL_S = 0.5
+_WRITE_CHUNK = 64  # records packed per GIL hold when writing a batch
 MAX_PENDING = 1 << 20  # items held while the writer lags; beyond this, new items are dropped and counted
 
 
@@ -98,6 +99,9 @@ class RecordSink:
                 except Exception as exc:
                     self.dropped += 1
                     self._warn(f"could not convert a recorded event ({type(exc).__name__}: {exc})")
+                # Hand the GIL back after every item: otherwise the engine thread waits up to the
+                # interpreter's switch interval (5 ms) for it while a whole batch is converted.
+                time.sleep(0)
             self._write(records)
 
     def _write(self, records: list) -> None:
@@ -109,10 +113,10 @@ class RecordSink:
                 lost = self.dropped - self._lost_reported
                 self._writer.append(RecorderLost(time.monotonic_ns(), lost, "dropped"), self.proc)
                 self._lost_reported = self.dropped
-            if self.proc:
-                self._writer.extend(records, [self.proc] * len(records))
-            else:
-                self._writer.extend(records)
+            for i in range(0, len(records), _WRITE_CHUNK):  # chunks, handing the GIL back in between
+                chunk = records[i:i + _WRITE_CHUNK]
+                self._writer.extend(chunk, [self.proc] * len(chunk) if self.proc else None)
+                time.sleep(0)
             self._writer.flush()
             self.written += len(records)
         except Exception as exc:
