@@ -9,7 +9,8 @@ import pytest
 from check_builder import Run, correct_group
 
 from tracesim.check import Policy, load_policy
-from tracesim.cli.main import UsageError, main
+from tracesim.check.policy import PolicyError
+from tracesim.cli.main import main
 from tracesim.format import write_trace
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
@@ -39,10 +40,10 @@ def test_policy_keys_may_sit_at_top_level(tmp_path):
     ("[policy]\nmax_version_lag = -1\n", "max_version_lag"),
     ("[policy\n", "not valid TOML"),
 ])
-def test_bad_policy_file_is_one_usage_error_naming_the_file(tmp_path, text, needle):
+def test_bad_policy_file_is_one_policy_error_naming_the_file(tmp_path, text, needle):
     f = tmp_path / "bad.toml"
     f.write_text(text)
-    with pytest.raises(UsageError) as exc:
+    with pytest.raises(PolicyError) as exc:
         load_policy(f)
     assert needle in str(exc.value) and str(f) in str(exc.value)
 

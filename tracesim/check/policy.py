@@ -14,8 +14,13 @@ Every key is optional; a missing key keeps the default, and the defaults are the
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields
+
+from tracesim.inputs import InputError, read_toml
+
+
+class PolicyError(InputError):
+    """A policy file or mapping is unusable; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -47,32 +52,22 @@ class Policy:
 
 
 def load_policy(path) -> Policy:
-    """Read a TOML policy file; raises UsageError (one line naming the file and key) on bad input."""
-    from tracesim.cli.main import UsageError
-
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read policy file: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    """Read a TOML policy file; raises PolicyError (one line naming the file and key) on bad input."""
+    data = read_toml(path, "policy", PolicyError)
     return policy_from_dict(data.get("policy", data) if isinstance(data.get("policy"), dict) else data,
                             source=str(path))
 
 
 def policy_from_dict(data: dict, source: str = "policy") -> Policy:
-    """Build a Policy from a mapping; raises UsageError naming the unknown key or bad value."""
-    from tracesim.cli.main import UsageError
-
+    """Build a Policy from a mapping; raises PolicyError naming the unknown key or bad value."""
     known = {f.name for f in fields(Policy)}
     data = dict(data)
     if data.get("max_version_lag") == "none":  # TOML has no null: "none" means unbounded
         data["max_version_lag"] = None
     for key in data:
         if key not in known:
-            raise UsageError(f"{source}: unknown policy key {key!r} (known: {', '.join(sorted(known))})")
+            raise PolicyError(f"{source}: unknown policy key {key!r} (known: {', '.join(sorted(known))})")
     try:
         return Policy(**data)
     except ValueError as exc:
-        raise UsageError(f"{source}: {exc}") from None
+        raise PolicyError(f"{source}: {exc}") from None

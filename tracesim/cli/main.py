@@ -16,13 +16,14 @@ import warnings
 
 from tracesim import __version__
 from tracesim.format.errors import TraceFormatError
+from tracesim.inputs import InputError
 
 # Subcommand modules, in the order `tracesim --help` lists them.
 COMMANDS = ["info", "validate", "merge", "record", "replay", "simulate", "fit", "check", "plot", "export"]
 
 
-class UsageError(Exception):
-    """Bad arguments or input files that are not traces (scenario, policy): exit code 2, one line."""
+class UsageError(InputError):
+    """Bad arguments: exit code 2, one line (as for unusable scenario or policy files)."""
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         return int(args.run(args) or 0)
-    except (TraceFormatError, UsageError) as exc:
+    except (TraceFormatError, InputError) as exc:
         print(f"tracesim: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
