@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--record-tokens", action="store_true", help="also record sampled token ids and logprobs")
     p.add_argument("--standalone", action="store_true",
                    help="instead drive vLLM's AsyncScheduler standalone (no model; async scheduling with "
-                        "placeholders, which the CPU platform turns off in a real engine)")
+                        "placeholders, which the CPU platform turns off in a real engine); records token ids, "
+                        "since its fake model gives samples identical outputs whose shared KV blocks replay needs")
     p.set_defaults(run=run)
 
 
@@ -50,7 +51,7 @@ def run(args) -> int:
         from tracesim.record.standalone import run_standalone
 
         trace = run_standalone(args.out, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
-                               record_tokens=args.record_tokens)
+                               record_tokens=True)
     else:
         from tracesim.record.workload import WorkloadConfig, run_workload
 

@@ -114,6 +114,7 @@ class RequestAdded(NamedTuple):
     logprobs: int | None = None  # number of logprobs requested (None: none)
     prompt_digest: str | None = None
     version: int | None = None  # client: policy version labelled at admission
+    block_keys: tuple | None = None  # engine: prefix-cache key of each full prompt block (int; equal = shared)
 
 
 class StepScheduled(NamedTuple):

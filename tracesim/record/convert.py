@@ -36,6 +36,14 @@ def _version(label) -> int | None:
         return None  # vLLM's "default" label before any update, or a label the user set by hand
 
 
+def _block_keys(block_hashes, n: int) -> tuple | None:
+    """vLLM's prefix-cache hashes of the first ``n`` (the full prompt) blocks, shortened to 63-bit ints: replay
+    needs only which requests share which leading blocks, and vLLM chains the hashes (equal = equal prefix)."""
+    if not n:
+        return None
+    return tuple(int.from_bytes(bytes(h)[:8], "big") >> 1 for h in block_hashes[:n])
+
+
 class Converter:
     """Stateful (request id cache, prompt lengths) conversion of captured items to records."""
 
@@ -55,7 +63,7 @@ class Converter:
     def convert(self, item):
         return getattr(self, "_" + item[0])(*item[1:])
 
-    def _add(self, t_ns, internal_id, prompt_ids, params):
+    def _add(self, t_ns, internal_id, prompt_ids, params, block_hashes=(), n_blocks=0):
         prompt_len = len(prompt_ids) if prompt_ids is not None else 0
         self._prompt_len[internal_id] = prompt_len
         req_id = self.rid(internal_id)
@@ -67,7 +75,7 @@ class Converter:
         logprobs = getattr(params, "logprobs", None)
         digest = token_digest(prompt_ids) if prompt_ids is not None else None
         yield RequestAdded(t_ns, req_id, "engine", group_id, sample_idx, group_size, prompt_len, max_tokens,
-                           logprobs, digest)
+                           logprobs, digest, None, _block_keys(block_hashes, n_blocks))
 
     def _sched(self, t0_ns, t1_ns, step, out, placeholders, running, waiting, depth, pause_state, kv_usage):
         new = {nd.req_id: nd.num_computed_tokens for nd in out.scheduled_new_reqs}

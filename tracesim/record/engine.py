@@ -34,6 +34,10 @@ def engine_config_of(scheduler, is_async: bool) -> dict:
             max_model_len=vc.model_config.max_model_len, max_concurrent_batches=vc.max_concurrent_batches,
             data_parallel_size=vc.parallel_config.data_parallel_size,
         )
+        # Admission rules replay needs (getattr: older vLLMs lack them, and then behave as the defaults say).
+        cfg["scheduler_reserve_full_isl"] = bool(getattr(sc, "scheduler_reserve_full_isl", False))
+        cfg["watermark"] = float(getattr(sc, "watermark", 0.0))
+        cfg["long_prefill_token_threshold"] = int(getattr(sc, "long_prefill_token_threshold", 0) or 0)
         import vllm  # already loaded: we run inside the engine
 
         cfg["vllm_version"] = getattr(vllm, "__version__", "unknown")
@@ -87,7 +91,11 @@ class EngineRecorder:
     # --- hooks -----------------------------------------------------------------------------------------
 
     def on_add(self, request, t_ns: int) -> None:
-        self.sink.put(("add", t_ns, request.request_id, request.prompt_token_ids, request.sampling_params))
+        # vLLM's block hashes (prefix caching on): at add time they cover exactly the full prompt blocks. The
+        # list grows later as outputs are appended, so its length is taken now and the slice made on convert.
+        hashes = getattr(request, "block_hashes", None) or ()
+        self.sink.put(("add", t_ns, request.request_id, request.prompt_token_ids, request.sampling_params,
+                       hashes, len(hashes)))
 
     def on_schedule(self, sched, out, t0_ns: int, t1_ns: int) -> None:
         step = self.step

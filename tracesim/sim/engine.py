@@ -42,10 +42,11 @@ class Engine:
         self.step = 0
         self.inputs: deque = deque()  # (kind, payload) delivered to the core, applied between actions
         self.queue: deque = deque()  # batch queue of InFlight
-        self.held_adds: list = []  # adds that arrived while paused (vLLM queues them until resume)
         self.pause = None  # (mode, clear_cache, done event) while a pause has not completed
         self.gpu_free_ns = 0  # when the GPU finishes the last submitted forward pass
         self.progress = progress
+        self.feed = None  # exact replay: a Feed of recorded inputs, each due before a given action
+        self.actions = 0  # sched / upd actions performed (what a Feed's inputs are keyed by)
         self._wake = env.event()
 
     # --- inputs (called by client processes) -------------------------------------------------------------
@@ -63,22 +64,25 @@ class Engine:
         self.submit("pause", (mode, clear_cache, done, mode == "abort" if abort_all is None else abort_all))
         return done
 
+    def _take_inputs(self):
+        """SimPy sub-process: apply the queued inputs; with a feed, also each one due before the next action,
+        at its recorded time (so an add or pause lands when it did, even while the core waits out a gap)."""
+        while self.feed is not None and self.feed.is_due(self.actions):
+            yield from self.feed.deliver(self)
+            self._drain_inputs()
+        self._drain_inputs()
+
     def _drain_inputs(self) -> None:
         while self.inputs:
             kind, payload = self.inputs.popleft()
             getattr(self, "_on_" + kind)(payload)
 
     def _on_add(self, req) -> None:
-        if self.sched.pause_state != UNPAUSED:
-            self.held_adds.append(req)
-            return
-        self._add(req)
-
-    def _add(self, req, held: bool = False) -> None:
-        # Replay: the recording says when the core added it; an add held by a pause is added at resume.
-        t_ns = self.env.now if req.arrival_ns is None or held else min(req.arrival_ns, self.env.now)
+        # vLLM 0.32 queues adds in the scheduler's waiting queue in every pause state; the scheduler admits
+        # nothing from it until resume (``Scheduler.has_work`` / ``_admit``).
+        t_ns = self.env.now if req.arrival_ns is None else min(req.arrival_ns, self.env.now)
         self.emit(RequestAdded(t_ns, req.req_id, "engine", req.group_id, req.sample_idx, req.group_size,
-                               req.prompt_len, req.max_tokens, None, req.prompt_key, None))
+                               req.prompt_len, req.max_tokens, None, req.prompt_key, None, req.prompt_block_keys))
         self.sched.add(req)
 
     def _on_abort(self, req_ids) -> None:
@@ -122,9 +126,6 @@ class Engine:
     def _on_resume(self, payload) -> None:
         self.sched.pause_state = UNPAUSED
         self.emit(Resumed(self.env.now, "engine"))
-        held, self.held_adds = self.held_adds, []
-        for req in held:
-            self._add(req, held=True)
 
     def _on_reset(self, reset_running) -> None:
         had_running = bool(self.sched.running)
@@ -140,16 +141,20 @@ class Engine:
         while True:
             # The gap runs from the end of the previous action: time spent asleep counts towards it.
             gap = self.timing.gap_ns(kind, self.step if kind == "sched" else self._oldest_step())
+            if self.feed is not None:
+                yield from self._take_inputs()
             if last_end + gap > env.now:
                 yield env.timeout(last_end + gap - env.now)
-            self._drain_inputs()
+            yield from self._take_inputs()
             if self.cfg.async_scheduling:
                 kind = yield from self._step_async()
             else:
                 kind = yield from self._step_sync()
             if kind is None:  # nothing to do: sleep until an input arrives
                 self._wake = env.event()
-                if not self.inputs:
+                if self.feed:  # idle: take the next input when it comes, whatever action it was due before
+                    yield from self.feed.deliver(self)
+                elif not self.inputs:
                     yield self._wake
                 kind = "sched"
             else:
@@ -169,6 +174,7 @@ class Engine:
         if dur:
             yield env.timeout(dur)
         self.step += 1
+        self.actions += 1
         waiting, running = self.sched.counts()
         finished, self.sched.finished_since = tuple(self.sched.finished_since), []
         reqs = tuple(p.record(p.req.prompt_len) for p in planned)
@@ -183,21 +189,26 @@ class Engine:
 
     def _launch(self, flight, reqs) -> None:
         """The forward pass runs on the GPU after the previous one; its end is known when it starts. An empty
-        schedule (it only reports finished requests) runs no forward pass."""
-        if not reqs:
+        schedule (it only reports finished requests) runs no forward pass, but vLLM still makes the executor
+        round trip: it takes what the timing says (nothing with a step-time model, the recorded time in
+        exact replay) and emits no ``StepExecuted``."""
+        dur = self.timing.exec_ns(flight.step, reqs)
+        if not reqs and not dur:
             flight.done.succeed()
             return
         start = max(self.env.now, self.gpu_free_ns)
-        end = start + self.timing.exec_ns(flight.step, reqs)
-        self.gpu_free_ns = end
-        self.env.process(self._execute(flight, start, end))
+        end = start + dur
+        if reqs:
+            self.gpu_free_ns = end
+        self.env.process(self._execute(flight, start, end, bool(reqs)))
 
-    def _execute(self, flight, start, end):
+    def _execute(self, flight, start, end, forward=True):
         if start > self.env.now:
             yield self.env.timeout(start - self.env.now)
         flight.exec_version = self.weights_version
         yield self.env.timeout(end - start)
-        self.emit(StepExecuted(start, end, flight.step, flight.exec_version))
+        if forward:
+            self.emit(StepExecuted(start, end, flight.step, flight.exec_version))
         flight.done.succeed()
 
     def _update(self):
@@ -205,11 +216,14 @@ class Engine:
         flight = self.queue[0]
         if not flight.done.triggered:
             yield flight.done
+        if self.feed is not None:  # vLLM applies aborts that came during the forward pass before the update
+            yield from self._take_inputs()
         t0 = env.now
         dur = self.timing.upd_ns(flight.step)
         if dur:
             yield env.timeout(dur)
         self.queue.popleft()
+        self.actions += 1
         outs = self.sched.update(flight.planned, flight.exec_version, self.version)
         self.emit(StepUpdated(t0, env.now, flight.step, tuple(outs), self.version))
         frames = [(p.req, o.sampled, o.finish_reason) for p, o in zip(_applied(flight.planned, outs), outs)
@@ -219,7 +233,9 @@ class Engine:
         self._maybe_finish_pause()
 
     def _can_schedule(self) -> bool:
-        return self.sched.has_work() or (bool(self.sched.finished_since) and self.sched.pause_state != PAUSED_ALL)
+        # vLLM's Scheduler.has_requests(): unfinished work, or finished ids not reported yet; the latter holds in
+        # PAUSED_ALL too, so a keep-mode pause still makes an empty schedule() that reports them.
+        return self.sched.has_work() or bool(self.sched.finished_since)
 
     def _step_sync(self):
         if not self._can_schedule():

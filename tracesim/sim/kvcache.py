@@ -1,16 +1,21 @@
 """KV blocks and the prefix cache, after vLLM V1's ``BlockPool`` / ``KVCacheManager``.
 
-A block holds ``block_size`` tokens. A full block gets a content key once computed: ``(prompt_key, i)`` when
-every token in it is a prompt token (shared by the samples of one group), ``(req_id, i)`` otherwise (its
-output tokens belong to one request). Unreferenced blocks sit in a free queue in LRU order (a dict used as an
-ordered set, so the order is deterministic); a cached free block can be hit again until it is evicted by an
-allocation. One block is reserved (vLLM's null block), so ``num_gpu_blocks - 1`` are usable.
+A block holds ``block_size`` tokens. A full block gets a content key once computed (``SimReq.block_key``).
+As in vLLM, identical blocks are not de-duplicated: two requests that computed the same block both keep
+theirs under the key, a lookup hits the first one cached, and evicting one leaves the others hittable.
+Unreferenced blocks sit in a free queue (an OrderedDict used as an ordered set: deterministic, O(1) at both
+ends); allocation takes from the front. As in vLLM's ``BlockPool.free_blocks``, a freed cached block goes to
+the back (LRU: it can be hit again until an allocation evicts it) and a freed block without content (never
+hittable) to the front, to be reused first. One block is reserved (vLLM's null block), so
+``num_gpu_blocks - 1`` are usable.
 
 Each cached block remembers the weight version that computed it: ``stale_hits`` counts hits on KV written
 by older weights (what a cache clear at a weight update prevents).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 
 class BlockPool:
@@ -21,8 +26,8 @@ class BlockPool:
         self.ref = [0] * self.num_blocks
         self.key_of: list = [None] * self.num_blocks
         self.version_of = [0] * self.num_blocks
-        self.cached: dict = {}  # content key -> block id
-        self.free: dict = dict.fromkeys(range(self.num_blocks))  # LRU order, front evicted first
+        self.cached: dict = {}  # content key -> {block id: None}, in caching order (first one is hit)
+        self.free = OrderedDict.fromkeys(range(self.num_blocks))  # front is allocated (evicted) first
 
     @property
     def num_free(self) -> int:
@@ -37,10 +42,10 @@ class BlockPool:
         if not self.prefix_caching:
             return hits
         for key in keys:
-            block = self.cached.get(key)
-            if block is None:
+            blocks = self.cached.get(key)
+            if not blocks:
                 break
-            hits.append(block)
+            hits.append(next(iter(blocks)))
         return hits
 
     def can_take(self, hits: list, num_new: int) -> bool:
@@ -62,7 +67,9 @@ class BlockPool:
             del self.free[b]
             key = self.key_of[b]
             if key is not None:
-                if self.cached.get(key) == b:
+                same = self.cached[key]
+                del same[b]
+                if not same:
                     del self.cached[key]
                 self.key_of[b] = None
             self.ref[b] = 1
@@ -70,19 +77,25 @@ class BlockPool:
         return out
 
     def release(self, blocks: list) -> None:
-        """Drop one reference to each block; tail blocks are queued first so they are evicted first."""
+        """Drop one reference to each block, tail first (vLLM frees in reverse so the tail is evicted first):
+        cached blocks are queued at the back, uncached ones at the front in that same order."""
+        front = []
         for b in reversed(blocks):
             self.ref[b] -= 1
             if self.ref[b] == 0:
-                self.free[b] = None
+                if self.key_of[b] is None:
+                    front.append(b)
+                else:
+                    self.free[b] = None
+        for b in reversed(front):
+            self.free[b] = None
+            self.free.move_to_end(b, last=False)
 
     def commit(self, block: int, key, version: int) -> None:
-        """Give a computed full block its content key (first writer wins, as in vLLM)."""
+        """Give a computed full block its content key (a block already keyed, e.g. a cache hit, keeps it)."""
         if not self.prefix_caching or self.key_of[block] is not None:
             return
-        if key in self.cached:
-            return
-        self.cached[key] = block
+        self.cached.setdefault(key, {})[block] = None
         self.key_of[block] = key
         self.version_of[block] = version
 

@@ -4,14 +4,15 @@ What replay takes from the recording (the inputs), rebased so the first record i
 
 * engine configuration (header ``engine_config``: budget, max running requests, block size and count,
   chunked prefill, prefix caching, async scheduling);
-* request arrivals: each engine-side ``add`` at its time, with prompt length, prompt digest (equal digests
-  share a prefix), max_tokens and group;
+* request arrivals: each engine-side ``add`` at its time, with prompt length, prompt digest, vLLM's prefix-cache
+  keys of the full prompt blocks (``block_keys``: prompts sharing a prefix share blocks), max_tokens, group;
 * each request's output length and finish reason (when to emit the stop token is the model's data, not the
-  scheduler's decision);
+  scheduler's decision), and its output token ids when recorded (blocks of identical outputs are shared);
 * control events at their engine-side times: aborts, pauses (state; the mode when the client recorded it),
   resumes, cache resets, weight versions;
-* durations: exact replay uses each step's recorded schedule / forward / update times and the gaps between
-  engine actions; what-if replay uses a fitted step-time model instead.
+* exact replay: each engine input is also due before the engine action it preceded (``feed.py``), and each
+  step's recorded schedule / forward / update times and the gaps between engine actions are used; fitted
+  replay uses a fitted step-time model and delivers inputs by time alone.
 
 What the model computes: every schedule (which requests, how many tokens, preemption, prefix hits, KV),
 every update (which tokens, finishing, stale frames), the output path to the client, and all times.
@@ -29,6 +30,7 @@ from tracesim.format.records import (
 )
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
+from tracesim.sim.feed import Feed, FeedItem, engine_actions_before
 from tracesim.sim.rollout import Rollout, Sample
 from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
@@ -45,7 +47,8 @@ def engine_config_from(header) -> EngineConfig:
     keys = {"max_num_batched_tokens": "max_num_batched_tokens", "max_num_seqs": "max_num_seqs",
             "block_size": "block_size", "num_gpu_blocks": "num_gpu_blocks",
             "enable_chunked_prefill": "chunked_prefill", "enable_prefix_caching": "enable_prefix_caching",
-            "async_scheduling": "async_scheduling", "long_prefill_token_threshold": "long_prefill_token_threshold"}
+            "async_scheduling": "async_scheduling", "long_prefill_token_threshold": "long_prefill_token_threshold",
+            "reserve_full_sequence": "scheduler_reserve_full_isl", "watermark": "watermark"}
     values = {}
     for field_name, key in keys.items():
         v = ec.get(key, ec.get(field_name))
@@ -57,24 +60,27 @@ def engine_config_from(header) -> EngineConfig:
 @dataclass
 class _Arrival:
     add: RequestAdded
+    index: int  # position of the add in the recording's stream
     out_len: int = 0
     reason: str | None = None
+    token_ids: list | None = None  # the sampled ids, when the recorder recorded them
 
 
 def _arrivals(trace) -> list:
     """Engine-side adds in stream order, each with the output length and finish reason it reached."""
     arrivals, current = [], {}
-    for r in trace.records:
+    for i, r in enumerate(trace.records):
         if type(r) is RequestAdded and r.side == "engine":
-            current[r.req_id] = a = _Arrival(r)
+            current[r.req_id] = a = _Arrival(r, i)
             arrivals.append(a)
         elif type(r) is StepUpdated:
             for o in r.outs:
                 a = current.get(o.req_id)
                 if a is None or a.reason is not None:
                     continue
-                if not o.stale:
-                    a.out_len += o.sampled
+                a.out_len += o.sampled  # tokens vLLM appended, a stale frame's included (recorder's meaning)
+                if o.sampled and o.token_ids is not None and len(o.token_ids) == o.sampled:
+                    a.token_ids = (a.token_ids or []) + list(o.token_ids)
                 if o.finish_reason is not None:
                     a.reason = o.finish_reason
     return arrivals
@@ -147,10 +153,12 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None)
     client.latency_ns = scen.engine.output_latency_us * 1000
     client.samples = _TrackAll(client)
-    arrivals = _arrivals(trace)
-    inputs = [(a.add.t_ns - t0, i, "add", a) for i, a in enumerate(arrivals)]
-    inputs = sorted(inputs + [(t, 1_000_000 + i, k, p) for t, i, k, p in _controls(trace, t0)],
-                    key=lambda x: (x[0], x[1]))
+    inputs = sorted([(a.add.t_ns - t0, a.index, "add", a) for a in _arrivals(trace)] + _controls(trace, t0))
+    if timing == "exact":  # engine inputs are due before the engine action they preceded (feed.py)
+        before = engine_actions_before(trace.records)
+        engine.feed = Feed([FeedItem(t, before[i], k, p) for t, i, k, p in sorted(inputs, key=lambda x: x[1])
+                            if k != "version"], _to_engine)
+        inputs = [x for x in inputs if x[2] == "version"]
     env.process(_drive(env, engine, client, inputs, _client_records(trace, t0), emit))
     env.process(engine.run())
     done = env.event()
@@ -184,33 +192,36 @@ def _drive(env, engine, client, inputs, client_records, emit):
     ci = 0
     for t, _, kind, payload in inputs:
         while ci < len(client_records) and client_records[ci][0] <= t:
-            _emit_at(env, client_records[ci][2], emit)
+            emit(client_records[ci][2])
             ci += 1
         if t > env.now:
             yield env.timeout(t - env.now)
-        if kind == "add":
-            a = payload
-            r = a.add
-            stop = a.out_len if a.reason == "stop" else NEVER
-            max_tokens = r.max_tokens if r.max_tokens is not None else NEVER
-            req = SimReq(r.req_id, r.prompt_len, max_tokens, stop, r.prompt_digest or f"req:{r.req_id}",
-                         r.group_id, r.sample_idx, r.group_size)
-            req.arrival_ns = env.now
-            engine.submit("add", req)
-        elif kind == "pause":
-            engine.request_pause(payload[0], payload[1], abort_all=False)
-        elif kind == "version":
+        if kind == "version":
             engine.weights_version = engine.version = payload
         else:
-            engine.submit(kind, payload)
+            engine.submit(*_to_engine(kind, payload, engine))
     for _, _, rec in client_records[ci:]:
         if rec.t_ns > env.now:
             yield env.timeout(rec.t_ns - env.now)
         emit(rec)
 
 
-def _emit_at(env, rec, emit):
-    emit(rec)
+def _to_engine(kind, payload, engine) -> tuple:
+    """A recorded input as the engine takes it, made at delivery: (kind, engine payload)."""
+    if kind == "add":
+        r = payload.add
+        stop = payload.out_len if payload.reason == "stop" else NEVER
+        max_tokens = r.max_tokens if r.max_tokens is not None else NEVER
+        req = SimReq(r.req_id, r.prompt_len, max_tokens, stop, r.prompt_digest or f"req:{r.req_id}",
+                     r.group_id, r.sample_idx, r.group_size)
+        req.arrival_ns = engine.env.now
+        req.prompt_block_keys = r.block_keys
+        if payload.token_ids is not None and len(payload.token_ids) == payload.out_len:
+            req.known_output = tuple(payload.token_ids)
+        return "add", req
+    if kind == "pause":  # replay's aborts are the recorded ones, so the pause itself aborts nothing
+        return "pause", (payload[0], payload[1], engine.env.event(), False)
+    return kind, payload
 
 
 def _until_idle(env, engine, inputs, done):
@@ -219,13 +230,9 @@ def _until_idle(env, engine, inputs, done):
     if last > env.now:
         yield env.timeout(last)
     while True:
-        if not engine.inputs and not engine.queue and not engine.sched.has_work() and not _pending(engine):
+        if not engine.inputs and not engine.queue and not engine.sched.has_work() and not engine.feed:
             yield env.timeout(engine.cfg.output_latency_us * 1000 + 1)  # let the last frames land
             if not engine.inputs and not engine.queue and not engine.sched.has_work():
                 done.succeed(env.now)
                 return
         yield env.timeout(1_000_000)
-
-
-def _pending(engine) -> bool:
-    return bool(engine.held_adds) and engine.sched.pause_state == 0

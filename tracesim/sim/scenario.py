@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
 
+from tracesim.inputs import InputError, read_toml
 
-class ScenarioError(ValueError):
+
+class ScenarioError(InputError):
     """A scenario file or value is invalid; the message names the file (when known) and the field."""
 
 
@@ -40,6 +41,8 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     long_prefill_token_threshold: int = 0  # 0: no cap on one request's prefill chunk
+    reserve_full_sequence: bool = True  # admit only if the whole sequence fits in KV (vLLM scheduler_reserve_full_isl)
+    watermark: float = 0.0  # fraction of KV blocks kept free when admitting while others run (vLLM watermark)
     async_scheduling: bool = False  # batch queue of depth 2 with output placeholders
     discard_stale_frames: bool = True  # False: a stale output frame is applied to the new incarnation (bug)
     sched_us: int = 150  # schedule() cost
@@ -179,6 +182,8 @@ def _validate(s: Scenario, where: str) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ScenarioError(f"{where}: {name}: must be positive, got {value}")
+    if s.engine.watermark >= 1.0:
+        raise ScenarioError(f"{where}: [engine].watermark: must be below 1, got {s.engine.watermark}")
     need = -(-(s.workload.prompt_len[1] + s.workload.max_tokens) // s.engine.block_size)
     if need > s.engine.num_gpu_blocks - 1:
         raise ScenarioError(f"{where}: [engine].num_gpu_blocks: {s.engine.num_gpu_blocks} blocks cannot hold "
@@ -189,11 +194,4 @@ def _validate(s: Scenario, where: str) -> None:
 
 def load_scenario(path: str | os.PathLike) -> Scenario:
     """Read a TOML scenario; raise ScenarioError (file unreadable, bad TOML, bad field)."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    return scenario_from_dict(data, str(path))
+    return scenario_from_dict(read_toml(path, "scenario", ScenarioError), str(path))

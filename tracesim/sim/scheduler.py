@@ -4,8 +4,9 @@ One ``schedule()`` call: running requests first, in order, each getting ``num_to
 num_computed`` tokens capped by the token budget (chunked prefill); when KV blocks run out the last running
 request is preempted (recompute: its KV is freed and it goes back to the front of the waiting queue). If
 nothing was preempted and the engine is not paused, waiting requests are admitted in order while the budget,
-``max_num_seqs`` and the KV blocks allow, with prefix-cache hits counted on admission (full blocks only, and
-never the last prompt token). ``update()`` applies one step's output: a sampled token per request that caught
+``max_num_seqs`` and the KV blocks allow (the whole sequence must fit, not just its first chunk, plus the
+watermark while others run), with prefix-cache hits counted on admission (full blocks only, and never the
+last token). ``update()`` applies one step's output: a sampled token per request that caught
 up with its tokens, finishing at the stop length or ``max_tokens``.
 
 Async scheduling adds one output placeholder per scheduled non-chunk request, resolved by the update; an
@@ -50,6 +51,9 @@ class SimReq:
     blocks: list = field(default_factory=list)
     committed: int = 0  # leading blocks already given their content key
     arrival_ns: int | None = None  # replay: the recorded time the engine core added it
+    prompt_block_keys: tuple | None = None  # replay: vLLM's prefix-cache keys of the full prompt blocks
+    known_output: tuple | None = None  # replay: the output token ids the recording sampled (block keys)
+    _output_keys: list = field(default_factory=list)
     out_tokens: list = field(default_factory=list)
     exec_versions: list = field(default_factory=list)  # weights that computed each output token
     stamp_versions: list = field(default_factory=list)  # version stamped by the update (what vLLM reports)
@@ -63,11 +67,28 @@ class SimReq:
     def num_tokens(self) -> int:
         return self.prompt_len + len(self.out_tokens)
 
+    def block_key(self, i: int, block_size: int):
+        """Content key of full block ``i``: vLLM's own key of a prompt block when the recording has it (prompts
+        with a common prefix share those), else ``(prompt_key, i)``. A block holding output tokens is keyed by
+        the request, ``(req_id, i)`` (sampled outputs differ), unless replay knows the output token ids: then
+        by the prompt and the outputs so far, so samples that generated the same tokens share it as in vLLM."""
+        if i < self.prompt_len // block_size:
+            if self.prompt_block_keys is not None and i < len(self.prompt_block_keys):
+                return self.prompt_block_keys[i]
+            return (self.prompt_key, i)
+        if self.known_output is None:
+            return (self.req_id, i)
+        keys = self._output_keys
+        first = self.prompt_len // block_size
+        while len(keys) <= i - first:  # chained: each key holds the previous one and its block's outputs
+            j = first + len(keys)
+            lo, hi = max(0, j * block_size - self.prompt_len), (j + 1) * block_size - self.prompt_len
+            keys.append((keys[-1] if keys else self.prompt_key, tuple(self.known_output[lo:hi])))
+        return keys[i - first]
+
     def block_keys(self, upto: int, block_size: int) -> list:
         """Content keys of the full blocks among the first ``upto`` tokens."""
-        n_prompt_blocks = self.prompt_len // block_size
-        return [(self.prompt_key, i) if i < n_prompt_blocks else (self.req_id, i)
-                for i in range(upto // block_size)]
+        return [self.block_key(i, block_size) for i in range(upto // block_size)]
 
 
 @dataclass
@@ -95,6 +116,7 @@ class Scheduler:
     def __init__(self, cfg):
         self.cfg = cfg
         self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.watermark_blocks = int(cfg.watermark * cfg.num_gpu_blocks)
         self.waiting: deque = deque()
         self.running: list = []
         self.requests: dict = {}  # req_id -> SimReq, live ones (insertion ordered)
@@ -158,6 +180,8 @@ class Scheduler:
     def schedule(self) -> tuple:
         """Return (planned list, preempted req_ids)."""
         budget = 0 if self.pause_state == PAUSED_ALL else self.cfg.max_num_batched_tokens
+        # vLLM caps long prefills only when more than one request is eligible.
+        threshold = self.cfg.long_prefill_token_threshold if len(self.running) + len(self.waiting) > 1 else 0
         planned, preempted = [], []
         i = 0
         while i < len(self.running) and budget > 0:
@@ -166,7 +190,7 @@ class Scheduler:
             if req.placeholders > 0 and req.num_computed + 2 - req.placeholders >= req.prompt_len + req.max_tokens:
                 i += 1
                 continue
-            n = self._cap(n, budget)
+            n = self._cap(n, budget, threshold)
             if n <= 0:
                 i += 1
                 continue
@@ -182,18 +206,17 @@ class Scheduler:
             budget -= n
             i += 1
         if not preempted and self.pause_state == UNPAUSED:
-            budget = self._admit(planned, budget)
+            budget = self._admit(planned, budget, threshold)
         for p in planned:
             self._after_schedule(p)
         return planned, tuple(preempted)
 
-    def _cap(self, n: int, budget: int) -> int:
-        threshold = self.cfg.long_prefill_token_threshold
+    def _cap(self, n: int, budget: int, threshold: int) -> int:
         if 0 < threshold < n:
             n = threshold
         return min(n, budget)
 
-    def _admit(self, planned: list, budget: int) -> int:
+    def _admit(self, planned: list, budget: int, threshold: int) -> int:
         bs = self.cfg.block_size
         skipped = []
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
@@ -206,8 +229,14 @@ class Scheduler:
             n = req.num_tokens - cached
             if not self.cfg.enable_chunked_prefill and n > budget:
                 break
-            n = self._cap(n, budget)
-            if not self._allocate(req, n, hits):
+            n = self._cap(n, budget, threshold)
+            # vLLM keeps `watermark` of the blocks free for admissions while others run, and (reserve_full_isl)
+            # admits a request only if its whole sequence fits, not just this chunk: no over-admission.
+            reserve = self.watermark_blocks if self.running else 0
+            whole = -(-req.num_tokens // bs) - len(hits) if self.cfg.reserve_full_sequence else 0
+            if whole and not self.pool.can_take(hits, whole + reserve):
+                break
+            if not self._allocate(req, n, hits, reserve):
                 break
             self.waiting.popleft()
             req.num_computed = cached
@@ -218,27 +247,29 @@ class Scheduler:
         self.waiting.extendleft(reversed(skipped))
         return budget
 
-    def _allocate(self, req: SimReq, n: int, hits: list) -> bool:
+    def _allocate(self, req: SimReq, n: int, hits: list, reserve: int = 0) -> bool:
         bs = self.cfg.block_size
         have = len(req.blocks) + len(hits)
         total = (len(hits) * bs if hits else req.num_computed) + n
         need = max(0, -(-total // bs) - have)
         if hits or need:
-            if not self.pool.can_take(hits, need):
+            if not self.pool.can_take(hits, need + reserve):
                 return False
             self.pool.touch(hits)
             req.blocks = req.blocks + hits + self.pool.take(need)
         req.status = RUNNING
         # Blocks whose tokens are all known get their content key now, as vLLM caches at allocation: a
         # request admitted later in the same schedule already hits them.
-        full = min((len(hits) * bs if hits else req.num_computed) + n, req.num_tokens) // bs
-        if full > req.committed:  # only blocks that became full since the last allocation
-            n_prompt_blocks = req.prompt_len // bs
-            for i in range(req.committed, full):
-                key = (req.prompt_key, i) if i < n_prompt_blocks else (req.req_id, i)
-                self.pool.commit(req.blocks[i], key, 0)
-            req.committed = full
+        self._commit(req, (len(hits) * bs if hits else req.num_computed) + n)
         return True
+
+    def _commit(self, req: SimReq, upto: int) -> None:
+        """Give the full blocks among the first ``upto`` known tokens their content keys."""
+        bs = self.cfg.block_size
+        full = min(upto, req.num_tokens, len(req.blocks) * bs) // bs
+        for i in range(req.committed, full):  # only blocks that became full since the last commit
+            self.pool.commit(req.blocks[i], req.block_key(i, bs), 0)
+        req.committed = max(req.committed, full)
 
     def _plan(self, req: SimReq, n: int, resumed: bool, cached: int, admitted: bool = False) -> Planned:
         before = req.num_computed
@@ -277,6 +308,10 @@ class Scheduler:
             req.stamp_versions.append(stamp_version)
             if req.placeholders and not stale:
                 req.placeholders -= 1
+            if self.cfg.async_scheduling and req.status == RUNNING:
+                # AsyncScheduler caches the block a sampled token completes when the token arrives (its
+                # allocation did not know the token yet); the sync scheduler does it at the next allocation.
+                self._commit(req, req.num_computed - req.placeholders)
             reason = None
             if len(req.out_tokens) >= req.stop_len:
                 reason = "stop"

@@ -31,6 +31,8 @@ class ModelTiming:
         self._gap_ns = engine_cfg.step_gap_us * 1000
 
     def exec_ns(self, step: int, reqs) -> int:
+        if not reqs:
+            return 0  # an empty schedule runs no forward pass
         prefill, decode, context = batch_features(reqs)
         return int(self.base_ns + self.prefill_ns * prefill + self.decode_ns * decode + self.context_ns * context)
 
