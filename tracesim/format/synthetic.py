@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import random
 
-from tracesim import __version__
 from tracesim.format.digest import token_digest
-from tracesim.format.reader import FORMAT_MAJOR, FORMAT_MINOR
+from tracesim.format.header import make_header
 from tracesim.format.records import (
-    PAUSED_ALL, CacheReset, ConsumedSample, Header, OutputDelivered, OutReq, Paused, ProcessInfo, RequestAdded,
+    PAUSED_ALL, CacheReset, ConsumedSample, OutputDelivered, OutReq, Paused, ProcessInfo, RequestAdded,
     Resumed, RewardBound, SchedReq, StepExecuted, StepScheduled, StepUpdated, TrainerConsumed, VersionSpan,
     WeightsUpdated,
 )
@@ -37,8 +36,8 @@ def synthetic_trace(*, waves: int = 3, groups_per_wave: int = 4, group_size: int
         if wave + 1 < waves:
             gen.update_weights()
     gen.events.sort(key=lambda e: e[0])  # stable: ties keep generation order
-    header = Header(
-        FORMAT_MAJOR, FORMAT_MINOR, __version__, "synthetic", (ProcessInfo("synthetic", "synthetic", 0),),
+    header = make_header(
+        "synthetic", (ProcessInfo("synthetic", "synthetic", 0),),
         engine_config={"async_scheduling": False, "token_budget": token_budget, "pause_mode": "abort",
                        "clear_cache": True},
         seed=seed,

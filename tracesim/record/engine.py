@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import time
 
-import tracesim
-from tracesim.format.records import Header, ProcessInfo
+from tracesim.format.header import make_header
+from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
 from tracesim.record.convert import Converter
 from tracesim.record.sink import RecordSink, host_name, process_anchors
@@ -76,7 +76,7 @@ class EngineRecorder:
             mono, wall = process_anchors()
             rank = dp_rank_of(scheduler)
             proc = ProcessInfo("engine-core", host_name(), os.getpid(), rank, mono, wall)
-            header = Header(1, 0, tracesim.__version__, "vllm", (proc,),
+            header = make_header("vllm", (proc,),
                             engine_config=engine_config_of(scheduler, is_async), created_wall_ns=wall)
             converter = Converter(record_tokens=config.record_tokens, raw_ids=config.raw_ids)
             out = path if path is not None else config.engine_path(os.getpid(), rank)

@@ -20,10 +20,10 @@ import contextlib
 import os
 import time
 
-import tracesim
 from tracesim.format.digest import token_digest
+from tracesim.format.header import make_header
 from tracesim.format.records import (
-    PAUSED_ALL, PAUSED_NEW, ConsumedSample, Header, OutputDelivered, Paused, ProcessInfo, RequestAdded, Resumed,
+    PAUSED_ALL, PAUSED_NEW, ConsumedSample, OutputDelivered, Paused, ProcessInfo, RequestAdded, Resumed,
     RewardBound, SampleDropped, TrainerConsumed, VersionSpan, WeightsUpdated,
 )
 from tracesim.record.sink import RecordSink, host_name, process_anchors
@@ -55,7 +55,7 @@ class RolloutRecorder:
                  flush_interval_s: float = 0.5, engine_config: dict | None = None):
         mono, wall = process_anchors()
         proc = ProcessInfo("client", host_name(), os.getpid(), 0, mono, wall)
-        header = Header(1, 0, tracesim.__version__, "vllm", (proc,), engine_config=dict(engine_config or {}),
+        header = make_header("vllm", (proc,), engine_config=dict(engine_config or {}),
                         created_wall_ns=wall)
         self.sink = RecordSink(path, header, flush_interval_s=flush_interval_s)
         self.path = str(path)

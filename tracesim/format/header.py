@@ -1,0 +1,13 @@
+"""Build a trace header stamped with this tracesim's format and package versions."""
+
+from __future__ import annotations
+
+from tracesim import __version__
+from tracesim.format.reader import FORMAT_MAJOR, FORMAT_MINOR
+from tracesim.format.records import Header
+
+
+def make_header(source: str, processes, **fields) -> Header:
+    """``source``: "vllm", "sim" or "synthetic"; ``processes``: ProcessInfo per writing process; ``fields``:
+    the other Header fields (engine_config, seed, inputs, created_wall_ns)."""
+    return Header(FORMAT_MAJOR, FORMAT_MINOR, __version__, source, tuple(processes), **fields)
