@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 
@@ -29,6 +30,20 @@ def test_same_seed_gives_byte_identical_trace(tmp_path):
     c = _bytes(simulate(RunInputs(s, seed=8)), tmp_path, "c")
     assert a == b
     assert a != c
+
+
+def test_a_run_leaves_the_garbage_collector_as_it_found_it():
+    # simulate()/replay() turn the cyclic GC off while they run (speed); the caller's setting must survive.
+    s = Scenario(workload=SMALL)
+    assert gc.isenabled()
+    simulate(RunInputs(s, seed=1))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        simulate(RunInputs(s, seed=1))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_async_scheduling_schedules_next_step_before_updating_previous():

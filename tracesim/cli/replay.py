@@ -1,4 +1,5 @@
-"""``tracesim replay TRACE [--scenario FILE] [--seed N] [--timing exact|fitted] -o OUT``."""
+"""``tracesim replay TRACE [--scenario FILE] [--seed N] [--timing exact|fitted] [--scheduler native|vllm]
+[--compare-backends] -o OUT``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing", choices=("exact", "fitted"), default="exact",
                    help="exact: recorded step durations; fitted: a step-time model fitted on TRACE")
+    p.add_argument("--scheduler", choices=("native", "vllm"),
+                   help="scheduling backend (overrides the scenario): the native model or vLLM's own scheduler")
+    p.add_argument("--compare-backends", action="store_true",
+                   help="also replay with both backends and print how far they agree (needs vLLM)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
@@ -23,6 +28,7 @@ def run(args) -> int:
 
     from tracesim.cli.main import UsageError
     from tracesim.format import read_trace, write_trace
+    from tracesim.sim.backends import compare_backends, run_both, with_backend
     from tracesim.sim.fidelity import compare
     from tracesim.sim.replay import replay
     from tracesim.sim.scenario import ScenarioError, load_scenario
@@ -31,6 +37,8 @@ def run(args) -> int:
     trace = read_trace(args.trace)
     try:
         scenario = load_scenario(args.scenario) if args.scenario else None
+        if args.scheduler == "vllm" or args.compare_backends:  # fails clearly when vLLM is missing
+            with_backend(scenario, "vllm")
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
     steptime = None
@@ -40,7 +48,13 @@ def run(args) -> int:
         except ValueError as exc:
             raise UsageError(f"{args.trace}: cannot fit a step-time model: {exc}") from None
     with tqdm(unit="step", file=sys.stderr, disable=args.no_progress or None, desc="replay") as bar:
-        out = replay(trace, timing=args.timing, steptime=steptime, seed=args.seed, scenario=scenario, progress=bar)
+        out = replay(trace, timing=args.timing, steptime=steptime, seed=args.seed, scenario=scenario, progress=bar,
+                     scheduler_backend=args.scheduler)
     write_trace(args.output, out)
-    print(json.dumps({"output": args.output, "records": len(out.records), **compare(trace, out).to_dict()}))
+    result = {"output": args.output, "records": len(out.records),
+              "scheduler": out.header.engine_config.get("scheduler_backend", "native"), **compare(trace, out).to_dict()}
+    if args.compare_backends:
+        both = run_both(trace=trace, scenario=scenario, seed=args.seed, timing=args.timing, steptime=steptime)
+        result["backends"] = compare_backends(both["native"], both["vllm"]).to_dict()
+    print(json.dumps(result))
     return 0

@@ -1,7 +1,8 @@
-"""``tracesim simulate SCENARIO [--seed N] -o OUT``."""
+"""``tracesim simulate SCENARIO [--seed N] [--scheduler native|vllm] [--compare-backends] -o OUT``."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 
@@ -10,6 +11,10 @@ def add_parser(sub) -> None:
     p.add_argument("scenario", help="TOML scenario file (see scenarios/)")
     p.add_argument("-o", "--output", required=True, help="simulated trace to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", choices=("native", "vllm"),
+                   help="scheduling backend (overrides the scenario): the native model or vLLM's own scheduler")
+    p.add_argument("--compare-backends", action="store_true",
+                   help="also simulate with both backends and print how far they agree (needs vLLM)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
@@ -19,17 +24,26 @@ def run(args) -> int:
 
     from tracesim.cli.main import UsageError
     from tracesim.format import write_trace
+    from tracesim.sim.backends import compare_backends, run_both, with_backend
     from tracesim.sim.run import RunInputs, simulate
     from tracesim.sim.scenario import ScenarioError, load_scenario
 
     try:
         scenario = load_scenario(args.scenario)
+        if args.scheduler is not None:
+            scenario = with_backend(scenario, args.scheduler, f"{args.scenario} (--scheduler)")
+        if args.compare_backends:  # fails clearly when vLLM is missing
+            with_backend(scenario, "vllm", f"{args.scenario} (--compare-backends)")
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
     with tqdm(unit="step", file=sys.stderr, disable=args.no_progress or None, desc="simulate") as bar:
         trace = simulate(RunInputs(scenario, args.seed), progress=bar)
     write_trace(args.output, trace)
-    print(f"{args.output}: {len(trace.records)} records, {len(trace.of(*_steps()))} steps")
+    backend = scenario.engine.scheduler_backend
+    print(f"{args.output}: {len(trace.records)} records, {len(trace.of(*_steps()))} steps ({backend} scheduler)")
+    if args.compare_backends:
+        both = run_both(scenario=scenario, seed=args.seed)
+        print(json.dumps({"backends": compare_backends(both["native"], both["vllm"]).to_dict()}))
     return 0
 
 

@@ -37,13 +37,16 @@ SAMPLED_TOKEN = 7
 
 def make_vllm_config(model_dir: str, *, async_scheduling: bool, max_num_seqs: int = 256,
                      max_num_batched_tokens: int = 8192, prefix_caching: bool = True,
-                     num_blocks: int = 10000, max_model_len: int = 2048) -> VllmConfig:
+                     num_blocks: int = 10000, max_model_len: int = 2048, block_size: int = BLOCK_SIZE,
+                     enable_chunked_prefill: bool = True, **scheduler_options) -> VllmConfig:
+    """``scheduler_options``: further ``SchedulerConfig`` fields (e.g. ``watermark``, ``long_prefill_token_threshold``)."""
     model_config = ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype="float32", seed=0,
                                max_model_len=max_model_len)
     scheduler_config = SchedulerConfig(
         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-        enable_chunked_prefill=True, async_scheduling=async_scheduling, is_encoder_decoder=False)
-    cache_config = CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=prefix_caching)
+        enable_chunked_prefill=enable_chunked_prefill, async_scheduling=async_scheduling, is_encoder_decoder=False,
+        **scheduler_options)
+    cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=prefix_caching)
     cache_config.num_gpu_blocks = num_blocks
     vllm_config = VllmConfig(model_config=model_config, scheduler_config=scheduler_config,
                              cache_config=cache_config)
@@ -64,16 +67,17 @@ class StandaloneDriver:
         model_dir = model_dir or write_tiny_model(os.path.join(tempfile.gettempdir(), "tracesim-tiny-llama"))
         self.vllm_config = make_vllm_config(model_dir, async_scheduling=async_scheduling,
                                             num_blocks=num_blocks, **config)
-        spec = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=2, head_size=64, dtype=torch.float32)
+        block_size = config.get("block_size", BLOCK_SIZE)
+        spec = FullAttentionSpec(block_size=block_size, num_kv_heads=2, head_size=64, dtype=torch.float32)
         kv_cache_config = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
                                         kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
         if scheduler_cls is None:
             scheduler_cls = AsyncScheduler if async_scheduling else Scheduler
         self.scheduler = scheduler_cls(vllm_config=self.vllm_config, kv_cache_config=kv_cache_config,
                                        structured_output_manager=StructuredOutputManager(self.vllm_config),
-                                       block_size=BLOCK_SIZE, log_stats=False)
+                                       block_size=block_size, log_stats=False)
         init_none_hash(sha256)
-        self._block_hasher = get_request_block_hasher(BLOCK_SIZE, sha256)
+        self._block_hasher = get_request_block_hasher(block_size, sha256)
         self.queue: deque = deque()  # (scheduler_output) in flight, oldest on the right
         self.queue_size = 2 if async_scheduling else 1
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections import deque
 
+from simpy.events import URGENT, Event
+
 from tracesim.format.records import (
     PAUSED_ALL, PAUSED_NEW, UNPAUSED, Aborted, CacheReset, Paused, RequestAdded, Resumed, StepExecuted,
     StepScheduled, StepUpdated,
 )
-from tracesim.sim.scheduler import Scheduler
+from tracesim.sim.scheduler import sched_reqs
+from tracesim.sim.vllm_scheduler import make_scheduler
 
 
 class InFlight:
@@ -36,7 +39,7 @@ class Engine:
 
     def __init__(self, env, cfg, timing, emit, on_output, progress=None):
         self.env, self.cfg, self.timing, self.emit, self.on_output = env, cfg, timing, emit, on_output
-        self.sched = Scheduler(cfg)
+        self.sched = make_scheduler(cfg)  # native model, or vLLM's own scheduler
         self.version = 0
         self.weights_version = 0
         self.step = 0
@@ -71,6 +74,14 @@ class Engine:
             yield from self.feed.deliver(self)
             self._drain_inputs()
         self._drain_inputs()
+
+    def _take_inputs_now(self):
+        """``_take_inputs``, returning an empty iterable instead of a generator when no feed input is due (the
+        usual case: this runs two or three times per step)."""
+        if self.feed is not None and self.feed.is_due(self.actions):
+            return self._take_inputs()
+        self._drain_inputs()
+        return ()
 
     def _drain_inputs(self) -> None:
         while self.inputs:
@@ -142,10 +153,10 @@ class Engine:
             # The gap runs from the end of the previous action: time spent asleep counts towards it.
             gap = self.timing.gap_ns(kind, self.step if kind == "sched" else self._oldest_step())
             if self.feed is not None:
-                yield from self._take_inputs()
+                yield from self._take_inputs_now()
             if last_end + gap > env.now:
                 yield env.timeout(last_end + gap - env.now)
-            yield from self._take_inputs()
+            yield from self._take_inputs_now()
             if self.cfg.async_scheduling:
                 kind = yield from self._step_async()
             else:
@@ -177,7 +188,7 @@ class Engine:
         self.actions += 1
         waiting, running = self.sched.counts()
         finished, self.sched.finished_since = tuple(self.sched.finished_since), []
-        reqs = tuple(p.record(p.req.prompt_len) for p in planned)
+        reqs = sched_reqs(planned)
         self.emit(StepScheduled(t0, env.now, step, reqs, preempted, finished, waiting, running,
                                 len(self.queue) + 1, self.sched.pause_state, round(self.sched.pool.usage(), 6)))
         flight = InFlight(step, planned, env.event())
@@ -200,13 +211,26 @@ class Engine:
         end = start + dur
         if reqs:
             self.gpu_free_ns = end
-        self.env.process(self._execute(flight, start, end, bool(reqs)))
+        # The forward pass is a chain of event callbacks, not a SimPy Process per step; the first event is
+        # URGENT at now, like a Process's Initialize event, so every event keeps its place in SimPy's order.
+        env = self.env
+        ev = Event(env)
+        ev._ok, ev._value = True, None
+        ev.callbacks.append(lambda _ev: self._exec_begin(flight, start, end, bool(reqs)))
+        env.schedule(ev, URGENT)
 
-    def _execute(self, flight, start, end, forward=True):
-        if start > self.env.now:
-            yield self.env.timeout(start - self.env.now)
-        flight.exec_version = self.weights_version
-        yield self.env.timeout(end - start)
+    def _exec_begin(self, flight, start, end, forward) -> None:
+        env = self.env
+        if start > env.now:
+            env.timeout(start - env.now).callbacks.append(lambda _ev: self._exec_run(flight, start, end, forward))
+        else:
+            self._exec_run(flight, start, end, forward)
+
+    def _exec_run(self, flight, start, end, forward) -> None:
+        flight.exec_version = self.weights_version  # the weights on the GPU when the forward pass starts
+        self.env.timeout(end - start).callbacks.append(lambda _ev: self._exec_end(flight, start, end, forward))
+
+    def _exec_end(self, flight, start, end, forward) -> None:
         if forward:
             self.emit(StepExecuted(start, end, flight.step, flight.exec_version))
         flight.done.succeed()
@@ -217,7 +241,7 @@ class Engine:
         if not flight.done.triggered:
             yield flight.done
         if self.feed is not None:  # vLLM applies aborts that came during the forward pass before the update
-            yield from self._take_inputs()
+            yield from self._take_inputs_now()
         t0 = env.now
         dur = self.timing.upd_ns(flight.step)
         if dur:
@@ -226,8 +250,7 @@ class Engine:
         self.actions += 1
         outs = self.sched.update(flight.planned, flight.exec_version, self.version)
         self.emit(StepUpdated(t0, env.now, flight.step, tuple(outs), self.version))
-        frames = [(p.req, o.sampled, o.finish_reason) for p, o in zip(_applied(flight.planned, outs), outs)
-                  if not (o.stale and self.cfg.discard_stale_frames) and (o.sampled or o.finish_reason)]
+        frames = _frames(flight.planned, outs, self.cfg.discard_stale_frames)
         if frames:
             self.on_output(flight.step, frames)
         self._maybe_finish_pause()
@@ -255,6 +278,28 @@ class Engine:
             return None
         yield from self._update()
         return "sched" if len(self.queue) < 2 else "upd"
+
+
+def _frames(planned, outs, discard_stale: bool) -> list:
+    """Output frames ``(SimReq, tokens sampled, finish reason)`` of an update's ``outs``: those that carry a
+    token or a finish, without the stale ones the engine discards."""
+    frames = []
+    append = frames.append
+    if len(planned) == len(outs):  # the usual case, one out per planned entry in order: one loop
+        for p, o in zip(planned, outs):
+            req = p.req
+            if req.req_id != o.req_id:
+                break
+            if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
+                append((req, o.sampled, o.finish_reason))
+        else:
+            return frames
+        frames = []
+        append = frames.append
+    for p, o in zip(_applied(planned, outs), outs):
+        if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
+            append((p.req, o.sampled, o.finish_reason))
+    return frames
 
 
 def _applied(planned, outs):

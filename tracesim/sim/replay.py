@@ -24,18 +24,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import simpy
+from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
-    PAUSED_ALL, Aborted, CacheReset, Paused, RequestAdded, Resumed, StepScheduled, StepUpdated, WeightsUpdated,
+    PAUSED_ALL, Aborted, CacheReset, OutputDelivered, Paused, RequestAdded, Resumed, StepExecuted, StepScheduled,
+    StepUpdated, WeightsUpdated,
 )
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
-from tracesim.sim.feed import Feed, FeedItem, engine_actions_before
+from tracesim.sim.feed import Feed, FeedItem
 from tracesim.sim.rollout import Rollout, Sample
-from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
+from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, cyclic_gc_off, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
 from tracesim.sim.scheduler import SimReq
-from tracesim.sim.steptime import step_costs
+from tracesim.sim.steptime import costs_of_steps, first_t_ns
 from tracesim.sim.timing import ModelTiming, RecordedTiming
 
 NEVER = 1 << 40  # a stop length no request reaches
@@ -66,30 +68,76 @@ class _Arrival:
     token_ids: list | None = None  # the sampled ids, when the recorder recorded them
 
 
-def _arrivals(trace) -> list:
+class _Scan:
+    """What replay reads from a recording, gathered in one pass over its records: a long trace's records
+    are mostly steps and output frames, and walking them once per question took a fifth of a replay.
+
+    ``t0``: the first t_ns; ``scheds`` / ``upds``: step -> StepScheduled / StepUpdated (last in stream order);
+    ``execs``: step -> forward-pass ns of its StepExecuted; ``picked``: (stream index, record) of every
+    StepUpdated and input / control record, in stream order; ``before``: stream index of each picked
+    non-step record -> engine actions (sched / upd records) that preceded it (``feed.engine_actions_before``)."""
+
+    def __init__(self, trace):
+        self.t0 = first_t_ns(trace.records)
+        self.scheds, self.upds, self.execs, self.picked, self.before = {}, {}, {}, [], {}
+        scheds, upds, execs, picked, before = self.scheds, self.upds, self.execs, self.picked, self.before
+        actions = 0
+        for i, r in enumerate(trace.records):
+            kind = type(r)
+            if kind is OutputDelivered:  # most records: skipped first
+                continue
+            if kind is StepScheduled:
+                scheds[r.step] = r
+                actions += 1
+            elif kind is StepUpdated:
+                upds[r.step] = r
+                picked.append((i, r))
+                actions += 1
+            elif kind is StepExecuted:
+                execs[r.step] = r.end_ns - r.t_ns
+            elif kind in _INPUT_TYPES:
+                picked.append((i, r))
+                before[i] = actions
+
+    def of_types(self, types) -> list:
+        return [(i, r) for i, r in self.picked if type(r) in types]
+
+
+def _arrivals(scan: _Scan) -> list:
     """Engine-side adds in stream order, each with the output length and finish reason it reached."""
     arrivals, current = [], {}
-    for i, r in enumerate(trace.records):
-        if type(r) is RequestAdded and r.side == "engine":
-            current[r.req_id] = a = _Arrival(r, i)
-            arrivals.append(a)
-        elif type(r) is StepUpdated:
-            for o in r.outs:
-                a = current.get(o.req_id)
-                if a is None or a.reason is not None:
-                    continue
-                a.out_len += o.sampled  # tokens vLLM appended, a stale frame's included (recorder's meaning)
-                if o.sampled and o.token_ids is not None and len(o.token_ids) == o.sampled:
+    get = current.get
+    for i, r in scan.picked:
+        if type(r) is RequestAdded:
+            if r.side == "engine":
+                current[r.req_id] = a = _Arrival(r, i)
+                arrivals.append(a)
+            continue
+        if type(r) is not StepUpdated:
+            continue
+        for o in r.outs:
+            a = get(o.req_id)
+            if a is None or a.reason is not None:
+                continue
+            sampled = o.sampled
+            if sampled:
+                a.out_len += sampled  # tokens vLLM appended, a stale frame's included (recorder's meaning)
+                if o.token_ids is not None and len(o.token_ids) == sampled:
                     a.token_ids = (a.token_ids or []) + list(o.token_ids)
-                if o.finish_reason is not None:
-                    a.reason = o.finish_reason
+            if o.finish_reason is not None:
+                a.reason = o.finish_reason
     return arrivals
 
 
-def _controls(trace, t0: int) -> list:
+_CONTROL_TYPES = frozenset((Paused, Resumed, CacheReset, Aborted, WeightsUpdated))
+_CLIENT_TYPES = frozenset((RequestAdded, Paused, Resumed, WeightsUpdated, Aborted))
+_INPUT_TYPES = _CONTROL_TYPES | _CLIENT_TYPES
+
+
+def _controls(scan: _Scan, t0: int) -> list:
     """(t_rel, order, kind, payload) engine inputs from the recording's control records."""
     out, client_mode = [], None
-    for i, r in enumerate(trace.records):
+    for i, r in scan.of_types(_CONTROL_TYPES):
         kind = type(r)
         if kind is Paused and r.side == "client":
             client_mode = r.mode
@@ -109,30 +157,48 @@ def _controls(trace, t0: int) -> list:
     return out
 
 
-def _client_records(trace, t0: int) -> list:
+def _rebased(r, t0: int):
+    """``r`` with its times (t_ns and, when set, end_ns / set_ns) moved back by ``t0``."""
+    values = list(r)
+    for j in _time_fields(type(r)):
+        if values[j] is not None:
+            values[j] -= t0
+    return tuple.__new__(type(r), values)  # as r._replace(...), without its keyword machinery
+
+
+_TIME_FIELDS: dict = {}  # record type -> positions of its t_ns / end_ns / set_ns fields
+
+
+def _time_fields(kind) -> tuple:
+    if kind not in _TIME_FIELDS:
+        _TIME_FIELDS[kind] = tuple(j for j, name in enumerate(kind._fields) if name in ("t_ns", "end_ns", "set_ns"))
+    return _TIME_FIELDS[kind]
+
+
+def _client_records(scan: _Scan, t0: int) -> list:
     """Client-side records carried over unchanged except for the rebased times, in time order."""
     keep = []
-    for i, r in enumerate(trace.records):
-        if getattr(r, "side", None) == "client" and type(r) in (RequestAdded, Paused, Resumed, WeightsUpdated, Aborted):
-            fields = {"t_ns": r.t_ns - t0}
-            for name in ("end_ns", "set_ns"):
-                if getattr(r, name, None) is not None:
-                    fields[name] = getattr(r, name) - t0
-            keep.append((r.t_ns - t0, i, r._replace(**fields)))
+    for i, r in scan.of_types(_CLIENT_TYPES):
+        if r.side == "client":
+            keep.append((r.t_ns - t0, i, _rebased(r, t0)))
     return sorted(keep)
 
 
+@cyclic_gc_off()  # see cyclic_gc_off: about 40% of the time otherwise
 def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0, scenario: Scenario | None = None,
-           perturbations: tuple = (), progress=None) -> Trace:
+           perturbations: tuple = (), progress=None, scheduler_backend: str | None = None) -> Trace:
     """Replay ``trace``; ``timing`` is "exact" (recorded durations) or "fitted" (``steptime``, a FitResult or
-    a Scenario's StepTime). Returns the simulated trace; raises StuckRunError."""
-    starts = [r.t_ns for r in trace.records if hasattr(r, "t_ns")]
-    t0 = min(starts) if starts else 0
+    a Scenario's StepTime); ``scheduler_backend`` ("native" | "vllm") overrides the scenario's. Returns the
+    simulated trace; raises StuckRunError."""
+    scan = _Scan(trace)
+    t0 = scan.t0
     cfg = engine_config_from(trace.header)
     if scenario is not None:
         cfg = scenario.engine.__class__(**{**scenario.engine.__dict__, **{
             k: getattr(cfg, k) for k in ("max_num_batched_tokens", "max_num_seqs", "block_size", "num_gpu_blocks",
                                          "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling")}})
+    if scheduler_backend is not None:
+        cfg = cfg.__class__(**{**cfg.__dict__, "scheduler_backend": scheduler_backend})
     base = scenario or Scenario(workload=Workload(), engine=cfg)
     scen = base.replace(engine=cfg, name=f"replay:{trace.path or 'trace'}")
     model = ModelTiming(scen.steptime if steptime is None else getattr(steptime, "steptime", steptime), cfg)
@@ -141,7 +207,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
                                  "step_gap_us": steptime.step_gap_us})
         model = ModelTiming(steptime.steptime, cfg_t)
     if timing == "exact":
-        c = step_costs(trace)
+        c = costs_of_steps(scan.scheds, scan.upds, scan.execs, t0, features=False)
         model = RecordedTiming(c.sched_ns, c.upd_ns, c.exec_ns, c.gaps, model)
     elif timing != "fitted":
         raise ValueError(f"timing must be 'exact' or 'fitted', got {timing!r}")
@@ -152,38 +218,24 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     engine = Engine(env, cfg, model, emit, None, progress)
     client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None)
     client.latency_ns = scen.engine.output_latency_us * 1000
-    client.samples = _TrackAll(client)
-    inputs = sorted([(a.add.t_ns - t0, a.index, "add", a) for a in _arrivals(trace)] + _controls(trace, t0))
+    client._untracked = lambda req_id: client.samples.setdefault(req_id, Sample(req_id, None, 0, 0, 0))
+    # the replay client tracks every request it hears of (its adds are the recording's)
+    inputs = sorted([(a.add.t_ns - t0, a.index, "add", a) for a in _arrivals(scan)] + _controls(scan, t0))
     if timing == "exact":  # engine inputs are due before the engine action they preceded (feed.py)
-        before = engine_actions_before(trace.records)
+        before = scan.before  # what feed.engine_actions_before(trace.records) gives at these indices
         engine.feed = Feed([FeedItem(t, before[i], k, p) for t, i, k, p in sorted(inputs, key=lambda x: x[1])
                             if k != "version"], _to_engine)
         inputs = [x for x in inputs if x[2] == "version"]
-    env.process(_drive(env, engine, client, inputs, _client_records(trace, t0), emit))
+    env.process(_drive(env, engine, client, inputs, _client_records(scan, t0), emit))
     env.process(engine.run())
     done = env.event()
-    env.process(_until_idle(env, engine, inputs, done))
+    _until_idle(env, engine, inputs, done)
     env.run(until=simpy.AnyOf(env, [done, env.timeout(MAX_VIRTUAL_NS)]))
     if not done.triggered:
         raise StuckRunError(f"replay did not finish within {MAX_VIRTUAL_NS} virtual ns (step {engine.step})")
     inputs_rec = RunInputs(scen, seed, tuple(perturbations), trace.path)
     hdr_inputs = {**inputs_rec.header_inputs(), "timing": timing}
     return Trace(sim_header(inputs_rec, scen.to_dict()["engine"])._replace(inputs=hdr_inputs), records, [], None)
-
-
-class _TrackAll(dict):
-    """The replay client tracks every request it hears of (its adds are the recording's)."""
-
-    def __init__(self, client):
-        super().__init__()
-        self.client = client
-
-    def get(self, req_id, default=None):
-        sample = dict.get(self, req_id)
-        if sample is None:
-            sample = Sample(req_id, None, 0, 0, 0)
-            self[req_id] = sample
-        return sample
 
 
 def _drive(env, engine, client, inputs, client_records, emit):
@@ -224,15 +276,38 @@ def _to_engine(kind, payload, engine) -> tuple:
     return kind, payload
 
 
-def _until_idle(env, engine, inputs, done):
-    """Done once every input was fed and the engine has nothing left (polled at each engine wake)."""
+def _until_idle(env, engine, inputs, done) -> None:
+    """Succeed ``done`` once every input was fed and the engine has nothing left: from the last driven input
+    on, polled every 1 ms of virtual time; when idle, again after the last frames could land.
+
+    Event callbacks rather than a SimPy process (a replay makes several polls per step): the first event is
+    URGENT at now like a process's Initialize event, and each poll schedules the next while it is processed,
+    so every event keeps its place in SimPy's order."""
     last = inputs[-1][0] if inputs else 0
-    if last > env.now:
-        yield env.timeout(last)
-    while True:
-        if not engine.inputs and not engine.queue and not engine.sched.has_work() and not engine.feed:
-            yield env.timeout(engine.cfg.output_latency_us * 1000 + 1)  # let the last frames land
-            if not engine.inputs and not engine.queue and not engine.sched.has_work():
-                done.succeed(env.now)
-                return
-        yield env.timeout(1_000_000)
+    poll_ns, settle_ns = 1_000_000, engine.cfg.output_latency_us * 1000 + 1
+
+    def idle() -> bool:
+        return not engine.inputs and not engine.queue and not engine.sched.has_work()
+
+    def poll(_ev) -> None:
+        if not engine.feed and idle():
+            env.timeout(settle_ns).callbacks.append(confirm)  # let the last frames land
+        else:
+            env.timeout(poll_ns).callbacks.append(poll)
+
+    def confirm(_ev) -> None:
+        if idle():
+            done.succeed(env.now)
+        else:
+            env.timeout(poll_ns).callbacks.append(poll)
+
+    def begin(_ev) -> None:
+        if last > env.now:
+            env.timeout(last).callbacks.append(poll)
+        else:
+            poll(None)
+
+    start = Event(env)
+    start._ok, start._value = True, None
+    start.callbacks.append(begin)
+    env.schedule(start, URGENT)

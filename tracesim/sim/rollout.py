@@ -12,7 +12,9 @@ import zlib
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import OutputDelivered, RequestAdded, SampleDropped, VersionSpan
-from tracesim.sim.scheduler import SimReq, token_id
+from tracesim.sim.scheduler import SimReq, _new, check_arity, token_id
+
+check_arity(OutputDelivered, 8)
 
 
 def spans_of(versions: list) -> tuple:
@@ -106,29 +108,44 @@ class Rollout:
     def send(self, step, frames) -> None:
         """Engine side: snapshot the frames of one update now; they reach the client after the latency."""
         batch = []
+        append = batch.append
         for req, sampled, reason in frames:
-            n = len(req.out_tokens)
-            batch.append((req.req_id, req.out_tokens[n - sampled:n], req.stamp_versions[n - sampled:n], reason))
-        self._later(self.latency_ns, lambda: self.deliver(batch))
+            if sampled:  # the last ``sampled`` tokens were appended by this update
+                append((req.req_id, req.out_tokens[-sampled:], req.stamp_versions[-sampled:], reason))
+            else:
+                append((req.req_id, (), (), reason))
+        ev = self.env.timeout(self.latency_ns)
+        ev.callbacks.append(lambda _ev: self.deliver(batch))
+
+    def _untracked(self, req_id: str):
+        """The Sample for a frame of a request the client does not track: None (the frame is ignored)."""
+        return None
 
     def deliver(self, batch) -> None:
+        # Runs once per output frame: locals, and records built with tuple.__new__ (see scheduler.Planned).
+        samples_get, emit, now = self.samples.get, self.emit, self.env.now
+        first_token = self.policy.version_label == "first_token"
         for req_id, tokens, stamps, reason in batch:
-            sample = self.samples.get(req_id)
+            sample = samples_get(req_id)
             if sample is None:
-                continue  # a frame for a request the client no longer tracks
-            start = len(sample.tokens)
-            if start == 0 and tokens and self.policy.version_label == "first_token":
+                sample = self._untracked(req_id)
+                if sample is None:
+                    continue  # a frame for a request the client no longer tracks
+            sample_tokens = sample.tokens
+            start = len(sample_tokens)
+            if first_token and start == 0 and tokens:
                 sample.label = self.version
-            sample.tokens.extend(tokens)
-            sample.stamps.extend(stamps)
-            finished = reason is not None
-            spans = digest = None
-            if finished:
-                spans = spans_of(sample.stamps)
-                digest = token_digest(sample.tokens)
-            self.emit(OutputDelivered(self.env.now, req_id, start, len(tokens), finished, reason, spans, digest))
-            if finished:
-                self._finished(sample, reason, digest)
+            if reason is None:
+                sample_tokens += tokens
+                sample.stamps += stamps
+                emit(_new(OutputDelivered, (now, req_id, start, len(tokens), False, None, None, None)))
+                continue
+            sample_tokens += tokens
+            sample.stamps += stamps
+            spans = spans_of(sample.stamps)
+            digest = token_digest(sample_tokens)
+            emit(_new(OutputDelivered, (now, req_id, start, len(tokens), True, reason, spans, digest)))
+            self._finished(sample, reason, digest)
 
     def _finished(self, sample: Sample, reason: str, digest: str) -> None:
         del self.samples[sample.req_id]

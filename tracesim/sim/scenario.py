@@ -50,6 +50,7 @@ class EngineConfig:
     step_gap_us: int = 50  # engine-core overhead between update and the next schedule
     output_latency_us: int = 400  # engine core -> client transport of one output frame
     add_latency_us: int = 200  # client -> engine core transport of one request
+    scheduler_backend: str = "native"  # native (scheduler.py) | vllm (vLLM's own scheduler, vllm_scheduler.py)
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,32 @@ def _validate(s: Scenario, where: str) -> None:
                             f"one request of {s.workload.prompt_len[1] + s.workload.max_tokens} tokens")
     if s.workload.prompt_len[0] < 1:
         raise ScenarioError(f"{where}: [workload].prompt_len: prompts need at least one token")
+    _validate_backend(s, where)
+
+
+SCHEDULER_BACKENDS = ("native", "vllm")
+
+
+def _validate_backend(s: Scenario, where: str) -> None:
+    """``[engine].scheduler_backend``: a known backend; "vllm" needs an importable vLLM and a setting it has."""
+    backend = s.engine.scheduler_backend
+    if backend not in SCHEDULER_BACKENDS:
+        raise ScenarioError(f"{where}: [engine].scheduler_backend: {backend!r} is not one of "
+                            f"{', '.join(SCHEDULER_BACKENDS)}")
+    if backend != "vllm":
+        return
+    from tracesim.sim.vllm_scheduler import MAX_MODEL_LEN, vllm_available
+
+    if not vllm_available():
+        raise ScenarioError(f"{where}: [engine].scheduler_backend: 'vllm' needs vLLM installed "
+                            "(import vllm failed); use 'native'")
+    if not s.engine.discard_stale_frames:
+        raise ScenarioError(f"{where}: [engine].discard_stale_frames: false has no vLLM counterpart; "
+                            "use scheduler_backend = 'native'")
+    longest = s.workload.prompt_len[1] + s.workload.max_tokens
+    if longest > MAX_MODEL_LEN:
+        raise ScenarioError(f"{where}: [workload]: requests of up to {longest} tokens exceed the vLLM backend's "
+                            f"max_model_len {MAX_MODEL_LEN}")
 
 
 def load_scenario(path: str | os.PathLike) -> Scenario:

@@ -19,11 +19,25 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, UNPAUSED, OutReq, SchedReq
 from tracesim.sim.kvcache import BlockPool
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
+_new = tuple.__new__  # builds a NamedTuple from all its values without the Python-level __new__ (hot paths)
+
+
+def check_arity(cls, n: int) -> None:
+    """Hot paths build ``cls`` records with ``_new(cls, (all n values))``; if a field is appended to the
+    record, fail at import rather than write records that lack it."""
+    if len(cls._fields) != n:
+        raise TypeError(f"{cls.__name__} has {len(cls._fields)} fields, tracesim.sim builds it from {n}: "
+                        "update its _new(...) calls")
+
+
+check_arity(SchedReq, 8)
+check_arity(OutReq, 6)
 
 
 def token_id(req_hash: int, pos: int, version: int) -> int:
@@ -91,9 +105,9 @@ class SimReq:
         return [self.block_key(i, block_size) for i in range(upto // block_size)]
 
 
-@dataclass
-class Planned:
-    """One request's share of a schedule, before it becomes a ``SchedReq``."""
+class Planned(NamedTuple):
+    """One request's share of a schedule, before it becomes a ``SchedReq``. A tuple, not a dataclass: one is
+    made per request per step, and ``tuple.__new__`` makes it several times faster (never mutated)."""
 
     req: SimReq
     num_tokens: int
@@ -107,9 +121,20 @@ class Planned:
     def record(self, prompt_len: int) -> SchedReq:
         # The recorder's split (tracesim/record/convert.py): one fed token of a running request past its prompt
         # is a decode; new, resumed and multi-token shares are prefill.
-        decode = 1 if (not self.admitted and self.computed_before >= prompt_len and self.num_tokens == 1) else 0
-        return SchedReq(self.req.req_id, self.num_tokens - decode, decode, self.resumed, self.cached, 0,
-                        self.computed_before, self.req.placeholders)
+        req, n, before, resumed, cached, _, _, admitted = self
+        decode = 1 if (n == 1 and not admitted and before >= prompt_len) else 0
+        return _new(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders))
+
+
+def sched_reqs(planned) -> tuple:
+    """The ``SchedReq`` of each planned entry, ``p.record(p.req.prompt_len)``, in one loop (no method call
+    per request-step)."""
+    out = []
+    append = out.append
+    for req, n, before, resumed, cached, _, _, admitted in planned:
+        decode = 1 if (n == 1 and not admitted and before >= req.prompt_len) else 0
+        append(_new(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders)))
+    return tuple(out)
 
 
 class Scheduler:
@@ -179,36 +204,58 @@ class Scheduler:
 
     def schedule(self) -> tuple:
         """Return (planned list, preempted req_ids)."""
-        budget = 0 if self.pause_state == PAUSED_ALL else self.cfg.max_num_batched_tokens
+        cfg = self.cfg
+        running = self.running
+        budget = 0 if self.pause_state == PAUSED_ALL else cfg.max_num_batched_tokens
         # vLLM caps long prefills only when more than one request is eligible.
-        threshold = self.cfg.long_prefill_token_threshold if len(self.running) + len(self.waiting) > 1 else 0
+        threshold = cfg.long_prefill_token_threshold if len(running) + len(self.waiting) > 1 else 0
+        bs, async_sched = cfg.block_size, cfg.async_scheduling
         planned, preempted = [], []
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            n = req.num_tokens + req.placeholders - req.num_computed
-            if req.placeholders > 0 and req.num_computed + 2 - req.placeholders >= req.prompt_len + req.max_tokens:
-                i += 1
-                continue
-            n = self._cap(n, budget, threshold)
-            if n <= 0:
-                i += 1
-                continue
-            while not self._allocate(req, n, []):
-                victim = self.running.pop()
-                self.preempt(victim, drop_inflight=False)
-                preempted.append(victim.req_id)
-                if victim is req:
-                    break
-            if req.status != RUNNING:
+        append = planned.append
+        # Hot loop (once per running request per step): locals and an inlined allocation for the usual case
+        # where the request's blocks already hold its tokens; anything else takes the general _allocate.
+        # Preemption pops from the end of ``running``, past ``req``: the iterator stops where it now ends.
+        for req in running:
+            if budget <= 0:
                 break
-            planned.append(self._plan(req, n, False, 0))
+            computed, ph = req.num_computed, req.placeholders
+            num_tokens = req.prompt_len + len(req.out_tokens)
+            if ph > 0 and computed + 2 - ph >= req.prompt_len + req.max_tokens:
+                continue
+            n = num_tokens + ph - computed
+            if 0 < threshold < n:
+                n = threshold
+            if n > budget:
+                n = budget
+            if n <= 0:
+                continue
+            total = computed + n
+            if total <= len(req.blocks) * bs:  # no new block: _allocate reduces to the status and the commit
+                req.status = RUNNING
+                if (total if total < num_tokens else num_tokens) // bs > req.committed:
+                    self._commit(req, total)
+            else:
+                while not self._allocate(req, n, []):
+                    victim = running.pop()
+                    self.preempt(victim, drop_inflight=False)
+                    preempted.append(victim.req_id)
+                    if victim is req:
+                        break
+                if req.status != RUNNING:
+                    break
+            samples = total >= num_tokens + ph
+            append(_new(Planned, (req, n, computed, False, 0, req.incarnation, samples, False)))
+            # _after_schedule, inlined (nothing later in this schedule reads these fields of a running request)
+            req.num_computed = total
+            req.inflight += 1
+            if samples and async_sched:
+                req.placeholders = ph + 1
             budget -= n
-            i += 1
         if not preempted and self.pause_state == UNPAUSED:
+            n_running = len(planned)
             budget = self._admit(planned, budget, threshold)
-        for p in planned:
-            self._after_schedule(p)
+            for p in planned[n_running:]:
+                self._after_schedule(p)
         return planned, tuple(preempted)
 
     def _cap(self, n: int, budget: int, threshold: int) -> int:
@@ -287,48 +334,59 @@ class Scheduler:
 
     def update(self, planned: list, exec_version: int, stamp_version: int) -> list:
         """Apply one step's output; return OutReq entries (finished and stale ones included)."""
+        cfg = self.cfg
+        discard, async_sched, bs = cfg.discard_stale_frames, cfg.async_scheduling, cfg.block_size
+        version_term = exec_version * 104_729  # token_id(), inlined below
         outs = []
+        append = outs.append
         for p in planned:
             req = p.req
             req.inflight -= 1
             stale = p.incarnation != req.incarnation
-            if req.status == FINISHED and not stale:
-                outs.append(OutReq(req.req_id, 0))  # finished by an earlier update while in flight (async)
+            status = req.status
+            if status == FINISHED and not stale:
+                append(_new(OutReq, (req.req_id, 0, None, False, None, None)))  # finished while in flight (async)
                 continue
-            if stale and self.cfg.discard_stale_frames:
-                outs.append(OutReq(req.req_id, 0, None, True))
+            if stale and discard:
+                append(_new(OutReq, (req.req_id, 0, None, True, None, None)))
                 continue
-            if not p.samples or (stale and req.status == FINISHED):
-                if not p.samples:
-                    outs.append(OutReq(req.req_id, 0))
+            if not p.samples:
+                append(_new(OutReq, (req.req_id, 0, None, False, None, None)))
                 continue
-            pos = len(req.out_tokens)
-            req.out_tokens.append(token_id(req.hash, pos, exec_version))
+            if stale and status == FINISHED:
+                continue
+            out_tokens = req.out_tokens
+            out_tokens.append((req.hash * 1_000_003 + len(out_tokens) * 7_919 + version_term) % 50_257)
             req.exec_versions.append(exec_version)
             req.stamp_versions.append(stamp_version)
             if req.placeholders and not stale:
                 req.placeholders -= 1
-            if self.cfg.async_scheduling and req.status == RUNNING:
+            n_out = len(out_tokens)
+            if async_sched and status == RUNNING:
                 # AsyncScheduler caches the block a sampled token completes when the token arrives (its
                 # allocation did not know the token yet); the sync scheduler does it at the next allocation.
-                self._commit(req, req.num_computed - req.placeholders)
-            reason = None
-            if len(req.out_tokens) >= req.stop_len:
+                upto = req.num_computed - req.placeholders
+                if min(upto, req.prompt_len + n_out, len(req.blocks) * bs) // bs > req.committed:
+                    self._commit(req, upto)  # (a no-op unless a block became full)
+            if n_out >= req.stop_len:
                 reason = "stop"
-            elif len(req.out_tokens) >= req.max_tokens:
+            elif n_out >= req.max_tokens:
                 reason = "length"
-            if reason is not None and req.status != FINISHED:
-                if req.status == RUNNING:
+            else:
+                append(_new(OutReq, (req.req_id, 1, None, stale, None, None)))
+                continue
+            if status != FINISHED:
+                if status == RUNNING:
                     self.running.remove(req)
                 elif req in self.waiting:
                     self.waiting.remove(req)
                 self._finish(req, reason)
-            outs.append(OutReq(req.req_id, 1, reason, stale))
+            append(_new(OutReq, (req.req_id, 1, reason, stale, None, None)))
         return outs
 
     def counts(self) -> tuple:
         return len(self.waiting), len(self.running)
 
 
-__all__ = ["Scheduler", "SimReq", "Planned", "token_id", "WAITING", "RUNNING", "FINISHED",
+__all__ = ["Scheduler", "SimReq", "Planned", "sched_reqs", "token_id", "WAITING", "RUNNING", "FINISHED",
            "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]

@@ -10,6 +10,7 @@ is held out; errors are reported on those.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -31,12 +32,33 @@ class StepCosts:
     gaps: dict  # ("sched" | "upd", step) -> time since the previous engine action ended
 
 
+def first_t_ns(records) -> int:
+    """The earliest ``t_ns`` of the records that have one (0 if none)."""
+    try:
+        return min(map(attrgetter("t_ns"), records), default=0)  # C loop: every event record has t_ns
+    except AttributeError:
+        return min((r.t_ns for r in records if hasattr(r, "t_ns")), default=0)
+
+
 def step_costs(trace) -> StepCosts:
     """Measure per-step costs from one engine's sched / upd / exec records (the first engine process)."""
-    scheds = {r.step: r for r in trace.of(StepScheduled)}
-    upds = {r.step: r for r in trace.of(StepUpdated)}
-    execs = {r.step: r.end_ns - r.t_ns for r in trace.of(StepExecuted)}
-    features = {k: batch_features(r.reqs) for k, r in scheds.items()}
+    scheds, upds, execs = {}, {}, {}
+    for r in trace.records:  # one pass (replay runs this on traces of millions of records)
+        kind = type(r)
+        if kind is StepScheduled:
+            scheds[r.step] = r
+        elif kind is StepUpdated:
+            upds[r.step] = r
+        elif kind is StepExecuted:
+            execs[r.step] = r.end_ns - r.t_ns
+    return costs_of_steps(scheds, upds, execs, first_t_ns(trace.records))
+
+
+def costs_of_steps(scheds: dict, upds: dict, execs: dict, t0: int, features: bool = True) -> StepCosts:
+    """``step_costs`` from records already picked out: step -> StepScheduled / StepUpdated (the last of each
+    step in stream order), step -> forward-pass ns of a StepExecuted; ``t0`` = the trace's first t_ns.
+    ``features=False`` leaves ``features`` empty (exact replay needs only the times)."""
+    features = {k: batch_features(r.reqs) for k, r in scheds.items()} if features else {}
     exec_ns, prev_done = {}, None
     for k in sorted(scheds):
         s, u = scheds[k], upds.get(k)
@@ -49,7 +71,7 @@ def step_costs(trace) -> StepCosts:
     actions = sorted([(r.t_ns, 0, "sched", r.step, r.end_ns) for r in scheds.values()]
                      + [(r.t_ns, 1, "upd", r.step, r.end_ns) for r in upds.values()])
     # The first action's gap runs from the trace's first record (where replay puts t=0).
-    prev_end = min((r.t_ns for r in trace.records if hasattr(r, "t_ns")), default=0)
+    prev_end = t0
     gaps = {}
     for t, _, kind, step, end in actions:
         gaps[(kind, step)] = max(0, t - prev_end)
