@@ -22,7 +22,7 @@ from tracesim.viz import TraceView, plot_batches, plot_timeline, write_chrome  #
 from tracesim.sim.run import RunInputs, simulate  # noqa: E402
 from tracesim.sim.scenario import load_scenario  # noqa: E402
 
-STEPS_PER_PROMPT = 12  # measured on keep-bad-bindings.toml: 24 prompts give ~300 steps
+STEPS_PER_PROMPT = 11  # keep-bad-bindings.toml gives ~12 steps per prompt: err towards more steps
 
 
 def simulated(steps: int):

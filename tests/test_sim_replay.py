@@ -9,21 +9,11 @@ import sys
 
 import pytest
 
-from tracesim.format import StepScheduled, TraceReader, read_trace, write_trace
+from conftest import recorded_traces
+from tracesim.format import StepScheduled, read_trace, write_trace
 from tracesim.sim.fidelity import compare
 from tracesim.sim.replay import replay
 from tracesim.sim.steptime import fit
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _recorded_traces() -> list:
-    paths = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "traces", "*.msgpack"))):
-        with TraceReader(path) as reader:
-            if reader.header.source == "vllm":
-                paths.append(path)
-    return paths
 
 
 def _assert_exact(recorded, simulated):
@@ -37,7 +27,7 @@ def _assert_exact(recorded, simulated):
     return f
 
 
-@pytest.mark.parametrize("path", _recorded_traces() or [pytest.param(None, marks=pytest.mark.skip(
+@pytest.mark.parametrize("path", recorded_traces() or [pytest.param(None, marks=pytest.mark.skip(
     reason="no recorded (source=vllm) trace bundled in traces/ yet"))])
 def test_exact_replay_of_bundled_recording_reproduces_it(path):
     recorded = read_trace(path)

@@ -5,26 +5,17 @@ output is byte-identical across runs (also under another hash seed)."""
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import subprocess
 import sys
 
 import pytest
 
-from tracesim.format import StepScheduled, StepUpdated, TraceReader, read_trace, write_trace
+from conftest import recorded_traces
+from tracesim.format import StepScheduled, StepUpdated, read_trace, write_trace
 from tracesim.sim.scenario import ScenarioError, load_scenario, scenario_from_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _recorded_traces() -> list:
-    paths = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "traces", "*.msgpack"))):
-        with TraceReader(path) as reader:
-            if reader.header.source == "vllm":
-                paths.append(path)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +33,7 @@ def _scenario(name: str, **engine):
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("path", _recorded_traces())
+@pytest.mark.parametrize("path", recorded_traces())
 def test_vllm_backend_replays_bundled_recording_exactly_like_native(vllm_ok, path):
     from tracesim.sim.backends import compare_backends, run_both
     from tracesim.sim.fidelity import compare

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 
 from tracesim.format.records import StepScheduled, StepUpdated
+from tracesim.sim.fidelity import first_mismatch
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,7 @@ def _finishes(trace) -> list:
 def compare_backends(a, b) -> BackendAgreement:
     """Agreement of two simulated traces (``a``: usually native, ``b``: vllm)."""
     ba, bb = _batches(a), _batches(b)
-    first = next((i for i, (x, y) in enumerate(zip(ba, bb)) if x != y), None)
-    if first is None and len(ba) != len(bb):
-        first = min(len(ba), len(bb))
+    first = first_mismatch(ba, bb)
     same = first if first is not None else len(ba)
     ua = [r.outs for r in a.of(StepUpdated)]
     ub = [r.outs for r in b.of(StepUpdated)]

@@ -55,11 +55,17 @@ def _q(errs: list, p: float) -> float:
     return float(np.percentile(errs, p)) if errs else 0.0
 
 
+def first_mismatch(xs: list, ys: list) -> int | None:
+    """Index of the first differing element (a length difference counts at the shorter end); None if equal."""
+    first = next((i for i, (a, b) in enumerate(zip(xs, ys)) if a != b), None)
+    if first is None and len(xs) != len(ys):
+        first = min(len(xs), len(ys))
+    return first
+
+
 def compare(recorded, simulated) -> Fidelity:
     rb, sb = _batches(recorded), _batches(simulated)
-    first = next((i for i, (a, b) in enumerate(zip(rb, sb)) if a != b), None)
-    if first is None and len(rb) != len(sb):
-        first = min(len(rb), len(sb))
+    first = first_mismatch(rb, sb)
     same = first if first is not None else len(rb)
     rf, sf = _finishes(recorded), _finishes(simulated)
     # Durations are compared step by step over the steps both traces have (matching batches or not).
