@@ -88,3 +88,9 @@ def test_merge_command_writes_one_timeline(tmp_path):
     assert res.returncode == 0, res.stderr
     merged = read_trace(out)
     assert [r.t_ns for r in merged.records] == [5, 10, 30] and merged.procs == [1, 0, 0]
+
+
+def test_info_counts_aborted_requests_apart_from_finished_ones():
+    data = json.loads(tracesim("info", TRACES / "vllm-abort.msgpack", "--json").stdout)
+    assert data["requests_aborted"] > 0  # the abort-mode pauses abort in-flight requests
+    assert data["requests_finished"] + data["requests_aborted"] == data["requests"]

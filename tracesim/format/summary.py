@@ -14,10 +14,12 @@ def summarize(trace: Trace, size_bytes: int | None = None, truncated_bytes: int 
     t_values += [r.end_ns for r in trace.records if getattr(r, "end_ns", None) is not None]
     steps = [r.step for r in trace.records if isinstance(r, StepScheduled)]
     req_ids = {r.req_id for r in trace.records if isinstance(r, RequestAdded)}
-    finished = {r.req_id for r in trace.records if isinstance(r, OutputDelivered) and r.finished}
+    # Finished = ended with a normal finish reason (stop, length, ...); aborted requests are counted apart.
+    finished = {r.req_id for r in trace.records
+                if isinstance(r, OutputDelivered) and r.finished and r.finish_reason != "abort"}
     for r in trace.records:
         if isinstance(r, StepUpdated):
-            finished.update(o.req_id for o in r.outs if o.finish_reason is not None)
+            finished.update(o.req_id for o in r.outs if o.finish_reason not in (None, "abort"))
     aborted = {i for r in trace.records if isinstance(r, Aborted) for i in r.req_ids}
     versions = set()
     for r in trace.records:
