@@ -8,7 +8,6 @@ See ``docs/checkers.md``.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, field
 
 from tracesim.check import delivery, engine, kv, lifecycle, reward, versions, weights
@@ -16,6 +15,7 @@ from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
 from tracesim.check.violation import EventRef, Violation
+from tracesim.gcpause import cyclic_gc_paused
 
 # name -> predicate(index, policy) -> list[Violation] | NotCheckable, in report order. Names are stable.
 INVARIANTS: dict = {
@@ -78,13 +78,8 @@ def check_trace(trace, policy: Policy | None = None, only=None) -> CheckReport:
     # The index allocates a container per request and step while the trace's records are all alive: with the
     # cyclic GC on, its full collections rescan those records again and again (half the run time on 1M
     # records). Nothing here needs cycle collection mid-run; the previous GC state is restored.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with cyclic_gc_paused():
         return _check(trace, policy, names)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _check(trace, policy: Policy, names: list) -> CheckReport:

@@ -12,13 +12,14 @@ dicts) -> object arrays.
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import itemgetter
 
 import numpy as np
+
+from tracesim.gcpause import cyclic_gc_paused
 
 from tracesim.format.codec import SPECS
 from tracesim.format.errors import TraceFormatError
@@ -49,19 +50,14 @@ def read_columns(path: str | os.PathLike) -> Columns:
 
     Raises TraceFormatError naming the file, byte offset and field; warns TruncatedTraceWarning like the reader.
     """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of fresh tuples would trigger cyclic collections that find nothing to free
     try:
-        with TraceReader(path) as reader:
+        with cyclic_gc_paused(), TraceReader(path) as reader:
             frames = reader.raw_frames()  # byte offsets are only worked out again if something is wrong
-        tables = _tables_from_frames(frames)
+            tables = _tables_from_frames(frames)
     except _ColumnError as exc:
         offsets = [offset for offset, _frame in TraceReader(path).frames()]  # slow path: errors only
         offset = offsets[exc.row] if exc.row is not None and exc.row < len(offsets) else None
         raise TraceFormatError(reader.path, exc.message, offset=offset, field=exc.field) from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return Columns(reader.header, tables)
 
 

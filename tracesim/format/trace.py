@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from tracesim.format.errors import FieldError, TraceFormatError
 from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.writer import TraceWriter
+from tracesim.gcpause import cyclic_gc_paused
 
 
 @dataclass
@@ -49,15 +49,9 @@ def read_trace(path: str | os.PathLike) -> Trace:
     Bulk path: the file is unpacked in one C loop with the cyclic GC paused (millions of fresh tuples would
     trigger collections that free nothing); byte offsets are only worked out again if a record is bad.
     """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with TraceReader(path) as reader:
-            frames = reader.raw_frames()
+    with cyclic_gc_paused(), TraceReader(path) as reader:
+        frames = reader.raw_frames()
         records, procs, skipped = _decode_all(reader, frames)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return Trace(reader.header, records, procs if any(procs) else [], str(path), reader.truncated_bytes, skipped)
 
 

@@ -34,7 +34,8 @@ from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
 from tracesim.sim.feed import Feed, FeedItem
 from tracesim.sim.rollout import Rollout, Sample
-from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, cyclic_gc_off, sim_header
+from tracesim.gcpause import cyclic_gc_paused
+from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
 from tracesim.sim.scheduler import SimReq
 from tracesim.sim.steptime import costs_of_steps, first_t_ns
@@ -184,7 +185,7 @@ def _client_records(scan: _Scan, t0: int) -> list:
     return sorted(keep)
 
 
-@cyclic_gc_off()  # see cyclic_gc_off: about 40% of the time otherwise
+@cyclic_gc_paused()  # see tracesim/gcpause.py: about 40% of a run otherwise
 def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0, scenario: Scenario | None = None,
            perturbations: tuple = (), progress=None, scheduler_backend: str | None = None) -> Trace:
     """Replay ``trace``; ``timing`` is "exact" (recorded durations) or "fitted" (``steptime``, a FitResult or

@@ -7,9 +7,7 @@ inputs therefore give the same records and, written out, the same bytes.
 
 from __future__ import annotations
 
-import gc
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import simpy
@@ -17,6 +15,7 @@ import simpy
 from tracesim.format.header import make_header
 from tracesim.format.records import ProcessInfo
 from tracesim.format.trace import Trace
+from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.engine import Engine
 from tracesim.sim.rollout import Rollout
 from tracesim.sim.scenario import Scenario
@@ -44,29 +43,6 @@ class RunInputs:
         return d
 
 
-@contextmanager
-def cyclic_gc_off():
-    """Run the block with Python's cyclic garbage collector off. A run allocates millions of short-lived
-    tuples and keeps every record it emits: the collections they trigger rescan the growing record list and
-    find nothing to free (a run's only cycle is its whole environment, collected later), which took about
-    40% of a replay's time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            # Re-enabled as is, the collector would at once scan every object the run allocated (the young
-            # generation was never collected): park them in the oldest generation instead, which is scanned
-            # at the next full collection, on the collector's usual schedule.
-            if gc.get_freeze_count() == 0:
-                gc.freeze()
-                gc.enable()
-                gc.unfreeze()
-            else:  # someone else froze objects: leave their freeze alone
-                gc.enable()
-
-
 class StuckRunError(RuntimeError):
     """The run did not finish within MAX_VIRTUAL_NS of virtual time (a deadlock in the modelled loop)."""
 
@@ -76,7 +52,7 @@ def sim_header(inputs: RunInputs, engine_config: dict):
                        inputs=inputs.header_inputs(), created_wall_ns=0)
 
 
-@cyclic_gc_off()  # see cyclic_gc_off: about 40% of the time otherwise
+@cyclic_gc_paused()  # see tracesim/gcpause.py: about 40% of a run otherwise
 def simulate(inputs: RunInputs, progress=None) -> Trace:
     """Run the scenario's RL loop to completion; return the trace. Raises StuckRunError."""
     s = inputs.scenario
