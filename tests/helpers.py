@@ -24,3 +24,19 @@ def simulated(scenario: str = "keep-bad-bindings.toml", seed: int = 0, **workloa
     if workload:
         s = s.replace(workload=dataclasses.replace(s.workload, **workload))
     return simulate(RunInputs(s, seed=seed))
+
+
+def finish_counts(trace) -> dict:
+    """How many times each request ended in the engine: a finish reason in an update, or an abort."""
+    from tracesim.format import Aborted, StepUpdated
+
+    ends: dict = {}
+    for r in trace.records:
+        if isinstance(r, StepUpdated):
+            for o in r.outs:
+                if o.finish_reason is not None:
+                    ends[o.req_id] = ends.get(o.req_id, 0) + 1
+        elif isinstance(r, Aborted):
+            for req_id in r.req_ids:
+                ends[req_id] = ends.get(req_id, 0) + 1
+    return ends

@@ -4,7 +4,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from tracesim.format import Aborted, RequestAdded, StepScheduled, StepUpdated  # noqa: E402
+from helpers import finish_counts  # noqa: E402
+from tracesim.format import RequestAdded, StepScheduled, StepUpdated  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -14,19 +15,6 @@ def async_trace(tmp_path_factory):
     from tracesim.record.standalone import run_standalone
 
     return run_standalone(str(tmp_path_factory.mktemp("rec") / "async.msgpack"), groups=8, pause_at_step=25)
-
-
-def _finishes(trace):
-    done: dict = {}
-    for r in trace.records:
-        if isinstance(r, StepUpdated):
-            for o in r.outs:
-                if o.finish_reason is not None:
-                    done[o.req_id] = done.get(o.req_id, 0) + 1
-        elif isinstance(r, Aborted):
-            for req_id in r.req_ids:
-                done[req_id] = done.get(req_id, 0) + 1
-    return done
 
 
 def test_async_scheduler_schedules_next_step_before_applying_previous_output(async_trace):
@@ -52,7 +40,7 @@ def test_steps_are_strictly_ordered_and_each_is_updated_once(async_trace):
 def test_every_added_request_finishes_exactly_once(async_trace):
     added = [r.req_id for r in async_trace.of(RequestAdded)]
     assert len(added) == len(set(added)) == 32
-    assert _finishes(async_trace) == {req_id: 1 for req_id in added}
+    assert finish_counts(async_trace) == {req_id: 1 for req_id in added}
 
 
 def test_sampled_tokens_add_up_to_max_tokens(async_trace):

@@ -11,8 +11,9 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from helpers import finish_counts  # noqa: E402
 from tracesim.format import (  # noqa: E402
-    Aborted, CacheReset, OutputDelivered, Paused, RequestAdded, Resumed, StepScheduled, StepUpdated, read_trace,
+    CacheReset, OutputDelivered, Paused, RequestAdded, Resumed, StepScheduled, StepUpdated, read_trace,
 )
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -63,16 +64,7 @@ def test_engine_token_counts_equal_what_the_client_received(trace):
 def test_every_engine_request_finishes_exactly_once(trace):
     added = [r.req_id for r in trace.of(RequestAdded) if r.side == "engine"]
     assert len(added) == len(set(added))
-    ends: dict = {}
-    for r in trace.records:
-        if isinstance(r, StepUpdated):
-            for o in r.outs:
-                if o.finish_reason is not None:
-                    ends[o.req_id] = ends.get(o.req_id, 0) + 1
-        elif isinstance(r, Aborted):
-            for rid in r.req_ids:
-                ends[rid] = ends.get(rid, 0) + 1
-    assert ends == {rid: 1 for rid in added}
+    assert finish_counts(trace) == {rid: 1 for rid in added}
     client = {r.req_id for r in trace.of(RequestAdded) if r.side == "client"}
     assert set(added) == client
 
