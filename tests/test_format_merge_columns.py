@@ -67,6 +67,8 @@ def test_columns_from_file_match_columns_from_records(tmp_path):
     reqs = a["sched.reqs"]
     assert reqs["row"].max() == len(sched["step"]) - 1
     assert int(sched["reqs"].sum()) == len(reqs["req_id"])
+    assert a.count("sched") == len(sched["step"]) and a.count("sched.reqs") == len(reqs["row"])
+    assert a.count("no-such-kind") == 0 and "sched" in a and "no-such-kind" not in a
     # Optional ints become float with NaN: engine-side adds carry no version label.
     add = a["add"]
     assert np.isnan(add["version"][add["side"] == "engine"]).all()

@@ -26,9 +26,6 @@ class Trace:
         """Records of the given record types, in stream order."""
         return [r for r in self.records if isinstance(r, types)]
 
-    def proc_of(self, index: int) -> int:
-        return self.procs[index] if self.procs else 0
-
     def with_procs(self):
         """Yield ``(proc, record)`` pairs."""
         if not self.procs:
