@@ -8,6 +8,8 @@ starts (``enable_engine_recording`` sets them for you):
 ``TRACESIM_RECORD_FLUSH_S``   seconds between writes (default 0.5): what a killed engine can lose at most
 ``TRACESIM_RECORD_RAW_IDS``   ``1``: keep vLLM's internal request ids (``<id>-<8 random chars>``) instead of
                               the ids the client passed, which the client-side records use
+``TRACESIM_RECORD_CONVERT``   ``process`` (default): build and write records in a converter process
+                              (``sidecar.py``), off the engine's GIL; ``thread``: on a thread of the engine
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ ENV_DIR = "TRACESIM_RECORD_DIR"
 ENV_TOKENS = "TRACESIM_RECORD_TOKENS"
 ENV_FLUSH_S = "TRACESIM_RECORD_FLUSH_S"
 ENV_RAW_IDS = "TRACESIM_RECORD_RAW_IDS"
+ENV_CONVERT = "TRACESIM_RECORD_CONVERT"
+CONVERT_MODES = ("process", "thread")
 
 
 @dataclass(frozen=True)
@@ -30,17 +34,20 @@ class RecorderConfig:
     record_tokens: bool = False
     flush_interval_s: float = 0.5
     raw_ids: bool = False
+    convert_in: str = "process"  # where records are built: "process" (converter process) or "thread"
 
     @classmethod
     def from_env(cls, environ=None) -> "RecorderConfig":
-        """Read the ``TRACESIM_RECORD_*`` variables; a malformed flush interval falls back to the default."""
+        """Read the ``TRACESIM_RECORD_*`` variables; malformed values fall back to the defaults."""
         env = os.environ if environ is None else environ
         try:
             flush_s = float(env.get(ENV_FLUSH_S, "0.5"))
         except ValueError:
             flush_s = 0.5
+        convert_in = env.get(ENV_CONVERT, "process")
         return cls(out_dir=env.get(ENV_DIR) or None, record_tokens=env.get(ENV_TOKENS, "") == "1",
-                   flush_interval_s=flush_s if flush_s > 0 else 0.5, raw_ids=env.get(ENV_RAW_IDS, "") == "1")
+                   flush_interval_s=flush_s if flush_s > 0 else 0.5, raw_ids=env.get(ENV_RAW_IDS, "") == "1",
+                   convert_in=convert_in if convert_in in CONVERT_MODES else "process")
 
     def engine_path(self, pid: int, dp_rank: int = 0) -> Path:
         """One file per engine-core process: ``engine-<pid>-dp<rank>.msgpack``."""

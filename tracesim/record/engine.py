@@ -3,7 +3,8 @@
 Hooks only read values that change later (clock, step counter, placeholders, pause state, KV usage, queue
 lengths) and queue them with references to vLLM's per-step objects (``SchedulerOutput``, the
 ``EngineCoreOutputs`` returned by ``update_from_output``), which vLLM creates fresh each step and does not
-mutate afterwards. ``convert.Converter`` builds the records on the sink thread. Nothing here imports vllm, so
+mutate afterwards. The sink's thread reduces them to plain values (``capture.py``); ``convert.Converter``
+builds the records in a converter process (``sidecar.py``) or on that thread. Nothing here imports vllm, so
 the same code serves the standalone driver and the engine.
 """
 
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 import os
 import time
+from operator import attrgetter
 
 from tracesim.format.header import make_header
 from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
+from tracesim.record.capture import plain
 from tracesim.record.convert import Converter
+from tracesim.record.sidecar import ProcessSink
 from tracesim.record.sink import RecordSink, host_name, process_anchors
 
 _now = time.monotonic_ns
+_placeholders_of = attrgetter("num_output_placeholders")
 
 
 def engine_config_of(scheduler, is_async: bool) -> dict:
@@ -53,13 +58,29 @@ def dp_rank_of(scheduler) -> int:
         return 0
 
 
+def _make_sink(config: RecorderConfig, path, header) -> RecordSink:
+    """The engine's sink: records built in a converter process (default) or on the sink's own thread."""
+    record_tokens = config.record_tokens
+    converter = Converter(raw_ids=config.raw_ids)
+
+    def prepare(item):
+        return plain(item, record_tokens)
+
+    def convert(item):
+        return converter.convert(plain(item, record_tokens))
+
+    if config.convert_in == "thread":
+        return RecordSink(path, header, convert=convert, flush_interval_s=config.flush_interval_s)
+    return ProcessSink(path, header, prepare=prepare, convert=convert, options={"raw_ids": config.raw_ids},
+                       flush_interval_s=config.flush_interval_s)
+
+
 class EngineRecorder:
     """Per-scheduler recording state. Create with ``start``; every ``on_*`` is called by a hook in
     ``scheduler.py`` (which catches whatever they raise and reports it through ``failed``)."""
 
-    def __init__(self, sink: RecordSink, converter: Converter, is_async: bool):
+    def __init__(self, sink: RecordSink, is_async: bool):
         self.sink = sink
-        self.converter = converter
         self.is_async = is_async
         self.step = 0  # index of the next schedule() call
         self.in_flight = 0  # scheduled steps whose output has not been applied yet
@@ -78,10 +99,8 @@ class EngineRecorder:
             proc = ProcessInfo("engine-core", host_name(), os.getpid(), rank, mono, wall)
             header = make_header("vllm", (proc,),
                             engine_config=engine_config_of(scheduler, is_async), created_wall_ns=wall)
-            converter = Converter(record_tokens=config.record_tokens, raw_ids=config.raw_ids)
             out = path if path is not None else config.engine_path(os.getpid(), rank)
-            sink = RecordSink(out, header, convert=converter.convert, flush_interval_s=config.flush_interval_s)
-            return cls(sink, converter, is_async)
+            return cls(_make_sink(config, out, header), is_async)
         except Exception as exc:  # never take the engine down because recording could not start
             import warnings
 
@@ -103,9 +122,13 @@ class EngineRecorder:
         self.in_flight += 1
         out._tracesim_step = step  # read back by on_update: which step this output belongs to
         placeholders = None
-        if self.is_async:
-            placeholders = {r.request_id: r.num_output_placeholders for r in sched.running
-                            if r.num_output_placeholders}
+        if self.is_async:  # counts change at the next update: read them now, in the batch's order
+            requests = sched.requests
+            try:
+                placeholders = list(map(_placeholders_of, map(requests.__getitem__, out.num_scheduled_tokens)))
+            except KeyError:  # a scheduled request already gone: 0 for it
+                placeholders = [getattr(requests.get(r), "num_output_placeholders", 0)
+                                for r in out.num_scheduled_tokens]
         if out.preempted_req_ids:
             self.maybe_stale.update(out.preempted_req_ids)
         running, waiting = sched.get_request_counts()

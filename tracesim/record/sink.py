@@ -59,17 +59,22 @@ class RecordSink:
         self._pending: collections.deque = collections.deque()
         self._warned = False
         self._closed = False
+        self._stopping = False
         self._wake = threading.Event()
         self._io_lock = threading.Lock()  # one drain at a time: the thread, or close()
         self._writer = None
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._writer = TraceWriter(self.path, header, flush_interval_s=flush_interval_s)
+            self._open()
         except Exception as exc:  # unwritable path: keep serving, count what we drop
             self._warn(f"cannot open trace file {self.path}: {exc}")
         self._thread = threading.Thread(target=self._run, name="tracesim-recorder", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+
+    def _open(self) -> None:
+        """Create the trace file (raises OSError when it cannot be written)."""
+        self._writer = TraceWriter(self.path, self.header, flush_interval_s=self._interval_s)
 
     # --- hot path -------------------------------------------------------------------------------------
 
@@ -82,32 +87,43 @@ class RecordSink:
 
     # --- background ----------------------------------------------------------------------------------
 
+    def stop_thread(self) -> None:
+        """Stop the background thread: from now on queued items are handled only by ``drain()`` (and
+        ``close``). For callers that account for the recorder's work themselves (benchmarks)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
     def _run(self) -> None:
-        while not self._closed:
+        while not self._closed and not self._stopping:
             self._wake.wait(self._interval_s)
             self._wake.clear()
             self.drain()
 
     def drain(self) -> None:
-        """Convert and write everything queued so far. Called by the thread and by ``close``."""
+        """Handle everything queued so far. Called by the thread and by ``close``."""
         with self._io_lock:
             pending = self._pending
             if not pending:
                 return
             popleft = pending.popleft
-            batch = [popleft() for _ in range(len(pending))]  # deque pops are atomic: no put is lost
-            records = []
-            yield_at_s = time.perf_counter() + _HOLD_GIL_S
-            for item in batch:
-                try:
-                    records.extend(self._convert(item))
-                except Exception as exc:
-                    self.dropped += 1
-                    self._warn(f"could not convert a recorded event ({type(exc).__name__}: {exc})")
-                if time.perf_counter() >= yield_at_s:
-                    time.sleep(0)  # hand the GIL back (see _HOLD_GIL_S)
-                    yield_at_s = time.perf_counter() + _HOLD_GIL_S
-            self._write(records)
+            self._process([popleft() for _ in range(len(pending))])  # deque pops are atomic: no put is lost
+
+    def _process(self, batch: list) -> None:
+        """Convert a batch of items to records and write them."""
+        records = []
+        yield_at_s = time.perf_counter() + _HOLD_GIL_S
+        for item in batch:
+            try:
+                records.extend(self._convert(item))
+            except Exception as exc:
+                self.dropped += 1
+                self._warn(f"could not convert a recorded event ({type(exc).__name__}: {exc})")
+            if time.perf_counter() >= yield_at_s:
+                time.sleep(0)  # hand the GIL back (see _HOLD_GIL_S)
+                yield_at_s = time.perf_counter() + _HOLD_GIL_S
+        self._write(records)
 
     def _write(self, records: list) -> None:
         if self._writer is None:
@@ -127,6 +143,13 @@ class RecordSink:
         except Exception as exc:
             self.dropped += len(records)
             self._warn(f"cannot write trace file {self.path}: {exc}")
+
+    def _finish(self) -> None:
+        """Write the lost count if any and close the file (``close`` catches what this raises)."""
+        if self._writer is not None:
+            if self.dropped > self._lost_reported:
+                self._write([])
+            self._writer.close()
 
     def _warn(self, message: str) -> None:
         if self._warned:
@@ -149,10 +172,7 @@ class RecordSink:
             if self._thread is not threading.current_thread():
                 self._thread.join(timeout=5.0)
             self.drain()
-            if self._writer is not None:
-                if self.dropped > self._lost_reported:
-                    self._write([])
-                self._writer.close()
+            self._finish()
         except Exception as exc:
             self._warn(f"cannot close trace file {self.path}: {exc}")
         try:

@@ -130,6 +130,7 @@ def run_standalone(out_path, *, groups: int = 12, n: int = 4, prompt_len: int = 
     ``max_num_batched_tokens`` chunks the prefills. At ``pause_at_step`` the driver pauses like a keep-mode
     weight update: PAUSED_ALL, drain the batch queue, reset the prefix cache, resume. Returns the Trace.
     """
+    import dataclasses
     import random
 
     from tracesim.format.trace import read_trace
@@ -143,8 +144,8 @@ def run_standalone(out_path, *, groups: int = 12, n: int = 4, prompt_len: int = 
     saved = EngineRecorder.start
 
     def start(scheduler, *, is_async, config=None, path=None):
-        return saved(scheduler, is_async=is_async, config=RecorderConfig(record_tokens=record_tokens),
-                     path=out_path)
+        config = dataclasses.replace(RecorderConfig.from_env(), record_tokens=record_tokens)
+        return saved(scheduler, is_async=is_async, config=config, path=out_path)
 
     EngineRecorder.start = start
     try:

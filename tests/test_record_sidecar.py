@@ -1,0 +1,152 @@
+"""The recorder's converter process (``tracesim.record.sidecar``): records built off the engine's GIL."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import pytest
+
+from tracesim.format import Paused, RecorderLost, RequestAdded, Resumed, read_trace
+from tracesim.format.records import Header, ProcessInfo
+from tracesim.record.convert import Converter
+from tracesim.record.sidecar import ProcessSink
+
+
+def _header():
+    return Header(1, 0, "test", "vllm", (ProcessInfo("engine-core", "h", 1),))
+
+
+def _sink(path, **kw):
+    converter = Converter()
+    return ProcessSink(path, _header(), prepare=lambda item: item,
+                       convert=lambda item: converter.convert(item), flush_interval_s=0.05, **kw)
+
+
+def _plain_add(i):
+    return ("add", i, f"r{i}-0123abcd", [3, 4, 5], 8, None, [])
+
+
+def test_converter_process_writes_every_item_in_order(tmp_path):
+    path = tmp_path / "t.msgpack"
+    sink = _sink(path)
+    assert sink.converter_pid is not None and sink.converter_pid != os.getpid()
+    for i in range(300):
+        sink.put(_plain_add(i))
+    sink.put(("pause", 300, 0, 2))
+    sink.put(("pause", 301, 2, 0))
+    sink.close()
+    records = read_trace(path).records
+    assert [r.req_id for r in records if isinstance(r, RequestAdded)] == [f"r{i}" for i in range(300)]
+    assert [type(r) for r in records[-2:]] == [Paused, Resumed] and records[-2].mode == "keep"
+    assert sink.dropped == 0
+
+
+def test_unwritable_path_warns_once_and_counts_drops(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sink = _sink(blocker / "sub" / "t.msgpack")
+        for i in range(10):
+            sink.put(_plain_add(i))
+        sink.close()
+    messages = [str(w.message) for w in caught if "tracesim recorder" in str(w.message)]
+    assert len(messages) == 1 and "cannot open trace file" in messages[0]
+    assert sink.dropped == 10 and sink.converter_pid is None
+
+
+def test_items_that_fail_to_pack_are_counted_and_recorded_as_lost(tmp_path):
+    path = tmp_path / "t.msgpack"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sink = _sink(path)
+        sink.put(_plain_add(1))
+        sink.put(("add", 2, object()))  # msgpack cannot pack it: dropped on the engine side
+        sink.put(_plain_add(3))
+        sink.close()
+    records = read_trace(path).records
+    assert [r.req_id for r in records if isinstance(r, RequestAdded)] == ["r1", "r3"]
+    lost = [r for r in records if isinstance(r, RecorderLost)]
+    assert len(lost) == 1 and lost[0].count == 1
+
+
+def test_a_dead_converter_is_reported_once_and_never_raises(tmp_path):
+    path = tmp_path / "t.msgpack"
+    sink = _sink(path)
+    sink.put(_plain_add(0))
+    sink.drain()
+    os.kill(sink.converter_pid, signal.SIGKILL)
+    sink._child.wait()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(1, 50):
+            sink.put(_plain_add(i))
+            sink.drain()
+        sink.close()
+    messages = [str(w.message) for w in caught if "tracesim recorder" in str(w.message)]
+    assert len(messages) == 1 and "converter process stopped" in messages[0]
+    assert sink.dropped >= 49
+
+
+def test_without_a_converter_process_records_are_built_on_the_thread(tmp_path, monkeypatch):
+    def no_processes(*args, **kwargs):
+        raise OSError("fork not allowed here")
+
+    monkeypatch.setattr(subprocess, "Popen", no_processes)
+    path = tmp_path / "t.msgpack"
+    sink = _sink(path)
+    assert sink.converter_pid is None
+    for i in range(20):
+        sink.put(_plain_add(i))
+    sink.close()
+    assert [r.req_id for r in read_trace(path).records] == [f"r{i}" for i in range(20)]
+
+
+def test_a_killed_engine_keeps_everything_it_had_sent(tmp_path):
+    """SIGKILL the recording process: the converter sees end of stream and closes a complete trace."""
+    path = tmp_path / "t.msgpack"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_record_sidecar import _sink, _plain_add
+        sink = _sink({str(path)!r})
+        for i in range(1000):
+            sink.put(_plain_add(i))
+        sink.drain()  # sent to the converter
+        for i in range(1000, 1100):
+            sink.put(_plain_add(i))  # still queued in the engine process: lost with it
+        print(sink.converter_pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    converter_pid = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{converter_pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the converter finishes on its own once the pipe closes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no truncation warning: the trace was closed properly
+        records = read_trace(path).records
+    assert [r.req_id for r in records] == [f"r{i}" for i in range(1000)]
+
+
+@pytest.mark.vllm
+def test_process_and_thread_conversion_record_the_same_run(tmp_path, monkeypatch):
+    pytest.importorskip("vllm")
+    from tracesim.record.standalone import run_standalone
+
+    def untimed(trace):  # the two runs differ only in clock readings
+        return [r._replace(**{f: 0 for f in r._fields if f.endswith("_ns") and getattr(r, f) is not None})
+                for r in trace.records]
+
+    traces = {}
+    for mode in ("process", "thread"):
+        monkeypatch.setenv("TRACESIM_RECORD_CONVERT", mode)
+        traces[mode] = run_standalone(str(tmp_path / f"{mode}.msgpack"), groups=6, pause_at_step=20,
+                                      record_tokens=True)
+    assert len(traces["process"].records) > 100
+    assert untimed(traces["process"]) == untimed(traces["thread"])

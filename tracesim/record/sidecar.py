@@ -1,0 +1,214 @@
+"""Convert and write an engine's records in a separate process, off the engine's interpreter lock.
+
+In a busy engine core every microsecond of Python the recorder runs is taken from the scheduler, even on
+a background thread, because both hold the same GIL. So the engine side does only what needs the engine's
+objects: its thread reduces each queued item to plain values (``capture.plain``) and packs them with msgpack
+(C code). Those bytes go down a pipe to a converter process (``python -m tracesim.record.sidecar``) that
+maps ids, splits prefill from decode, builds the records and writes the trace on a core of its own.
+
+``ProcessSink`` is the engine side; ``main`` the converter. The stream on the pipe is msgpack: first
+``["init", path, header, options]``, then plain items (``capture.py``). The converter flushes the trace
+whenever the pipe has been quiet for the flush interval and on a size threshold, and closes it (fsync) at
+end of stream, which is also what it sees when the engine dies: a killed engine loses at most what its own
+thread had not yet sent, one flush window. The converter runs in its own session, so a Ctrl-C meant for
+the engine does not cut it short while it drains.
+
+If the converter cannot be started, ``ProcessSink`` converts on its own thread like ``RecordSink``; if it
+dies, the engine side warns once and counts what it could not send. The engine never waits on it except at
+close, for at most ``CLOSE_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+import msgpack
+
+from tracesim.record.sink import _HOLD_GIL_S, RecordSink, log
+
+CLOSE_TIMEOUT_S = 60.0
+_SEND_BYTES = 256 << 10  # packed bytes buffered on the engine side before a pipe write
+_PIPE_BYTES = 1 << 20  # pipe capacity asked for (Linux), so a busy converter rarely blocks the sender
+_F_SETPIPE_SZ = 1031
+
+
+def _package_root() -> str:
+    import tracesim
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(tracesim.__file__)))
+
+
+class ProcessSink(RecordSink):
+    """A ``RecordSink`` whose items are converted and written by a converter process.
+
+    ``prepare(item) -> plain item`` runs on the engine-side thread; ``options`` (``raw_ids``) configure the
+    converter; ``convert`` is the in-process fallback (``prepare`` then conversion) used when no converter
+    process can be started.
+    """
+
+    def __init__(self, path, header, *, prepare, convert, options: dict | None = None,
+                 flush_interval_s: float = 0.5, proc: int = 0):
+        self._prepare = prepare
+        self._options = dict(options or {})
+        self._child = None
+        self._fd = None
+        self._sent_lost = 0
+        super().__init__(path, header, convert=convert, flush_interval_s=flush_interval_s, proc=proc)
+
+    @property
+    def converter_pid(self) -> int | None:
+        """Pid of the converter process (None: converting in-process)."""
+        return self._child.pid if self._child is not None else None
+
+    def _open(self) -> None:
+        # The engine creates the file itself, so an unwritable path is reported here, at once, as in-process.
+        with open(self.path, "wb"):
+            pass
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "tracesim.record.sidecar"], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+        except Exception as exc:  # no interpreter to run, no fork allowed, ...: convert in this process
+            log.warning("tracesim recorder: no converter process (%s); converting on a thread instead", exc)
+            self._child = None
+            return super()._open()
+        self._fd = self._child.stdin.fileno()
+        try:
+            import fcntl
+
+            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        except Exception:  # not Linux, or above the system's limit: the default capacity works, just slower
+            pass
+        self._send(msgpack.packb(("init", self.path, self.header, self._options, self._interval_s, self.proc),
+                                 use_bin_type=True))
+
+    def _process(self, batch: list) -> None:
+        if self._child is None:
+            if self._writer is None:  # the file could not be created: count, never raise
+                self.dropped += len(batch)
+                return
+            return super()._process(batch)
+        if self._fd is None:  # the converter is gone
+            self.dropped += len(batch)
+            return
+        pack = msgpack.Packer(use_bin_type=True).pack
+        prepare = self._prepare
+        chunks, size = [], 0
+        yield_at_s = time.perf_counter() + _HOLD_GIL_S
+        for item in batch:
+            try:
+                data = pack(prepare(item))
+            except Exception as exc:
+                self.dropped += 1
+                self._warn(f"could not convert a recorded event ({type(exc).__name__}: {exc})")
+                continue
+            chunks.append(data)
+            size += len(data)
+            if size >= _SEND_BYTES:
+                self._send_chunks(chunks)
+                chunks, size = [], 0
+            if time.perf_counter() >= yield_at_s:
+                time.sleep(0)  # hand the GIL back (see sink._HOLD_GIL_S)
+                yield_at_s = time.perf_counter() + _HOLD_GIL_S
+        if self.dropped > self._sent_lost:  # tell the converter, which writes a RecorderLost record
+            chunks.append(pack(("lost", time.monotonic_ns(), self.dropped - self._sent_lost)))
+            self._sent_lost = self.dropped
+        self._send_chunks(chunks)
+
+    def _send_chunks(self, chunks: list) -> None:
+        if self._fd is not None and self._send(b"".join(chunks)):
+            self.written += len(chunks)
+        else:
+            self.dropped += len(chunks)
+
+    def _send(self, data) -> bool:
+        """Write all of ``data`` to the pipe (the GIL is released while it blocks); False if the pipe broke."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+            return True
+        except OSError as exc:
+            self._fd = None
+            self._warn(f"the trace converter process stopped ({exc}); cannot write trace file {self.path}")
+            return False
+        finally:
+            view.release()
+
+    def _finish(self) -> None:
+        if self._child is None:
+            return super()._finish()
+        try:
+            self._child.stdin.close()  # end of stream: the converter writes what it has and closes the trace
+        except OSError:
+            pass
+        try:
+            code = self._child.wait(timeout=CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("tracesim recorder: the converter is still writing %s; it finishes in the background",
+                        self.path)
+            return
+        if code != 0:
+            self._warn(f"the trace converter process exited with status {code}; {self.path} may be incomplete")
+
+
+# --- the converter process --------------------------------------------------------------------------------
+
+
+def main() -> int:
+    """Read the stream on stdin, write the trace; exit 0 at end of stream, 1 if the trace could not be written."""
+    import warnings
+
+    from tracesim.format.codec import HEADER_SPEC, build
+    from tracesim.format.records import RecorderLost
+    from tracesim.format.writer import TraceWriter
+    from tracesim.record.convert import Converter
+
+    fd = sys.stdin.fileno()
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=False, max_buffer_size=1 << 30)
+    writer = converter = None
+    proc, flush_s, dropped = 0, 0.5, 0
+    eof = False
+    while not eof:
+        ready, _, _ = select.select([fd], [], [], flush_s)
+        if not ready:  # quiet pipe: put what was converted on disk
+            if writer is not None:
+                writer.flush()
+            continue
+        data = os.read(fd, 1 << 20)
+        eof = not data
+        unpacker.feed(data)
+        for item in unpacker:
+            if writer is None:
+                _kind, path, header, options, flush_s, proc = item
+                writer = TraceWriter(path, build(HEADER_SPEC, header, "header"), flush_interval_s=flush_s)
+                converter = Converter(raw_ids=bool(options.get("raw_ids")))
+                continue
+            try:
+                records = list(converter.convert(item))
+            except Exception as exc:
+                dropped += 1
+                if dropped == 1:
+                    warnings.warn(f"tracesim recorder: could not convert a recorded event "
+                                  f"({type(exc).__name__}: {exc}); dropped records are counted", RuntimeWarning)
+                continue
+            writer.extend(records, [proc] * len(records) if proc else None)
+    if writer is not None:
+        if dropped:
+            writer.append(RecorderLost(time.monotonic_ns(), dropped, "dropped"), proc)
+        writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as exc:  # one line on the engine's stderr, never a traceback
+        print(f"tracesim recorder: the trace converter failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
