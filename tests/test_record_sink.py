@@ -62,3 +62,16 @@ def test_canonical_id_strips_only_vllms_random_suffix():
     assert canonical_id("0_g3-1a2b3c4d") == "0_g3"
     assert canonical_id("my-request") == "my-request"
     assert canonical_id("req-ABCDEFGH") == "req-ABCDEFGH"
+
+
+def test_a_lagging_writer_bounds_the_queue_and_reports_what_it_dropped(tmp_path):
+    path = tmp_path / "t.msgpack"
+    sink = RecordSink(path, _header(), flush_interval_s=10, max_pending=5)
+    sink.stop_thread()  # a writer that does not keep up: nothing is taken off the queue
+    for i in range(12):
+        sink.put(RequestAdded(i, f"r{i}"))
+    assert sink.dropped == 7
+    sink.close()
+    records = read_trace(path).records
+    assert [r.req_id for r in records if isinstance(r, RequestAdded)] == [f"r{i}" for i in range(5)]
+    assert [r.count for r in records if isinstance(r, RecorderLost)] == [7]

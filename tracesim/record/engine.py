@@ -24,6 +24,10 @@ from tracesim.record.sink import RecordSink, host_name, process_anchors
 
 _now = time.monotonic_ns
 _placeholders_of = attrgetter("num_output_placeholders")
+# Queued engine items hold vLLM's per-step objects (tens of KB for a large batch each): past this many
+# (minutes of steps at a normal pace) a stalled writer makes the recorder drop steps, not the engine run
+# out of memory.
+ENGINE_MAX_PENDING = 20_000
 
 
 def engine_config_of(scheduler, is_async: bool) -> dict:
@@ -70,9 +74,10 @@ def _make_sink(config: RecorderConfig, path, header) -> RecordSink:
         return converter.convert(plain(item, record_tokens))
 
     if config.convert_in == "thread":
-        return RecordSink(path, header, convert=convert, flush_interval_s=config.flush_interval_s)
+        return RecordSink(path, header, convert=convert, flush_interval_s=config.flush_interval_s,
+                          max_pending=ENGINE_MAX_PENDING)
     return ProcessSink(path, header, prepare=prepare, convert=convert, options={"raw_ids": config.raw_ids},
-                       flush_interval_s=config.flush_interval_s)
+                       flush_interval_s=config.flush_interval_s, max_pending=ENGINE_MAX_PENDING)
 
 
 class EngineRecorder:

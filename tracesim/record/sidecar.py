@@ -28,7 +28,7 @@ import time
 
 import msgpack
 
-from tracesim.record.sink import _HOLD_GIL_S, RecordSink, log
+from tracesim.record.sink import _HOLD_GIL_S, MAX_PENDING, RecordSink, log
 
 CLOSE_TIMEOUT_S = 60.0
 _SEND_BYTES = 256 << 10  # packed bytes buffered on the engine side before a pipe write
@@ -51,13 +51,14 @@ class ProcessSink(RecordSink):
     """
 
     def __init__(self, path, header, *, prepare, convert, options: dict | None = None,
-                 flush_interval_s: float = 0.5, proc: int = 0):
+                 flush_interval_s: float = 0.5, proc: int = 0, max_pending: int = MAX_PENDING):
         self._prepare = prepare
         self._options = dict(options or {})
         self._child = None
         self._fd = None
         self._sent_lost = 0
-        super().__init__(path, header, convert=convert, flush_interval_s=flush_interval_s, proc=proc)
+        super().__init__(path, header, convert=convert, flush_interval_s=flush_interval_s, proc=proc,
+                         max_pending=max_pending)
 
     @property
     def converter_pid(self) -> int | None:

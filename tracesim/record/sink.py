@@ -43,11 +43,12 @@ class RecordSink:
     """Buffer items from a hot path and write them as trace records from a background thread.
 
     ``path``/``header``: the trace file to create. ``convert(item) -> iterable of records`` runs on the
-    background thread (default: the item is already a record). Never raises from ``put``/``close``.
+    background thread (default: the item is already a record). ``max_pending``: items queued at most while
+    the writer lags (memory bound); more are dropped and counted. Never raises from ``put``/``close``.
     """
 
     def __init__(self, path, header, *, convert=_identity, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
-                 proc: int = 0):
+                 proc: int = 0, max_pending: int = MAX_PENDING):
         self.path = str(path)
         self.header = header
         self.proc = proc
@@ -56,6 +57,7 @@ class RecordSink:
         self._lost_reported = 0
         self._convert = convert
         self._interval_s = flush_interval_s
+        self._max_pending = max_pending
         self._pending: collections.deque = collections.deque()
         self._warned = False
         self._closed = False
@@ -80,7 +82,7 @@ class RecordSink:
 
     def put(self, item) -> None:
         """Queue one item; O(1), lock-free, never raises."""
-        if len(self._pending) < MAX_PENDING:
+        if len(self._pending) < self._max_pending:
             self._pending.append(item)
         else:
             self.dropped += 1
