@@ -45,20 +45,6 @@ def test_converter_process_writes_every_item_in_order(tmp_path):
     assert sink.dropped == 0
 
 
-def test_unwritable_path_warns_once_and_counts_drops(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        sink = _sink(blocker / "sub" / "t.msgpack")
-        for i in range(10):
-            sink.put(_plain_add(i))
-        sink.close()
-    messages = [str(w.message) for w in caught if "tracesim recorder" in str(w.message)]
-    assert len(messages) == 1 and "cannot open trace file" in messages[0]
-    assert sink.dropped == 10 and sink.converter_pid is None
-
-
 def test_items_that_fail_to_pack_are_counted_and_recorded_as_lost(tmp_path):
     path = tmp_path / "t.msgpack"
     with warnings.catch_warnings():

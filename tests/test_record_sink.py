@@ -2,6 +2,8 @@
 
 import warnings
 
+import pytest
+
 from tracesim.format import RecorderLost, RequestAdded, read_trace
 from tracesim.format.records import Header, ProcessInfo
 from tracesim.record.convert import canonical_id
@@ -23,12 +25,19 @@ def test_sink_writes_every_put_record_in_order(tmp_path):
     assert sink.dropped == 0
 
 
-def test_unwritable_path_warns_once_and_counts_drops_without_raising(tmp_path):
+def _process_sink(path, header, **kw):
+    from tracesim.record.sidecar import ProcessSink
+
+    return ProcessSink(path, header, prepare=lambda item: item, convert=lambda item: (item,), **kw)
+
+
+@pytest.mark.parametrize("make_sink", [RecordSink, _process_sink], ids=["thread", "converter-process"])
+def test_unwritable_path_warns_once_and_counts_drops_without_raising(tmp_path, make_sink):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sink = RecordSink(blocker / "sub" / "t.msgpack", _header(), flush_interval_s=0.01)
+        sink = make_sink(blocker / "sub" / "t.msgpack", _header(), flush_interval_s=0.01)
         for i in range(10):
             sink.put(RequestAdded(i, f"r{i}"))
         sink.close()
