@@ -7,7 +7,7 @@ objects: its thread reduces each queued item to plain values (``capture.plain``)
 maps ids, splits prefill from decode, builds the records and writes the trace on a core of its own.
 
 ``ProcessSink`` is the engine side; ``main`` the converter. The stream on the pipe is msgpack: first
-``["init", path, header, options]``, then plain items (``capture.py``). The converter flushes the trace
+``["init", path, header, options, flush_interval_s, proc]``, then plain items (``capture.py``). The converter flushes the trace
 whenever the pipe has been quiet for the flush interval and on a size threshold, and closes it (fsync) at
 end of stream, which is also what it sees when the engine dies: a killed engine loses at most what its own
 thread had not yet sent, one flush window. The converter runs in its own session, so a Ctrl-C meant for
