@@ -246,8 +246,16 @@ __all__ = [
     "UNPAUSED", "PAUSED_NEW", "PAUSED_ALL", "ProcessInfo", "Header", "SchedReq", "OutReq", "VersionSpan",
     "ConsumedSample", "RequestAdded", "StepScheduled", "StepExecuted", "StepUpdated", "Paused", "Resumed",
     "CacheReset", "WeightsUpdated", "Aborted", "OutputDelivered", "RewardBound", "TrainerConsumed",
-    "SampleDropped", "RecorderLost", "EVENT_TYPES", "EVENT_KINDS", "NESTED",
+    "SampleDropped", "RecorderLost", "EVENT_TYPES", "EVENT_KINDS", "NESTED", "check_arity",
 ]
+
+def check_arity(cls, n: int) -> None:
+    """Hot paths (simulator, recorder) build ``cls`` records with ``tuple.__new__(cls, (all n values))``; if a
+    field is appended to the record, fail at import rather than write records that lack it."""
+    if len(cls._fields) != n:
+        raise TypeError(f"{cls.__name__} has {len(cls._fields)} fields, a hot path builds it from {n}: "
+                        "update its tuple.__new__ calls")
+
 
 EVENT_TYPES: tuple = (
     RequestAdded, StepScheduled, StepExecuted, StepUpdated, Paused, Resumed, CacheReset, WeightsUpdated,

@@ -19,10 +19,13 @@ from itertools import repeat
 from tracesim.format.digest import token_digest
 from tracesim.format.records import (
     UNPAUSED, Aborted, CacheReset, OutReq, Paused, RecorderLost, RequestAdded, Resumed, SchedReq, StepScheduled,
-    StepUpdated,
+    StepUpdated, check_arity,
 )
 
 _SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+_new = tuple.__new__  # a NamedTuple from all its values, without its Python-level __new__ (hot loops)
+check_arity(SchedReq, 8)
+check_arity(OutReq, 6)
 _CHILD = re.compile(r"^(\d+)_(.+)$")
 
 
@@ -84,9 +87,11 @@ class Converter:
         computed_of = dict(zip(cached_ids, cached_computed))
         resumed_ids = set(resumed_ids)
         prompt_len = self._prompt_len
-        rid = self.rid
+        rid, known = self.rid, self._ids.get
         self._batch_of[step] = list(num_scheduled)  # the order update_from_output reports outputs in
         reqs = []
+        append = reqs.append
+        # Once per request per step (the converter's hot loop): locals, and records built with tuple.__new__.
         for (internal_id, n_tokens), held in zip(num_scheduled.items(), placeholders or repeat(0)):
             spec = spec_of.get(internal_id, 0)
             plain = n_tokens - spec
@@ -94,9 +99,9 @@ class Converter:
             resumed = internal_id in resumed_ids
             computed = new[internal_id] if is_new else computed_of.get(internal_id, 0)
             prefill = is_new or resumed or plain > 1 or computed < prompt_len.get(internal_id, 0)
-            reqs.append(SchedReq(
-                rid(internal_id), plain if prefill else 0, 0 if prefill else plain, resumed,
-                computed if (is_new or resumed) else 0, spec, computed, held))
+            append(_new(SchedReq, (
+                known(internal_id) or rid(internal_id), plain if prefill else 0, 0 if prefill else plain,
+                resumed, computed if (is_new or resumed) else 0, spec, computed, held)))
         yield StepScheduled(t0_ns, t1_ns, step, tuple(reqs), tuple(sorted(map(rid, preempted))),
                             tuple(sorted(map(rid, finished))), waiting, running, depth, pause_state,
                             float(kv_usage))
@@ -107,6 +112,12 @@ class Converter:
             out_ids = batch or ()
         if batch is None:  # the step's schedule record was lost: its outputs are all we know of its batch
             batch = out_ids
+        if out_ids is batch and reasons is None and not stale and token_ids is None:
+            # The usual step: every scheduled request sampled in batch order, none finished or stale.
+            rid, known = self.rid, self._ids.get
+            records = [_new(OutReq, (known(i) or rid(i), n, None, False, None, None)) for i, n in zip(batch, sampled)]
+            yield StepUpdated(t0_ns, t1_ns, step, tuple(records), _version(version_label))
+            return
         n = len(out_ids)
         by_id = dict(zip(out_ids, zip(sampled, reasons or repeat(None, n), token_ids or repeat(None, n),
                                       logprobs or repeat(None, n))))

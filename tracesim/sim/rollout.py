@@ -11,8 +11,8 @@ import random
 import zlib
 
 from tracesim.format.digest import token_digest
-from tracesim.format.records import OutputDelivered, RequestAdded, SampleDropped, VersionSpan
-from tracesim.sim.scheduler import SimReq, _new, check_arity, token_id
+from tracesim.format.records import OutputDelivered, RequestAdded, SampleDropped, VersionSpan, check_arity
+from tracesim.sim.scheduler import SimReq, _new, token_id
 
 check_arity(OutputDelivered, 8)
 

@@ -21,19 +21,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, UNPAUSED, OutReq, SchedReq
+from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, UNPAUSED, OutReq, SchedReq, check_arity
 from tracesim.sim.kvcache import BlockPool
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
 _new = tuple.__new__  # builds a NamedTuple from all its values without the Python-level __new__ (hot paths)
-
-
-def check_arity(cls, n: int) -> None:
-    """Hot paths build ``cls`` records with ``_new(cls, (all n values))``; if a field is appended to the
-    record, fail at import rather than write records that lack it."""
-    if len(cls._fields) != n:
-        raise TypeError(f"{cls.__name__} has {len(cls._fields)} fields, tracesim.sim builds it from {n}: "
-                        "update its _new(...) calls")
 
 
 check_arity(SchedReq, 8)
