@@ -18,19 +18,21 @@ How it is measured, so that noise and bookkeeping can neither hide nor invent th
   timed, so every microsecond the recorder spends in the engine process is accounted for and none of it
   lands in a plain block.
 
-Three numbers come out:
+Four numbers come out:
 
 1. scheduling path: ``schedule()`` + ``update_from_output()`` per step, recorded vs plain: what the hooks
    add to the engine's critical path (the issue's target);
 2. engine loop with all of the recorder's engine-process work charged to it (the hooks and the drains):
    what recording costs an engine that never waits on a device, where the recorder's thread can only run by
    taking the GIL from the scheduler. A GPU engine runs that thread while it waits on the forward pass;
-3. the converter process's CPU time per step, which runs on another core.
+3. the time spent inside the hooks, timed from within: the precise part of (1), which single steps vary
+   too much to resolve below ~2% (per-step times move by tens of percent on a shared machine);
+4. the converter process's CPU time per step, which runs on another core.
 
 Records are built in the recorder's converter process (``TRACESIM_RECORD_CONVERT=process``, the default);
 ``--convert thread`` measures the variant that builds them in the engine process.
 
-    python benchmarks/bench_recorder.py [--rounds 90] [--block 10] [--sync] [--convert thread]
+    python benchmarks/bench_recorder.py [--drivers 3] [--rounds 90] [--block 10] [--sync] [--convert thread]
 """
 
 from __future__ import annotations
@@ -79,82 +81,110 @@ def run_block(driver, steps: int) -> tuple[list, list]:
     return path_s, loop_s
 
 
+def time_hooks(recorder) -> list:
+    """Wrap the recorder's hook methods with a timer; returns the one-element list accumulating seconds."""
+    spent = [0.0]
+    clock = time.perf_counter
+    for name in ("on_add", "on_schedule", "stale_before_update", "on_update"):
+        method = getattr(recorder, name)
+
+        def timed(*args, _method=method):
+            t0 = clock()
+            try:
+                return _method(*args)
+            finally:
+                spent[0] += clock() - t0
+
+        setattr(recorder, name, timed)
+    return spent
+
+
 def children_cpu_seconds() -> float:
     """User + system CPU seconds of this process's children that have exited (the converter, once reaped)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
+def measure(args, out_dir: str, times: dict) -> None:
+    """One driver: warm up, then ``args.rounds`` rounds of a plain and a recorded block; appends to ``times``."""
+    from tracesim.record.scheduler import RecordingScheduler
+
+    warmup = 20
+    max_tokens = warmup + 2 * args.rounds * args.block + 10  # every request decodes through the whole run
+    driver = make_driver(RecordingScheduler, async_scheduling=not args.sync, max_tokens=max_tokens)
+    sched = driver.scheduler
+    recorder = sched._tracesim
+    sink = recorder.sink
+    sink.stop_thread()  # its work is done by the timed drains below
+    hook_s = time_hooks(recorder)
+    run_block(driver, warmup)  # admit and prefill every request: the blocks are all decode
+    sink.drain()
+    times["converter"] = times["converter"] or getattr(sink, "converter_pid", None) is not None
+    children_cpu0 = children_cpu_seconds()
+    hook_s[0] = 0.0
+    for r in range(args.rounds):
+        order = ("plain", "recorded") if r % 2 == 0 else ("recorded", "plain")
+        block_s = {}
+        for name in order:
+            sched._tracesim = recorder if name == "recorded" else None
+            path_s, loop_s = run_block(driver, args.block)
+            if name == "recorded":
+                t0 = time.perf_counter()
+                sink.drain()
+                spent = time.perf_counter() - t0
+                times["drain_s"] += spent
+                loop_s[-1] += spent  # charged to the block's last step
+            times["path"][name].extend(path_s)
+            times["loop"][name].extend(loop_s)
+            block_s[name] = sum(path_s)
+        times["round_ratios"].append(block_s["recorded"] / block_s["plain"])
+    times["hook_s"] += hook_s[0]
+    sched._tracesim = recorder
+    sched.shutdown()  # waits for the converter to finish the trace
+    times["converter_s"] += children_cpu_seconds() - children_cpu0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=90)
+    parser.add_argument("--drivers", type=int, default=3, help="drivers measured one after the other")
+    parser.add_argument("--rounds", type=int, default=90, help="rounds per driver")
     parser.add_argument("--block", type=int, default=10, help="steps per block (each round: one block each)")
     parser.add_argument("--sync", action="store_true", help="vLLM's synchronous Scheduler instead of AsyncScheduler")
     parser.add_argument("--convert", choices=("process", "thread"), default="process",
                         help="where the recorder builds records (default: its converter process)")
     args = parser.parse_args(argv)
-
-    from tracesim.record.scheduler import RecordingScheduler
-
-    is_async = not args.sync
-    warmup = 20
-    max_tokens = warmup + 2 * args.rounds * args.block + 10  # every request decodes through the whole run
-    if max_tokens + 32 > 2048:  # the tiny model's context (tinymodel.py)
+    if 20 + 2 * args.rounds * args.block + 10 + 32 > 2048:  # the tiny model's context (tinymodel.py)
         parser.error("--rounds x --block must stay under ~990 steps")
+
+    times: dict = {"path": {"plain": [], "recorded": []}, "loop": {"plain": [], "recorded": []},
+                   "round_ratios": [], "drain_s": 0.0, "hook_s": 0.0, "converter_s": 0.0, "converter": False}
     with tempfile.TemporaryDirectory() as out_dir:
         os.environ["TRACESIM_RECORD_DIR"] = out_dir
         os.environ["TRACESIM_RECORD_CONVERT"] = args.convert
-        driver = make_driver(RecordingScheduler, async_scheduling=is_async, max_tokens=max_tokens)
-        sched = driver.scheduler
-        recorder = sched._tracesim
-        sink = recorder.sink
-        sink.stop_thread()  # its work is done by the timed drains below
-        run_block(driver, warmup)  # admit and prefill every request: the blocks are all decode
-        sink.drain()
-        converter_pid = getattr(sink, "converter_pid", None)
-        children_cpu0 = children_cpu_seconds()
-        path = {"plain": [], "recorded": []}
-        loop = {"plain": [], "recorded": []}
-        drain_s = 0.0
-        round_ratios = []
-        for r in range(args.rounds):
-            order = ("plain", "recorded") if r % 2 == 0 else ("recorded", "plain")
-            for name in order:
-                sched._tracesim = recorder if name == "recorded" else None
-                path_s, loop_s = run_block(driver, args.block)
-                if name == "recorded":
-                    t0 = time.perf_counter()
-                    sink.drain()
-                    spent = time.perf_counter() - t0
-                    drain_s += spent
-                    loop_s[-1] += spent  # charged to the block's last step
-                path[name].extend(path_s)
-                loop[name].extend(loop_s)
-            round_ratios.append(sum(path["recorded"][-args.block:]) / sum(path["plain"][-args.block:]))
-            print(f"round {r + 1}/{args.rounds}: scheduling path recorded / plain = {round_ratios[-1]:.3f}",
-                  file=sys.stderr)
-        sched._tracesim = recorder
-        steps = len(path["recorded"])
-        sched.shutdown()  # waits for the converter to finish the trace
-        converter_cpu = (children_cpu_seconds() - children_cpu0) if converter_pid else None
-        size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+        for d in range(args.drivers):
+            measure(args, out_dir, times)
+            print(f"driver {d + 1}/{args.drivers} done", file=sys.stderr)
+    path, loop = times["path"], times["loop"]
+    steps = len(path["recorded"])
+    round_ratios = times["round_ratios"]
     kind = "Scheduler" if args.sync else "AsyncScheduler"
-    where = "converter process" if converter_pid else "engine process (thread)"
-    print(f"{kind}, {N_REQUESTS} running requests, {args.rounds} rounds x {args.block} steps each way; "
-          f"records built in: {where}; trace: {size:,} bytes")
-    for title, times in (("scheduling path (schedule + update_from_output)", path),
-                         ("engine loop, all recorder work in the engine process charged", loop)):
-        base_mean, rec_mean = statistics.fmean(times["plain"]), statistics.fmean(times["recorded"])
-        base_median, rec_median = statistics.median(times["plain"]), statistics.median(times["recorded"])
+    where = "converter process" if times["converter"] else "engine process (thread)"
+    print(f"{kind}, {N_REQUESTS} running requests, {args.drivers} drivers x {args.rounds} rounds x {args.block} "
+          f"steps each way; records built in: {where}")
+    for title, variant in (("scheduling path (schedule + update_from_output)", path),
+                           ("engine loop, all recorder work in the engine process charged", loop)):
+        base_mean, rec_mean = statistics.fmean(variant["plain"]), statistics.fmean(variant["recorded"])
+        base_median, rec_median = statistics.median(variant["plain"]), statistics.median(variant["recorded"])
         print(f"{title}:")
         print(f"  plain    mean {base_mean * 1e6:8.1f} us/step   median {base_median * 1e6:8.1f} us/step")
         print(f"  recorded mean {rec_mean * 1e6:8.1f} us/step   median {rec_median * 1e6:8.1f} us/step")
         print(f"  ratio    mean {rec_mean / base_mean:.3f}   median {rec_median / base_median:.3f}   "
               f"(+{(rec_mean - base_mean) * 1e6:.1f} us/step)")
-    print(f"  of which the recorder's drains: {drain_s / steps * 1e6:.1f} us/step")
-    if converter_cpu is not None:
-        print(f"converter process CPU: {converter_cpu / steps * 1e6:.1f} us/step on another core "
-              f"(its whole life, warm-up steps included)")
+    print(f"  of which the recorder's drains: {times['drain_s'] / steps * 1e6:.1f} us/step")
+    print(f"time inside the hooks, timed from within (timer calls included): "
+          f"{times['hook_s'] / steps * 1e6:.1f} us/step")
+    if times["converter"]:
+        print(f"converter process CPU: {times['converter_s'] / steps * 1e6:.1f} us/step on another core")
     print(f"per-round scheduling-path ratios: min {min(round_ratios):.3f}  median "
           f"{statistics.median(round_ratios):.3f}  max {max(round_ratios):.3f}")
     print("target: scheduling path recorded / plain <= 1.03 (mean)")

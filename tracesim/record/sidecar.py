@@ -7,11 +7,12 @@ objects: its thread reduces each queued item to plain values (``capture.plain``)
 maps ids, splits prefill from decode, builds the records and writes the trace on a core of its own.
 
 ``ProcessSink`` is the engine side; ``main`` the converter. The stream on the pipe is msgpack: first
-``["init", path, header, options, flush_interval_s, proc]``, then plain items (``capture.py``). The converter flushes the trace
-whenever the pipe has been quiet for the flush interval and on a size threshold, and closes it (fsync) at
-end of stream, which is also what it sees when the engine dies: a killed engine loses at most what its own
-thread had not yet sent, one flush window. The converter runs in its own session, so a Ctrl-C meant for
-the engine does not cut it short while it drains.
+``["init", path, header, options, flush_interval_s, proc]``, then plain items (``capture.py``). The engine
+side sends what is queued every ``DRAIN_INTERVAL_S``; the converter writes the trace with the configured
+flush interval (and when the pipe has been quiet that long) and closes it (fsync) at end of stream, which
+is also what it sees when the engine dies: a killed engine loses only what its thread had not sent yet, at
+most ``DRAIN_INTERVAL_S`` of events. The converter runs in its own session, so a Ctrl-C meant for the
+engine does not cut it short while it drains.
 
 If the converter cannot be started, ``ProcessSink`` converts on its own thread like ``RecordSink``; if it
 dies, the engine side warns once and counts what it could not send. The engine never waits on it except at
@@ -34,6 +35,10 @@ CLOSE_TIMEOUT_S = 60.0
 _SEND_BYTES = 256 << 10  # packed bytes buffered on the engine side before a pipe write
 _PIPE_BYTES = 1 << 20  # pipe capacity asked for (Linux), so a busy converter rarely blocks the sender
 _F_SETPIPE_SZ = 1031
+# The engine-side thread hands items to the converter this often (the converter flushes the file on the
+# configured interval): vLLM's per-step objects are released sooner and the thread holds the GIL in short
+# bursts (a few steps' worth) instead of one burst per flush window.
+DRAIN_INTERVAL_S = 0.05
 
 
 def _package_root() -> str:
@@ -59,6 +64,8 @@ class ProcessSink(RecordSink):
         self._sent_lost = 0
         super().__init__(path, header, convert=convert, flush_interval_s=flush_interval_s, proc=proc,
                          max_pending=max_pending)
+        if self._child is not None:
+            self._drain_interval_s = min(flush_interval_s, DRAIN_INTERVAL_S)
 
     @property
     def converter_pid(self) -> int | None:

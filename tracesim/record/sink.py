@@ -57,6 +57,7 @@ class RecordSink:
         self._lost_reported = 0
         self._convert = convert
         self._interval_s = flush_interval_s
+        self._drain_interval_s = flush_interval_s  # how often the background thread takes the queue
         self._max_pending = max_pending
         self._pending: collections.deque = collections.deque()
         self._warned = False
@@ -99,7 +100,7 @@ class RecordSink:
 
     def _run(self) -> None:
         while not self._closed and not self._stopping:
-            self._wake.wait(self._interval_s)
+            self._wake.wait(self._drain_interval_s)
             self._wake.clear()
             self.drain()
 
