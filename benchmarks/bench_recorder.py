@@ -11,6 +11,8 @@ How it is measured, so that noise and bookkeeping can neither hide nor invent th
   run on the same requests and memory. Three separately built plain drivers of the same configuration
   differed by up to 16% from each other here, far more than the 3% to resolve. Detached, each hook costs
   one attribute check before calling vLLM's method;
+* the GC heap is frozen after warm-up, as vLLM's ``EngineCore`` does once initialised (without it, full
+  collections rescan torch's and vLLM's startup objects and stall single blocks by a few hundred ms);
 * a step is one engine-core iteration: ``schedule()``, the fake forward pass and ``update_from_output()``
   (in the batch-queue order of ``step_with_batch_queue`` for the AsyncScheduler);
 * the recorder's background thread is stopped and its work (reducing vLLM's objects to plain values,
@@ -32,12 +34,18 @@ Four numbers come out:
 Records are built in the recorder's converter process (``TRACESIM_RECORD_CONVERT=process``, the default);
 ``--convert thread`` measures the variant that builds them in the engine process.
 
+With ``--device-ms X`` each step also waits X ms with the GIL released (what a GPU forward pass looks like
+to the engine-core thread) and the recorder's thread runs on its own, as in a GPU engine, instead of being
+drained after each block: the scheduling-path ratio then includes the thread's interference.
+
     python benchmarks/bench_recorder.py [--drivers 3] [--rounds 90] [--block 10] [--sync] [--convert thread]
+                                        [--device-ms 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import statistics
@@ -60,8 +68,9 @@ def make_driver(scheduler_cls, *, async_scheduling: bool, max_tokens: int):
     return driver
 
 
-def run_block(driver, steps: int) -> tuple[list, list]:
-    """``steps`` engine-core iterations: (seconds in schedule + update, seconds of the whole iteration)."""
+def run_block(driver, steps: int, device_s: float = 0.0) -> tuple[list, list]:
+    """``steps`` engine-core iterations: (seconds in schedule + update, seconds of the whole iteration).
+    ``device_s``: a GIL-free wait per iteration standing in for the forward pass."""
     sched = driver.scheduler
     queue = driver.queue
     path_s, loop_s = [], []
@@ -71,6 +80,8 @@ def run_block(driver, steps: int) -> tuple[list, list]:
         out = sched.schedule()
         t1 = clock()
         queue.appendleft((out, driver.fake_output(out)))
+        if device_s:
+            time.sleep(device_s)
         t2 = t3 = clock()
         if len(queue) == driver.queue_size:
             old, old_output = queue.pop()
@@ -99,6 +110,16 @@ def time_hooks(recorder) -> list:
     return spent
 
 
+def freeze_gc_heap() -> None:
+    try:
+        from vllm.utils.gc_utils import freeze_gc_heap as vllm_freeze
+    except ImportError:  # a vLLM without it: what it does
+        gc.collect()
+        gc.freeze()
+    else:
+        vllm_freeze()
+
+
 def children_cpu_seconds() -> float:
     """User + system CPU seconds of this process's children that have exited (the converter, once reaped)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -115,10 +136,13 @@ def measure(args, out_dir: str, times: dict) -> None:
     sched = driver.scheduler
     recorder = sched._tracesim
     sink = recorder.sink
-    sink.stop_thread()  # its work is done by the timed drains below
+    device_s = args.device_ms / 1000
+    if not device_s:
+        sink.stop_thread()  # its work is done by the timed drains below
     hook_s = time_hooks(recorder)
     run_block(driver, warmup)  # admit and prefill every request: the blocks are all decode
     sink.drain()
+    freeze_gc_heap()  # as vLLM's EngineCore does once initialised: startup objects leave the cyclic GC's scans
     times["converter"] = times["converter"] or getattr(sink, "converter_pid", None) is not None
     children_cpu0 = children_cpu_seconds()
     hook_s[0] = 0.0
@@ -127,8 +151,8 @@ def measure(args, out_dir: str, times: dict) -> None:
         block_s = {}
         for name in order:
             sched._tracesim = recorder if name == "recorded" else None
-            path_s, loop_s = run_block(driver, args.block)
-            if name == "recorded":
+            path_s, loop_s = run_block(driver, args.block, device_s)
+            if name == "recorded" and not device_s:
                 t0 = time.perf_counter()
                 sink.drain()
                 spent = time.perf_counter() - t0
@@ -141,6 +165,7 @@ def measure(args, out_dir: str, times: dict) -> None:
     times["hook_s"] += hook_s[0]
     sched._tracesim = recorder
     sched.shutdown()  # waits for the converter to finish the trace
+    gc.unfreeze()  # as vLLM's EngineCore does at shutdown
     times["converter_s"] += children_cpu_seconds() - children_cpu0
 
 
@@ -152,6 +177,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sync", action="store_true", help="vLLM's synchronous Scheduler instead of AsyncScheduler")
     parser.add_argument("--convert", choices=("process", "thread"), default="process",
                         help="where the recorder builds records (default: its converter process)")
+    parser.add_argument("--device-ms", type=float, default=0.0,
+                        help="GIL-free wait per step standing in for a GPU forward pass; the recorder's thread "
+                             "then runs freely, as in an engine, instead of being drained after each block")
     args = parser.parse_args(argv)
     if 20 + 2 * args.rounds * args.block + 10 + 32 > 2048:  # the tiny model's context (tinymodel.py)
         parser.error("--rounds x --block must stay under ~990 steps")
@@ -170,7 +198,8 @@ def main(argv=None) -> int:
     kind = "Scheduler" if args.sync else "AsyncScheduler"
     where = "converter process" if times["converter"] else "engine process (thread)"
     print(f"{kind}, {N_REQUESTS} running requests, {args.drivers} drivers x {args.rounds} rounds x {args.block} "
-          f"steps each way; records built in: {where}")
+          f"steps each way; records built in: {where}; device wait: {args.device_ms:g} ms/step"
+          + (" (recorder thread running freely)" if args.device_ms else ""))
     for title, variant in (("scheduling path (schedule + update_from_output)", path),
                            ("engine loop, all recorder work in the engine process charged", loop)):
         base_mean, rec_mean = statistics.fmean(variant["plain"]), statistics.fmean(variant["recorded"])
