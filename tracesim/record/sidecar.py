@@ -124,10 +124,11 @@ class ProcessSink(RecordSink):
             if time.perf_counter() >= yield_at_s:
                 time.sleep(0)  # hand the GIL back (see sink._HOLD_GIL_S)
                 yield_at_s = time.perf_counter() + _HOLD_GIL_S
-        if self.dropped > self._sent_lost:  # tell the converter, which writes a RecorderLost record
-            chunks.append(pack(("lost", time.monotonic_ns(), self.dropped - self._sent_lost)))
-            self._sent_lost = self.dropped
         self._send_chunks(chunks)
+        if self.dropped > self._sent_lost and self._fd is not None:  # the converter writes a RecorderLost
+            lost = self.dropped - self._sent_lost
+            self._sent_lost = self.dropped
+            self._send(pack(("lost", time.monotonic_ns(), lost)))
 
     def _send_chunks(self, chunks: list) -> None:
         if self._fd is not None and self._send(b"".join(chunks)):
