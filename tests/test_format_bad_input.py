@@ -145,3 +145,12 @@ def test_second_header_and_bad_proc_are_refused(tmp_path):
     path.write_bytes(hdr + msgpack.packb(("resume", (1,), 5)))
     with pytest.raises(TraceFormatError, match="proc 5"):
         read_trace(path)
+    for reader in (read_trace, read_columns):
+        path.write_bytes(hdr + msgpack.packb(("resume", (1,), 5)))
+        with pytest.raises(TraceFormatError, match="proc 5") as err:
+            reader(path)
+        assert err.value.offset == len(hdr) and err.value.field == "resume.proc"
+        path.write_bytes(hdr + msgpack.packb(("resume", (1,), "p")))
+        with pytest.raises(TraceFormatError) as err:
+            reader(path)
+        assert err.value.offset == len(hdr) and err.value.field == "resume.proc"

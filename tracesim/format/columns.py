@@ -27,6 +27,11 @@ from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.trace import Trace
 
+try:  # the compiled fast path, built at install time (setup.py); the pure-Python path below is the reference
+    from tracesim.format import _fastcols
+except ImportError:  # built without a C compiler, or running from a source tree that was never built
+    _fastcols = None
+
 
 @dataclass
 class Columns:
@@ -51,17 +56,48 @@ def read_columns(path: str | os.PathLike) -> Columns:
     Raises TraceFormatError naming the file, byte offset and field; warns TruncatedTraceWarning like the reader.
     """
     try:
-        with cyclic_gc_paused(), TraceReader(path) as reader:
-            frames = reader.raw_frames()  # byte offsets are only worked out again if something is wrong
-            tables = _tables_from_frames(frames)
+        with cyclic_gc_paused():
+            header, tables = _read_tables(path)
+            _check_procs(tables, len(header.processes))
     except _ColumnError as exc:
         offsets = [offset for offset, _frame in TraceReader(path).frames()]  # slow path: errors only
         offset = offsets[exc.row] if exc.row is not None and exc.row < len(offsets) else None
-        raise TraceFormatError(reader.path, exc.message, offset=offset, field=exc.field) from None
-    return Columns(reader.header, tables)
+        raise TraceFormatError(str(path), exc.message, offset=offset, field=exc.field) from None
+    return Columns(header, tables)
+
+
+def _read_tables(path) -> tuple:
+    if compiled_available():
+        try:
+            with TraceReader(path) as reader:
+                builder = _fastcols.ColumnBuilder(_KIND_CODE, _PLANS)
+                reader.feed(builder)  # each frame goes into the columns as it is decoded
+                return reader.header, builder.tables()
+        except _fastcols.Unusual:
+            pass  # something unusual (a wrong type, an int beyond int64, ...): the reference path decides
+    with TraceReader(path) as reader:
+        frames = reader.raw_frames()  # byte offsets are only worked out again if something is wrong
+        return reader.header, _tables_from_frames(frames)
+
+
+def _check_procs(tables: dict, n_procs: int) -> None:
+    """Every ``proc`` names a process of the header (0 is always allowed), as the record reader requires."""
+    for kind, table in tables.items():
+        procs = table.get("proc")
+        if procs is None or not len(procs):
+            continue
+        bad = np.flatnonzero((procs < 0) | ((procs >= n_procs) & (procs != 0)))
+        if len(bad):
+            raise _ColumnError(f"{kind}.proc", f"proc {procs[bad[0]]} is not in the header's {n_procs} processes",
+                               int(table["index"][bad[0]]))
 
 
 _KIND_CODE = {kind: code for code, kind in enumerate(SPECS)}
+
+
+def compiled_available() -> bool:
+    """Whether reading uses the compiled columnizer (``TRACESIM_PURE_PYTHON=1`` turns it off)."""
+    return _fastcols is not None and os.environ.get("TRACESIM_PURE_PYTHON", "") in ("", "0")
 
 
 def _tables_from_frames(frames: list) -> dict:
@@ -91,6 +127,34 @@ def _tables_from_frames(frames: list) -> dict:
     return tables
 
 
+# The compiled path's description of each record kind: (kind, fields, required, defaults), each field
+# (name, column kind, allowed-type mask, nested plan). Column kinds and mask bits as in _fastcols.pyx.
+_T_INT, _T_FLOAT, _T_OPTNUM, _T_BOOL, _T_OBJ, _T_NESTED = range(6)
+_TYPE_BITS = {str: 1, type(None): 2, tuple: 4, dict: 8, int: 16, float: 32, bool: 64}
+
+
+def _field_plan(name: str, types: tuple, nested) -> tuple:
+    mask = sum(_TYPE_BITS[t] for t in set(types))
+    if nested is not None:
+        return (name, _T_NESTED, mask, (_fields_plan(nested), nested.required, nested.defaults))
+    if types == (int,):
+        return (name, _T_INT, mask, None)
+    if types == (bool,):
+        return (name, _T_BOOL, mask, None)
+    if type(None) in types and (int in types or float in types):
+        return (name, _T_OPTNUM, mask, None)
+    if float in types:
+        return (name, _T_FLOAT, mask, None)
+    return (name, _T_OBJ, mask, None)
+
+
+def _fields_plan(spec) -> tuple:
+    return tuple(_field_plan(name, types, nested) for _i, name, types, nested in spec.checks)
+
+
+_PLANS = [(kind, _fields_plan(spec), spec.required, spec.defaults) for kind, spec in SPECS.items()]
+
+
 def to_columns(trace: Trace) -> Columns:
     """Columns of an in-memory trace (records already validated by the reader)."""
     rows: dict = {}
@@ -115,8 +179,9 @@ class _ColumnError(Exception):
 
 def _add_tables(tables: dict, kind: str, rows: list, procs, indices) -> None:
     spec = SPECS[kind]
-    table = {"index": np.asarray(indices, dtype=np.int64), "proc": np.asarray(procs, dtype=np.int64)}
+    table = {"index": np.asarray(indices, dtype=np.int64)}
     try:
+        table["proc"] = _column(f"{kind}.proc", (int,), procs)
         rows = _normalise(kind, spec, rows)
         columns = list(zip(*rows)) if rows else [()] * len(spec.checks)
         for (_i, name, types, nested), col in zip(spec.checks, columns):

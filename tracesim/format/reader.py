@@ -111,6 +111,18 @@ class TraceReader:
         self._finish(start, len(frames))
         return frames
 
+    def feed(self, consumer) -> None:
+        """Hand every event frame to ``consumer.feed_from(unpacker)`` (the compiled columnizer), which decodes
+        and takes them in one loop and, when the unpacker raises, leaves ``start`` (offset of the frame it
+        failed on) and ``count`` (frames taken). Same errors and warnings as ``raw_frames``."""
+        try:
+            consumer.feed_from(self._unpacker)
+        except msgpack.OutOfData:
+            pass
+        except _UNPACK_ERRORS as exc:
+            raise TraceFormatError(self.path, f"corrupted record: {exc}", offset=consumer.start) from None
+        self._finish(consumer.start, consumer.count)
+
     def _finish(self, start: int, n_done: int) -> None:
         self.truncated_bytes = self.size_bytes - start
         if self.truncated_bytes:

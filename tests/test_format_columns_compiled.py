@@ -1,0 +1,182 @@
+"""The compiled columnizer (tracesim/format/_fastcols.pyx) gives exactly the pure-Python reference's tables.
+
+Every test reads the same file twice, once per path (``TRACESIM_PURE_PYTHON`` picks the reference), and
+compares table order, column names, dtypes and values. Where the compiled path must not have fallen back to
+the reference (well-formed input), ``compiled_tables`` feeds the file to it directly, so a fallback fails.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tracesim.format import TraceFormatError, Trace, write_trace
+from tracesim.format import columns
+from tracesim.format.columns import compiled_available, read_columns
+from tracesim.format.reader import TraceReader
+from tracesim.format.synthetic import synthetic_trace
+
+from helpers import header
+from strategies import EVENT_RECORDS, HEADERS
+
+TRACES = sorted((Path(__file__).resolve().parents[1] / "traces").glob("*.msgpack"))
+
+needs_compiled = pytest.mark.skipif(not compiled_available(), reason="the compiled columnizer is not built here")
+
+
+def test_compiled_columnizer_is_built_where_ci_requires_it():
+    # .ci/run sets TRACESIM_REQUIRE_COMPILED=1: a build that silently fell back to pure Python fails there.
+    if os.environ.get("TRACESIM_REQUIRE_COMPILED") != "1":
+        pytest.skip("TRACESIM_REQUIRE_COMPILED is not set")
+    assert columns._fastcols is not None, "tracesim.format._fastcols was not built (see setup.py)"
+    assert compiled_available()
+
+
+def read_both(path, monkeypatch):
+    """(reference, compiled) results of read_columns: Columns, or the TraceFormatError raised."""
+    out = []
+    for pure in ("1", "0"):
+        monkeypatch.setenv("TRACESIM_PURE_PYTHON", pure)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = read_columns(path)
+            except TraceFormatError as exc:
+                result = exc
+        out.append((result, [str(w.message) for w in caught]))
+    return out
+
+
+def compiled_tables(path) -> dict:
+    """Tables from the compiled path alone; raises _fastcols.Unusual if it would have fallen back."""
+    with TraceReader(path) as reader:
+        builder = columns._fastcols.ColumnBuilder(columns._KIND_CODE, columns._PLANS)
+        reader.feed(builder)
+        return builder.tables()
+
+
+def assert_same_tables(a: dict, b: dict) -> None:
+    assert list(a) == list(b)  # table order: kinds as they first appear, nested tables before their parent
+    for kind in a:
+        assert list(a[kind]) == list(b[kind]), kind
+        for name, col in a[kind].items():
+            other = b[kind][name]
+            assert (col.dtype, col.shape) == (other.dtype, other.shape), (kind, name)
+            if col.dtype == object:
+                assert list(col) == list(other), (kind, name)
+            else:
+                np.testing.assert_array_equal(col, other, err_msg=f"{kind}.{name}")
+
+
+def assert_same(path, monkeypatch) -> None:
+    (ref, ref_warn), (fast, fast_warn) = read_both(path, monkeypatch)
+    assert ref_warn == fast_warn
+    if isinstance(ref, TraceFormatError):
+        assert isinstance(fast, TraceFormatError), f"reference raised {ref}, compiled path did not"
+        assert (str(fast), fast.offset, fast.field) == (str(ref), ref.offset, ref.field)
+    else:
+        assert not isinstance(fast, TraceFormatError), fast
+        assert fast.header == ref.header
+        assert_same_tables(ref.tables, fast.tables)
+
+
+@needs_compiled
+@pytest.mark.parametrize("path", TRACES, ids=[p.name for p in TRACES])
+def test_bundled_traces_give_the_reference_tables_without_falling_back(path, monkeypatch):
+    monkeypatch.setenv("TRACESIM_PURE_PYTHON", "1")
+    assert_same_tables(read_columns(path).tables, compiled_tables(path))
+    assert_same(path, monkeypatch)
+
+
+@needs_compiled
+def test_a_long_trace_spans_several_buffer_chunks(tmp_path, monkeypatch):
+    # > 4096 rows of the nested tables: the chunked buffers are stitched back into whole columns.
+    path = tmp_path / "t.msgpack"
+    write_trace(path, synthetic_trace(waves=30, groups_per_wave=8, seed=3))
+    tables = compiled_tables(path)
+    assert len(tables["sched.reqs"]["row"]) > 3 * 4096
+    monkeypatch.setenv("TRACESIM_PURE_PYTHON", "1")
+    assert_same_tables(read_columns(path).tables, tables)
+
+
+@needs_compiled
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hdr=HEADERS, records=st.lists(EVENT_RECORDS, max_size=30),
+       procs=st.lists(st.integers(min_value=0, max_value=3), max_size=30))
+def test_any_records_give_the_reference_tables(tmp_path_factory, monkeypatch, hdr, records, procs):
+    hdr = hdr._replace(processes=tuple(header().processes) * 4)
+    procs = (procs + [0] * len(records))[:len(records)]
+    path = tmp_path_factory.mktemp("any") / "t.msgpack"
+    write_trace(path, Trace(hdr, records, procs))
+    assert_same(path, monkeypatch)
+
+
+def write_frames(path, *frames) -> bytes:
+    two_procs = header()._replace(processes=header().processes * 2)
+    data = msgpack.packb(("header", tuple(two_procs))) + b"".join(msgpack.packb(f) for f in frames)
+    path.write_bytes(data)
+    return data
+
+
+@needs_compiled
+def test_evolution_rules_are_taken_on_the_fast_path(tmp_path, monkeypatch):
+    path = tmp_path / "t.msgpack"
+    write_frames(
+        path,
+        ("sched", (1, 2, 0, (("r0", 3, 0, False, 0, 0, 0, 0, "newer"),), (), (), 0, 0, 1, 0, 0.5, "newer")),
+        ("sched", (3, 4, 1)),  # trailing fields missing: their defaults
+        ("upd", (5, 6, 0, (("r0", 1),)), 1),  # proc 1
+        ("newer-kind", (1, 2, 3)),  # a kind from a newer minor version: skipped, still counted in `index`
+        ("deliver", (7, "r0", 0, 1, True, "stop", None, "d")),
+    )
+    tables = compiled_tables(path)
+    assert tables["sched"]["step"].tolist() == [0, 1] and tables["sched"]["reqs"].tolist() == [1, 0]
+    assert tables["sched"]["kv_usage"].tolist() == [0.5, 0.0]
+    assert tables["upd"]["proc"].tolist() == [1] and tables["deliver"]["index"].tolist() == [4]
+    assert tables["deliver"]["spans"].tolist() == [0] and len(tables["deliver.spans"]["row"]) == 0
+    monkeypatch.setenv("TRACESIM_PURE_PYTHON", "1")
+    assert_same_tables(read_columns(path).tables, tables)
+
+
+@pytest.mark.parametrize("frame", [
+    ("sched", (1, 2, True)),  # a bool in an int column: numpy's reference inference accepts it
+    ("sched", (1, 2, 2**63)),  # beyond int64
+    ("sched", (1, 2, "x")),  # wrong type
+    ("sched", (1, 2)),  # a required field missing
+    ("sched", (1, 2, 0, (("r0", 1.5, 0),))),  # wrong type in a nested entry
+    ("sched", (1, 2, 0, ("r0",))),  # an entry that is not an array
+    ("upd", (1, 2, 0, (), "v")),  # optional int given a string
+    ("deliver", (7, "r0", 0, 1, 1)),  # an int where a bool belongs
+    ("deliver", (7, "r0", 0, 1, False, None, 5)),  # entries field given an int
+    ("sched", (1, 2, 0), "p"),  # a proc that is not an int
+    ("sched", (1, 2, 0), 2**64 - 1),  # a proc beyond int64
+    ("sched", (1, 2, 0), 2),  # a proc the header does not list
+    ("header", tuple(header())),  # a second header
+    (5, (1, 2)),  # a kind that is not a string
+    ("sched", [1, 2, 0], 0, 0),  # a frame of 4
+    "not a frame",
+])
+def test_unusual_frames_fall_back_to_the_reference_result(tmp_path, monkeypatch, frame):
+    path = tmp_path / "t.msgpack"
+    write_frames(path, ("sched", (0, 1, 0)), frame, ("sched", (3, 4, 1)))
+    assert_same(path, monkeypatch)
+
+
+def test_truncated_and_corrupted_files_give_the_reference_records_errors_and_warnings(tmp_path, monkeypatch):
+    good = tmp_path / "good.msgpack"
+    write_trace(good, synthetic_trace(waves=1, groups_per_wave=1, group_size=2, max_tokens=4))
+    data = good.read_bytes()
+    path = tmp_path / "t.msgpack"
+    for cut in range(len(data) - 1, len(data) - 400, -7):  # truncated inside the last records
+        path.write_bytes(data[:cut])
+        assert_same(path, monkeypatch)
+    for at in range(200, len(data), 97):  # a corrupted byte anywhere
+        path.write_bytes(data[:at] + b"\xc1" + data[at + 1:])
+        assert_same(path, monkeypatch)
