@@ -11,8 +11,9 @@ try:
 except ImportError:  # building without pyproject's build requirements (e.g. --no-build-isolation)
     ext_modules = []
 else:
-    ext_modules = cythonize(
-        [Extension("tracesim.format._fastcols", ["tracesim/format/_fastcols.pyx"], optional=True)],
-        language_level=3, quiet=True)
+    ext_modules = cythonize([Extension("tracesim.format._fastcols", ["tracesim/format/_fastcols.pyx"])],
+                            language_level=3, quiet=True)
+    for ext in ext_modules:
+        ext.optional = True  # a failed compile warns and installs without it (cythonize drops the argument)
 
 setup(ext_modules=ext_modules)

@@ -237,7 +237,7 @@ cdef class ColumnBuilder:
     cdef list by_code  # code -> _Table, created when the kind first appears
     cdef list first_seen  # tables in the order their kinds first appear
     cdef long long index
-    cdef public long long start, count
+    cdef public long long start, count  # see feed_from
 
     def __cinit__(self, dict kind_codes, list plans):
         self.kind_codes, self.plans = kind_codes, plans
@@ -254,10 +254,13 @@ cdef class ColumnBuilder:
         unpack, tell = unpacker.unpack, unpacker.tell
         while True:
             self.start = tell()  # after a partial frame tell() has moved on: keep where it began
-            self(unpack())
+            self._add(unpack())
             self.count += 1
 
     def __call__(self, frame):
+        self._add(frame)
+
+    cdef _add(self, frame):
         cdef tuple f
         cdef Py_ssize_t flen
         cdef long long proc = 0
