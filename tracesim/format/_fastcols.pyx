@@ -1,9 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """Compiled columnizer: decoded msgpack frames -> numpy columns, as the unpacker produces them.
 
-This is the fast path of ``tracesim.format.columns``. ``ColumnBuilder.add`` takes each frame straight from
-the unpacker and writes its fields into row-major buffers while the frame's objects are still hot in the
-cache; the frame is then freed at once, into the interpreter's free lists. It handles well-formed frames,
+This is the fast path of ``tracesim.format.columns``. ``ColumnBuilder`` takes each frame straight from the
+unpacker and writes its fields into the column arrays while the frame's objects are still hot in the cache;
+the frame is then freed at once, into the interpreter's free lists. It handles well-formed frames,
 the evolution rules included (trailing fields dropped, missing ones defaulted), and raises ``Unusual`` the
 moment anything is off (a wrong type, a short record, an int outside int64, a second header, ...). The
 caller then reads the file again with the pure-Python columnizer, which is the reference: it raises the one
@@ -13,6 +13,8 @@ message, and its tables are the pure-Python ones (tests compare the two on every
 Why compiled: numpy converts Python values one cell at a time through generic paths (~150 ns a cell with
 the checks); this typed loop costs a few ns a cell.
 """
+
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 
 import numpy as np
 
@@ -37,9 +39,12 @@ cdef enum:
 
 cdef enum:
     MAX_FIELDS = 64  # per record kind; today's widest has 13
-    CHUNK_ROWS = 4096  # rows per buffer chunk: growing never copies, finishing copies each column once
 
 cdef double NAN = float("nan")
+
+# numpy dtype of each column kind
+_DTYPES = {T_INT: np.int64, T_FLOAT: np.float64, T_OPTNUM: np.float64, T_BOOL: np.bool_, T_OBJ: object,
+           T_NESTED: np.int64}
 
 
 class Unusual(Exception):
@@ -66,23 +71,21 @@ cdef inline int _type_bit(object v):
 
 
 cdef class _Table:
-    """Rows of one record kind (or one nested field) in row-major int64 / float64 buffers and object lists.
+    """Rows of one record kind (or one nested field), written straight into one numpy array per column.
 
-    Int slots 0 (and 1) hold ``index`` and ``proc`` of a record table, or ``row`` of a nested table.
+    Columns 0 (and 1) are ``index`` and ``proc`` of a record table, or ``row`` of a nested table; field j is
+    column ``nkeys + j``. Arrays grow by ``ndarray.resize`` (realloc, which moves large blocks by remapping
+    pages rather than copying) and are cut to length at the end, so a cell is written once and never copied.
     """
 
     cdef str path
     cdef tuple names
-    cdef Py_ssize_t n, nfields, required, ni, nf, nkeys
-    cdef Py_ssize_t chunk_end  # self.n at which the current chunk is full
+    cdef Py_ssize_t n, cap, nfields, required, nkeys
     cdef tuple defaults
     cdef int tcode[MAX_FIELDS]
     cdef int mask[MAX_FIELDS]
-    cdef int slot[MAX_FIELDS]
-    cdef list ichunks, fchunks  # full and current row-major chunks; never copied while rows are added
-    cdef long long* ip  # next row of the current chunks
-    cdef double* fp
-    cdef list olists
+    cdef char* data[MAX_FIELDS + 2]  # each column's buffer, refreshed after every resize
+    cdef list arrays  # the columns: int64, float64, bool or object arrays
     cdef list children  # per field: _Table of a nested field, else None
 
     def __cinit__(self, str path, tuple fields, Py_ssize_t required, tuple defaults, int nkeys):
@@ -92,90 +95,74 @@ cdef class _Table:
         self.path, self.required, self.defaults, self.nkeys = path, required, defaults, nkeys
         self.nfields = len(fields)
         self.names = tuple([f[0] for f in fields])
-        self.ni, self.nf = nkeys, 0
-        self.olists, self.children = [], []
+        self.arrays = [np.empty(0, dtype=np.int64) for j in range(nkeys)]
+        self.children = []
         for j in range(self.nfields):
             name, tcode, mask, sub = fields[j]
             self.tcode[j], self.mask[j] = tcode, mask
             child = None
-            if tcode == T_INT or tcode == T_BOOL or tcode == T_NESTED:
-                self.slot[j] = self.ni
-                self.ni += 1
-                if tcode == T_NESTED:
-                    sub_fields, sub_required, sub_defaults = sub
-                    child = _Table(f"{path}.{name}", sub_fields, sub_required, sub_defaults, 1)
-            elif tcode == T_FLOAT or tcode == T_OPTNUM:
-                self.slot[j] = self.nf
-                self.nf += 1
-            else:
-                self.slot[j] = len(self.olists)
-                self.olists.append([])
+            if tcode == T_NESTED:
+                sub_fields, sub_required, sub_defaults = sub
+                child = _Table(f"{path}.{name}", sub_fields, sub_required, sub_defaults, 1)
             self.children.append(child)
-        self.n, self.chunk_end = 0, 0
-        self.ichunks, self.fchunks = [], []
+            self.arrays.append(np.empty(0, dtype=_DTYPES[tcode]))
+        self.n = 0
+        self._resize(64)
 
-    cdef _new_chunk(self):
-        cdef long long[:, ::1] iv
-        cdef double[:, ::1] fv
-        ichunk = np.empty((CHUNK_ROWS, max(self.ni, 1)), dtype=np.int64)
-        fchunk = np.empty((CHUNK_ROWS, max(self.nf, 1)), dtype=np.float64)
-        self.ichunks.append(ichunk)
-        self.fchunks.append(fchunk)
-        iv, fv = ichunk, fchunk
-        self.ip, self.fp = &iv[0, 0], &fv[0, 0]
-        self.chunk_end = self.n + CHUNK_ROWS
-
-    cdef object _column(self, list chunks, Py_ssize_t slot):
-        """One column out of the row-major chunks, contiguous."""
-        if not chunks:  # a nested table whose parents never held an entry
-            return np.empty(0, dtype=np.int64 if chunks is self.ichunks else np.float64)
-        last = len(chunks) - 1  # (no negative indexing: wraparound is off in this module)
-        parts = [c[:, slot] for c in chunks[:last]]
-        parts.append(chunks[last][:self.n - last * CHUNK_ROWS, slot])
-        return np.concatenate(parts) if len(parts) != 1 else parts[0].copy()
+    cdef _resize(self, Py_ssize_t cap):
+        cdef Py_ssize_t c
+        for c in range(len(self.arrays)):
+            arr = self.arrays[c]
+            arr.resize(cap, refcheck=False)  # the arrays are never shared before finish()
+            self.data[c] = <char*><size_t>arr.__array_interface__["data"][0]
+        self.cap = cap
 
     cdef add(self, tuple rec, long long key0, long long key1):
-        cdef Py_ssize_t j, k, nrec = len(rec), count
+        cdef Py_ssize_t j, k, nrec = len(rec), count, n = self.n
         cdef int t
-        cdef long long* irow
-        cdef double* frow
+        cdef char* col
+        cdef PyObject** cell
+        cdef PyObject* old
         cdef tuple entries
         cdef _Table child
         if nrec < self.required:
             raise Unusual(self.path)
-        if self.n == self.chunk_end:
-            self._new_chunk()
-        irow = self.ip
-        frow = self.fp
-        irow[0] = key0
+        if n == self.cap:
+            self._resize(2 * self.cap)
+        (<long long*>self.data[0])[n] = key0
         if self.nkeys == 2:
-            irow[1] = key1
+            (<long long*>self.data[1])[n] = key1
         for j in range(self.nfields):
             v = rec[j] if j < nrec else self.defaults[j - self.required]
             t = self.tcode[j]
+            col = self.data[self.nkeys + j]
             if t == T_INT:
                 if type(v) is not int:
                     raise Unusual(self.path)
                 try:
-                    irow[self.slot[j]] = v
+                    (<long long*>col)[n] = v
                 except OverflowError:
                     raise Unusual(self.path)
             elif t == T_OBJ:
                 if not (_type_bit(v) & self.mask[j]):
                     raise Unusual(self.path)
-                (<list>self.olists[self.slot[j]]).append(v)
+                cell = (<PyObject**>col) + n
+                old = cell[0]  # what resize() filled in (NULL or a reference), released after the swap
+                Py_INCREF(v)
+                cell[0] = <PyObject*>v
+                Py_XDECREF(old)
             elif t == T_FLOAT or t == T_OPTNUM:
                 if type(v) is float or type(v) is int:
-                    frow[self.slot[j]] = v
+                    (<double*>col)[n] = v
                 elif v is None and t == T_OPTNUM:
-                    frow[self.slot[j]] = NAN
+                    (<double*>col)[n] = NAN
                 else:
                     raise Unusual(self.path)
             elif t == T_BOOL:
                 if v is True:
-                    irow[self.slot[j]] = 1
+                    (<unsigned char*>col)[n] = 1
                 elif v is False:
-                    irow[self.slot[j]] = 0
+                    (<unsigned char*>col)[n] = 0
                 else:
                     raise Unusual(self.path)
             else:  # T_NESTED; None is an empty list of entries, as on the reference path
@@ -190,38 +177,22 @@ cdef class _Table:
                         e = entries[k]
                         if type(e) is not tuple:
                             raise Unusual(self.path)
-                        child.add(<tuple>e, self.n, 0)
-                irow[self.slot[j]] = count
-        self.n += 1
-        self.ip += self.ni
-        self.fp += self.nf
+                        child.add(<tuple>e, n, 0)
+                (<long long*>col)[n] = count
+        self.n = n + 1
 
     cdef finish(self, dict tables):
         """Insert this table (after its nested tables, the reference order) into ``tables``."""
-        cdef Py_ssize_t j, r, n = self.n
-        cdef object[::1] objs
-        cdef list lst
-        if self.nkeys == 2:
-            table = {"index": self._column(self.ichunks, 0), "proc": self._column(self.ichunks, 1)}
-        else:
-            table = {"row": self._column(self.ichunks, 0)}
+        cdef Py_ssize_t j
+        for arr in self.arrays:
+            arr.resize(self.n, refcheck=False)
+        keys = ("index", "proc") if self.nkeys == 2 else ("row",)
+        table = dict(zip(keys, self.arrays))
         for j in range(self.nfields):
-            t = self.tcode[j]
-            if t == T_INT or t == T_NESTED:
-                col = self._column(self.ichunks, self.slot[j])
-                if t == T_NESTED:
-                    (<_Table>self.children[j]).finish(tables)
-            elif t == T_BOOL:
-                col = self._column(self.ichunks, self.slot[j]).astype(np.bool_)
-            elif t == T_FLOAT or t == T_OPTNUM:
-                col = self._column(self.fchunks, self.slot[j])
-            else:
-                lst = <list>self.olists[self.slot[j]]
-                col = np.empty(n, dtype=object)
-                objs = col
-                for r in range(n):
-                    objs[r] = lst[r]
-            table[self.names[j]] = col
+            if self.tcode[j] == T_NESTED:
+                (<_Table>self.children[j]).finish(tables)
+            table[self.names[j]] = self.arrays[self.nkeys + j]
+        self.arrays = []  # handed over
         tables[self.path] = table
 
 
