@@ -12,6 +12,9 @@ message, and its tables are the pure-Python ones (tests compare the two on every
 
 Why compiled: numpy converts Python values one cell at a time through generic paths (~150 ns a cell with
 the checks); this typed loop costs a few ns a cell.
+
+Built by setup.py at ``pip install``; an editable install does not rebuild it when this file changes, so
+run ``pip install -e .`` again after editing it (tests/test_format_columns_compiled.py then compares).
 """
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
