@@ -39,6 +39,18 @@ def test_compiled_columnizer_is_built_where_ci_requires_it():
     assert compiled_available()
 
 
+def test_a_compiled_module_older_than_its_source_is_detected(tmp_path):
+    built, source = tmp_path / "m.so", tmp_path / "m.pyx"
+    built.write_bytes(b"")
+    source.write_text("")
+    os.utime(built, (1_000, 1_000))
+    os.utime(source, (2_000, 2_000))  # edited after the build: the compiled module is not used
+    assert columns.built_before_source(str(built), str(source))
+    os.utime(built, (3_000, 3_000))
+    assert not columns.built_before_source(str(built), str(source))
+    assert not columns.built_before_source(str(built), str(tmp_path / "not-shipped.pyx"))
+
+
 def read_both(path, monkeypatch):
     """(reference, compiled) results of read_columns: Columns, or the TraceFormatError raised."""
     out = []

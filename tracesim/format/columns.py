@@ -33,6 +33,24 @@ except ImportError:  # built without a C compiler, or running from a source tree
     _fastcols = None
 
 
+def built_before_source(built: str, source: str) -> bool:
+    """Whether the compiled module ``built`` is older than ``source`` (an edit or a pull since the last
+    ``pip install -e .``, which is what rebuilds it). False where the source is not shipped."""
+    try:
+        return os.stat(source).st_mtime > os.stat(built).st_mtime
+    except OSError:
+        return False
+
+
+if _fastcols is not None and built_before_source(_fastcols.__file__,
+                                                 os.path.join(os.path.dirname(__file__), "_fastcols.pyx")):
+    import warnings
+
+    warnings.warn("tracesim/format/_fastcols.pyx changed after its compiled module was built: reading with the "
+                  "pure-Python columnizer until `pip install -e .` rebuilds it", RuntimeWarning, stacklevel=2)
+    _fastcols = None
+
+
 @dataclass
 class Columns:
     header: Header
