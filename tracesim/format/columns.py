@@ -148,22 +148,29 @@ def _tables_from_frames(frames: list) -> dict:
 # The compiled path's description of each record kind: (kind, fields, required, defaults), each field
 # (name, column kind, allowed-type mask, nested plan). Column kinds and mask bits as in _fastcols.pyx.
 _T_INT, _T_FLOAT, _T_OPTNUM, _T_BOOL, _T_OBJ, _T_NESTED = range(6)
+_NUMBERS = {int, float}
+_NONE = type(None)
 _TYPE_BITS = {str: 1, type(None): 2, tuple: 4, dict: 8, int: 16, float: 32, bool: 64}
+
+
+def _column_kind(types: tuple) -> int:
+    """How a field of these annotated types becomes a column (both columnizers decide it here)."""
+    if types == (int,):
+        return _T_INT
+    if types == (bool,):
+        return _T_BOOL
+    if _NONE in types and (int in types or float in types):
+        return _T_OPTNUM
+    if float in types:
+        return _T_FLOAT
+    return _T_OBJ
 
 
 def _field_plan(name: str, types: tuple, nested) -> tuple:
     mask = sum(_TYPE_BITS[t] for t in set(types))
     if nested is not None:
         return (name, _T_NESTED, mask, (_fields_plan(nested), nested.required, nested.defaults))
-    if types == (int,):
-        return (name, _T_INT, mask, None)
-    if types == (bool,):
-        return (name, _T_BOOL, mask, None)
-    if type(None) in types and (int in types or float in types):
-        return (name, _T_OPTNUM, mask, None)
-    if float in types:
-        return (name, _T_FLOAT, mask, None)
-    return (name, _T_OBJ, mask, None)
+    return (name, _column_kind(types), mask, None)
 
 
 def _fields_plan(spec) -> tuple:
@@ -229,26 +236,25 @@ def _normalise(kind: str, spec, rows: list) -> list:
     return out
 
 
-_NUMBERS = {int, float}
-_NONE = type(None)
 
 
 def _column(path: str, types: tuple, col: tuple) -> np.ndarray:
     # Types are checked by numpy's inference or on the set of exact value types (C-speed passes), never
     # value by value in Python.
-    if types == (int,):
+    kind = _column_kind(types)
+    if kind == _T_INT:
         arr = np.asarray(col)  # numpy infers an integer dtype only if every value is an int within int64
         if len(arr) and arr.dtype.kind not in "iu":
             raise _ColumnError(path, "expected int", _first_bad(col, {int}))
         return arr.astype(np.int64, copy=False)
     seen = set(map(type, col))
-    if types == (bool,):
+    if kind == _T_BOOL:
         _require(path, col, seen, {bool}, "bool")
         return np.asarray(col, dtype=bool)
-    if _NONE in types and (int in types or float in types):
+    if kind == _T_OPTNUM:
         _require(path, col, seen, _NUMBERS | {_NONE}, "a number or null")
         return np.asarray(col, dtype=np.float64)  # None becomes NaN
-    if float in types:
+    if kind == _T_FLOAT:
         _require(path, col, seen, _NUMBERS, "a number")
         return np.asarray(col, dtype=np.float64)
     _require(path, col, seen, set(types), " or ".join(sorted(t.__name__ for t in types)))
