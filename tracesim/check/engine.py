@@ -9,6 +9,19 @@ STEPS = "steps_well_formed"
 FRAMES = "output_applies_to_scheduling_incarnation"
 
 
+# Step faults found by the index (check/index.py) -> message. {step}: the faulty record's step; {other}: the
+# step it came after; {expected}: the step that should have come.
+_STEP_FAULTS = {
+    "sched_order": "step {step} was scheduled right after step {other} (expected step {expected})",
+    "sched_twice": "step {step} was scheduled twice",
+    "upd_order": "the output of step {step} was applied after that of step {other}",
+    "upd_twice": "the output of step {step} was applied twice",
+    "upd_unscheduled": "the output of step {step} was applied but the step was never scheduled",
+    "exec_twice": "step {step} was executed twice, or after its output was applied",
+    "exec_unscheduled": "step {step} was executed but never scheduled",
+}
+
+
 def steps_well_formed(ix, policy) -> list:
     """Per engine process: steps are scheduled once each in order 0, 1, 2, ...; every execution and update
     follows its schedule, happens once, and updates come in step order."""
@@ -18,20 +31,8 @@ def steps_well_formed(ix, policy) -> list:
     for fault in ix.step_faults:
         code, st, rec = fault[0], fault[1], fault[2]
         events = ([ref(st.sched)] if st is not None else []) + [ref(rec)]
-        if code == "sched_order":
-            msg = f"step {rec.step} was scheduled right after step {fault[3]} (expected step {fault[3] + 1})"
-        elif code == "sched_twice":
-            msg = f"step {rec.step} was scheduled twice"
-        elif code == "upd_order":
-            msg = f"the output of step {rec.step} was applied after that of step {fault[3]}"
-        elif code == "upd_twice":
-            msg = f"the output of step {rec.step} was applied twice"
-        elif code == "upd_unscheduled":
-            msg = f"the output of step {rec.step} was applied but the step was never scheduled"
-        elif code == "exec_twice":
-            msg = f"step {rec.step} was executed twice, or after its output was applied"
-        else:
-            msg = f"step {rec.step} was executed but never scheduled"
+        other = fault[3] if len(fault) > 3 else None
+        msg = _STEP_FAULTS[code].format(step=rec.step, other=other, expected=None if other is None else other + 1)
         out.append(violation(STEPS, msg, step=rec.step, events=events))
     return out
 

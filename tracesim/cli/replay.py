@@ -6,20 +6,16 @@ from __future__ import annotations
 import json
 import sys
 
+from tracesim.cli.simulate import add_run_options
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("replay", help="replay a recorded trace through the simulator")
     p.add_argument("trace", help="recorded trace (.msgpack)")
-    p.add_argument("-o", "--output", required=True, help="simulated trace to write")
     p.add_argument("--scenario", help="TOML scenario: engine overheads, step-time model, loop policies")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing", choices=("exact", "fitted"), default="exact",
                    help="exact: recorded step durations; fitted: a step-time model fitted on TRACE")
-    p.add_argument("--scheduler", choices=("native", "vllm"),
-                   help="scheduling backend (overrides the scenario): the native model or vLLM's own scheduler")
-    p.add_argument("--compare-backends", action="store_true",
-                   help="also replay with both backends and print how far they agree (needs vLLM)")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_options(p, "replay")
     p.set_defaults(run=run)
 
 

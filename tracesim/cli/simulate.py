@@ -9,14 +9,19 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser("simulate", help="simulate the engine and RL loop of a scenario")
     p.add_argument("scenario", help="TOML scenario file (see scenarios/)")
+    add_run_options(p, "simulate")
+    p.set_defaults(run=run)
+
+
+def add_run_options(p, verb: str) -> None:
+    """Options shared by ``simulate`` and ``replay``: output, seed, scheduling backend, progress."""
     p.add_argument("-o", "--output", required=True, help="simulated trace to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler", choices=("native", "vllm"),
                    help="scheduling backend (overrides the scenario): the native model or vLLM's own scheduler")
     p.add_argument("--compare-backends", action="store_true",
-                   help="also simulate with both backends and print how far they agree (needs vLLM)")
+                   help=f"also {verb} with both backends and print how far they agree (needs vLLM)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=run)
 
 
 def run(args) -> int:
