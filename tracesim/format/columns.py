@@ -13,6 +13,7 @@ dicts) -> object arrays.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import itemgetter
@@ -22,7 +23,7 @@ import numpy as np
 from tracesim.gcpause import cyclic_gc_paused
 
 from tracesim.format.codec import SPECS
-from tracesim.format.errors import TraceFormatError
+from tracesim.format.errors import TraceFormatError, TruncatedTraceWarning
 from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.trace import Trace
@@ -44,8 +45,6 @@ def built_before_source(built: str, source: str) -> bool:
 
 if _fastcols is not None and built_before_source(_fastcols.__file__,
                                                  os.path.join(os.path.dirname(__file__), "_fastcols.pyx")):
-    import warnings
-
     warnings.warn("tracesim/format/_fastcols.pyx changed after its compiled module was built: reading with the "
                   "pure-Python columnizer until `pip install -e .` rebuilds it", RuntimeWarning, stacklevel=2)
     _fastcols = None
@@ -78,7 +77,9 @@ def read_columns(path: str | os.PathLike) -> Columns:
             header, tables = _read_tables(path)
             _check_procs(tables, len(header.processes))
     except _ColumnError as exc:
-        offsets = [offset for offset, _frame in TraceReader(path).frames()]  # slow path: errors only
+        with warnings.catch_warnings():  # slow path, errors only; a truncated tail was already reported
+            warnings.simplefilter("ignore", TruncatedTraceWarning)
+            offsets = [offset for offset, _frame in TraceReader(path).frames()]
         offset = offsets[exc.row] if exc.row is not None and exc.row < len(offsets) else None
         raise TraceFormatError(str(path), exc.message, offset=offset, field=exc.field) from None
     return Columns(header, tables)
@@ -123,6 +124,9 @@ def _tables_from_frames(frames: list) -> dict:
         bad = next(i for i, f in enumerate(frames) if type(f) is not tuple or len(f) not in (2, 3))
         raise _ColumnError("frame", "expected an array [kind, fields] or [kind, fields, proc]", bad)
     kinds = list(map(itemgetter(0), frames))
+    if kinds and set(map(type, kinds)) != {str}:
+        bad = next(i for i, k in enumerate(kinds) if type(k) is not str)
+        raise _ColumnError("frame.kind", f"expected a string, got {type(kinds[bad]).__name__}", bad)
     if "header" in kinds:
         raise _ColumnError("frame", "a second header in the middle of the stream", kinds.index("header"))
     # Group rows by kind with one stable sort of small integer codes (unknown kinds: -1, skipped).
@@ -150,6 +154,7 @@ def _tables_from_frames(frames: list) -> dict:
 _T_INT, _T_FLOAT, _T_OPTNUM, _T_BOOL, _T_OBJ, _T_NESTED = range(6)
 _NUMBERS = {int, float}
 _NONE = type(None)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _TYPE_BITS = {str: 1, type(None): 2, tuple: 4, dict: 8, int: 16, float: 32, bool: 64}
 
 
@@ -206,7 +211,7 @@ def _add_tables(tables: dict, kind: str, rows: list, procs, indices) -> None:
     spec = SPECS[kind]
     table = {"index": np.asarray(indices, dtype=np.int64)}
     try:
-        table["proc"] = _column(f"{kind}.proc", (int,), procs)
+        table["proc"] = procs if isinstance(procs, np.ndarray) else _column(f"{kind}.proc", (int,), procs)
         rows = _normalise(kind, spec, rows)
         columns = list(zip(*rows)) if rows else [()] * len(spec.checks)
         for (_i, name, types, nested), col in zip(spec.checks, columns):
@@ -224,7 +229,7 @@ def _add_tables(tables: dict, kind: str, rows: list, procs, indices) -> None:
 def _normalise(kind: str, spec, rows: list) -> list:
     """Apply the evolution rules (drop unknown trailing fields, default missing ones) where needed."""
     n = len(spec.checks)
-    if not rows or (set(map(len, rows)) == {n} and set(map(type, rows)) <= {tuple, spec.cls}):
+    if not rows or (set(map(type, rows)) <= {tuple, spec.cls} and set(map(len, rows)) == {n}):
         return rows  # the common case, checked at C speed
     out = []
     for j, r in enumerate(rows):
@@ -242,12 +247,14 @@ def _column(path: str, types: tuple, col: tuple) -> np.ndarray:
     # Types are checked by numpy's inference or on the set of exact value types (C-speed passes), never
     # value by value in Python.
     kind = _column_kind(types)
-    if kind == _T_INT:
-        arr = np.asarray(col)  # numpy infers an integer dtype only if every value is an int within int64
-        if len(arr) and arr.dtype.kind not in "iu":
-            raise _ColumnError(path, "expected int", _first_bad(col, {int}))
-        return arr.astype(np.int64, copy=False)
     seen = set(map(type, col))
+    if kind == _T_INT:
+        _require(path, col, seen, {int, bool}, "int")  # bool is an int, as for records (codec.build)
+        arr = np.asarray(col)  # an integer (or bool) dtype only if every value is within int64
+        if len(arr) and arr.dtype.kind not in "ib":
+            bad = next((j for j, v in enumerate(col) if not _INT64_MIN <= v <= _INT64_MAX), None)
+            raise _ColumnError(path, "expected an int within int64", bad)
+        return arr.astype(np.int64, copy=False)
     if kind == _T_BOOL:
         _require(path, col, seen, {bool}, "bool")
         return np.asarray(col, dtype=bool)
