@@ -154,3 +154,14 @@ def test_second_header_and_bad_proc_are_refused(tmp_path):
         with pytest.raises(TraceFormatError) as err:
             reader(path)
         assert err.value.offset == len(hdr) and err.value.field == "resume.proc"
+
+
+def test_a_frame_kind_that_is_not_a_string_is_refused_by_both_readers(tmp_path):
+    hdr = msgpack.packb(("header", tuple(header())))
+    path = tmp_path / "t.msgpack"
+    for kind in ({"k": 1}, 5):  # a map cannot even be looked up as a kind
+        path.write_bytes(hdr + msgpack.packb((kind, (1,))))
+        for reader in (read_trace, read_columns):
+            with pytest.raises(TraceFormatError) as err:
+                reader(path)
+            assert err.value.offset == len(hdr) and err.value.field == "frame.kind"

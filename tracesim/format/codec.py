@@ -108,12 +108,12 @@ def decode_frame(frame):
     if type(frame) is not tuple or not 2 <= len(frame) <= 3:
         raise FieldError("frame", "expected an array [kind, fields] or [kind, fields, proc]")
     kind = frame[0]
+    if type(kind) is not str:  # checked first: a map (dict) cannot even be looked up
+        raise FieldError("frame.kind", f"expected a string, got {type(kind).__name__}")
     spec = SPECS.get(kind)
     if spec is None:
         if kind == Header.KIND:
             raise FieldError("frame", "a second header in the middle of the stream")
-        if not isinstance(kind, str):
-            raise FieldError("frame.kind", f"expected a string, got {type(kind).__name__}")
         return None  # a kind added by a newer minor version: skipped
     proc = frame[2] if len(frame) == 3 else 0
     if type(proc) is not int or proc < 0:
