@@ -7,7 +7,7 @@ the frame is then freed at once, into the interpreter's free lists. It handles w
 the evolution rules included (trailing fields dropped, missing ones defaulted), and raises ``Unusual`` the
 moment anything is off (a wrong type, a short record, an int outside int64, a second header, ...). The
 caller then reads the file again with the pure-Python columnizer, which is the reference: it raises the one
-clear error, or accepts the odd value exactly as it always did. So this module never reproduces an error
+clear error, or accepts the odd value (a bool in an int field, as the record reader does). So this module never reproduces an error
 message, and its tables are the pure-Python ones (tests compare the two on every bundled trace).
 
 Why compiled: numpy converts Python values one cell at a time through generic paths (~150 ns a cell with
@@ -21,7 +21,7 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 
 import numpy as np
 
-# Column kinds, chosen in columns.py from the field annotations (see _field_plan there).
+# Column kinds, chosen in columns.py from the field annotations (see _column_kind there).
 cdef enum:
     T_INT = 0       # int            -> int64
     T_FLOAT = 1     # float          -> float64 (int or float values)
