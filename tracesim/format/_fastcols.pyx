@@ -7,8 +7,8 @@ the frame is then freed at once, into the interpreter's free lists. It handles w
 the evolution rules included (trailing fields dropped, missing ones defaulted), and raises ``Unusual`` the
 moment anything is off (a wrong type, a short record, an int outside int64, a second header, ...). The
 caller then reads the file again with the pure-Python columnizer, which is the reference: it raises the one
-clear error, or accepts the odd value (a bool in an int field, as the record reader does). So this module never reproduces an error
-message, and its tables are the pure-Python ones (tests compare the two on every bundled trace).
+clear error, or accepts the odd value (a bool in an int field, as the record reader does). So this module
+never reproduces an error message, and its tables are the pure-Python ones (tests compare the two paths).
 
 Why compiled: numpy converts Python values one cell at a time through generic paths (~150 ns a cell with
 the checks); this typed loop costs a few ns a cell.
