@@ -19,10 +19,15 @@ from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
     PAUSED_ALL, PAUSED_NEW, UNPAUSED, Aborted, CacheReset, Paused, RequestAdded, Resumed, StepExecuted,
-    StepScheduled, StepUpdated,
+    StepScheduled, StepUpdated, check_arity,
 )
+import tracesim.sim.tuplenew as tuplenew  # new_tuple: a record from all its values (hot paths)
 from tracesim.sim.scheduler import sched_reqs
 from tracesim.sim.vllm_scheduler import make_scheduler
+
+check_arity(StepScheduled, 11)
+check_arity(StepExecuted, 4)
+check_arity(StepUpdated, 5)
 
 
 class InFlight:
@@ -69,19 +74,16 @@ class Engine:
 
     def _take_inputs(self):
         """SimPy sub-process: apply the queued inputs; with a feed, also each one due before the next action,
-        at its recorded time (so an add or pause lands when it did, even while the core waits out a gap)."""
-        while self.feed is not None and self.feed.is_due(self.actions):
+        at its recorded time (so an add or pause lands when it did, even while the core waits out a gap).
+        Only entered when a feed input is due (``_feed_due``); otherwise ``_drain_inputs`` is all there is
+        to do, without a generator (this runs two or three times per step)."""
+        while self._feed_due():
             yield from self.feed.deliver(self)
             self._drain_inputs()
         self._drain_inputs()
 
-    def _take_inputs_now(self):
-        """``_take_inputs``, returning an empty iterable instead of a generator when no feed input is due (the
-        usual case: this runs two or three times per step)."""
-        if self.feed is not None and self.feed.is_due(self.actions):
-            return self._take_inputs()
-        self._drain_inputs()
-        return ()
+    def _feed_due(self) -> bool:
+        return self.feed is not None and self.feed.is_due(self.actions)
 
     def _drain_inputs(self) -> None:
         while self.inputs:
@@ -146,21 +148,55 @@ class Engine:
     # --- the busy loop -----------------------------------------------------------------------------------
 
     def run(self):
-        """SimPy process: runs until the environment stops."""
+        """SimPy process: runs until the environment stops.
+
+        One action per turn: with a batch queue of depth 2 (async scheduling) the core schedules while fewer
+        than two steps are in flight, else it waits for the oldest and applies its output; the synchronous
+        core is the same loop with a queue of depth 1 (schedule, then update). One generator for the whole
+        loop, not one per action: a step's actions are a handful of SimPy events apart."""
         env, kind = self.env, "sched"
+        depth = 2 if self.cfg.async_scheduling else 1
         last_end = env.now
         while True:
             # The gap runs from the end of the previous action: time spent asleep counts towards it.
-            gap = self.timing.gap_ns(kind, self.step if kind == "sched" else self._oldest_step())
+            gap = self.timing.gap_ns(kind, self.step if kind == "sched" or not self.queue else self.queue[0].step)
             if self.feed is not None:
-                yield from self._take_inputs_now()
+                if self._feed_due():
+                    yield from self._take_inputs()
+                else:
+                    self._drain_inputs()
             if last_end + gap > env.now:
                 yield env.timeout(last_end + gap - env.now)
-            yield from self._take_inputs_now()
-            if self.cfg.async_scheduling:
-                kind = yield from self._step_async()
+            if self._feed_due():
+                yield from self._take_inputs()
             else:
-                kind = yield from self._step_sync()
+                self._drain_inputs()
+            kind = None
+            if len(self.queue) < depth and self._can_schedule():
+                t0 = env.now
+                planned, preempted = self.sched.schedule()
+                # An empty schedule() is only a step when it reports finished requests (as in vLLM).
+                if planned or self.sched.finished_since:
+                    dur = self.timing.sched_ns(self.step)
+                    if dur:
+                        yield env.timeout(dur)
+                    self._submit(planned, preempted, t0)
+                    if len(self.queue) < depth:
+                        kind = "sched"
+            if kind is None and self.queue:
+                flight = self.queue[0]
+                if not flight.done.triggered:
+                    yield flight.done
+                if self._feed_due():  # vLLM applies aborts that came during the forward pass before the update
+                    yield from self._take_inputs()
+                elif self.feed is not None:
+                    self._drain_inputs()
+                t0 = env.now
+                dur = self.timing.upd_ns(flight.step)
+                if dur:
+                    yield env.timeout(dur)
+                self._apply_output(flight, t0)
+                kind = "sched" if len(self.queue) < depth else "upd"
             if kind is None:  # nothing to do: sleep until an input arrives
                 self._wake = env.event()
                 if self.feed:  # idle: take the next input when it comes, whatever action it was due before
@@ -171,32 +207,22 @@ class Engine:
             else:
                 last_end = env.now
 
-    def _oldest_step(self) -> int:
-        return self.queue[0].step if self.queue else self.step
-
-    def _schedule(self):
-        """Run one schedule() call; return the InFlight submitted to the GPU, or None if it was empty."""
+    def _submit(self, planned, preempted, t0) -> None:
+        """The end of a schedule() call that began at ``t0``: record it and submit its forward pass."""
         env, step = self.env, self.step
-        t0 = env.now
-        planned, preempted = self.sched.schedule()
-        if not planned and not self.sched.finished_since:
-            return None  # an empty schedule() is only a step when it reports finished requests (as in vLLM)
-        dur = self.timing.sched_ns(step)
-        if dur:
-            yield env.timeout(dur)
         self.step += 1
         self.actions += 1
         waiting, running = self.sched.counts()
         finished, self.sched.finished_since = tuple(self.sched.finished_since), []
         reqs = sched_reqs(planned)
-        self.emit(StepScheduled(t0, env.now, step, reqs, preempted, finished, waiting, running,
-                                len(self.queue) + 1, self.sched.pause_state, round(self.sched.pool.usage(), 6)))
+        self.emit(tuplenew.new_tuple(StepScheduled, (t0, env.now, step, reqs, preempted, finished, waiting, running,
+                                                     len(self.queue) + 1, self.sched.pause_state,
+                                                     round(self.sched.pool.usage(), 6))))
         flight = InFlight(step, planned, env.event())
         self._launch(flight, reqs)
         self.queue.append(flight)
         if self.progress is not None and step % 1024 == 1023:
             self.progress.update(1024)
-        return flight
 
     def _launch(self, flight, reqs) -> None:
         """The forward pass runs on the GPU after the previous one; its end is known when it starts. An empty
@@ -232,24 +258,16 @@ class Engine:
 
     def _exec_end(self, flight, start, end, forward) -> None:
         if forward:
-            self.emit(StepExecuted(start, end, flight.step, flight.exec_version))
+            self.emit(tuplenew.new_tuple(StepExecuted, (start, end, flight.step, flight.exec_version)))
         flight.done.succeed()
 
-    def _update(self):
-        env = self.env
-        flight = self.queue[0]
-        if not flight.done.triggered:
-            yield flight.done
-        if self.feed is not None:  # vLLM applies aborts that came during the forward pass before the update
-            yield from self._take_inputs_now()
-        t0 = env.now
-        dur = self.timing.upd_ns(flight.step)
-        if dur:
-            yield env.timeout(dur)
+    def _apply_output(self, flight, t0) -> None:
+        """The end of an update_from_output() call that began at ``t0``: apply the oldest step's output,
+        record it and send the output frames."""
         self.queue.popleft()
         self.actions += 1
         outs = self.sched.update(flight.planned, flight.exec_version, self.version)
-        self.emit(StepUpdated(t0, env.now, flight.step, tuple(outs), self.version))
+        self.emit(tuplenew.new_tuple(StepUpdated, (t0, self.env.now, flight.step, tuple(outs), self.version)))
         frames = _frames(flight.planned, outs, self.cfg.discard_stale_frames)
         if frames:
             self.on_output(flight.step, frames)
@@ -260,25 +278,6 @@ class Engine:
         # PAUSED_ALL too, so a keep-mode pause still makes an empty schedule() that reports them.
         return self.sched.has_work() or bool(self.sched.finished_since)
 
-    def _step_sync(self):
-        if not self._can_schedule():
-            return None
-        flight = yield from self._schedule()
-        if flight is None:
-            return None
-        yield from self._update()
-        return "sched"
-
-    def _step_async(self):
-        if len(self.queue) < 2 and self._can_schedule():
-            flight = yield from self._schedule()
-            if flight is not None and len(self.queue) < 2:
-                return "sched"
-        if not self.queue:
-            return None
-        yield from self._update()
-        return "sched" if len(self.queue) < 2 else "upd"
-
 
 def _frames(planned, outs, discard_stale: bool) -> list:
     """Output frames ``(SimReq, tokens sampled, finish reason)`` of an update's ``outs``: those that carry a
@@ -287,11 +286,12 @@ def _frames(planned, outs, discard_stale: bool) -> list:
     append = frames.append
     if len(planned) == len(outs):  # the usual case, one out per planned entry in order: one loop
         for p, o in zip(planned, outs):
-            req = p.req
-            if req.req_id != o.req_id:
+            req = p[0]  # Planned.req
+            req_id, sampled, reason, stale, _, _ = o  # an OutReq, unpacked (no attribute lookups)
+            if req.req_id != req_id:
                 break
-            if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
-                append((req, o.sampled, o.finish_reason))
+            if (sampled or reason) and not (stale and discard_stale):
+                append((req, sampled, reason))
         else:
             return frames
         frames = []

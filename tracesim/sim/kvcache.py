@@ -50,8 +50,11 @@ class BlockPool:
 
     def can_take(self, hits: list, num_new: int) -> bool:
         """Whether ``num_new`` fresh blocks fit after touching the cache hits ``hits``."""
-        evictable_hits = sum(1 for b in hits if self.ref[b] == 0)
-        return num_new <= len(self.free) - evictable_hits
+        evictable = 0  # hits no request holds: they sit in the free queue, and touching them takes them out
+        for b in hits:
+            if self.ref[b] == 0:
+                evictable += 1
+        return num_new <= len(self.free) - evictable
 
     def touch(self, blocks: list) -> None:
         for b in blocks:

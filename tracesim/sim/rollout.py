@@ -12,7 +12,8 @@ import zlib
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import OutputDelivered, RequestAdded, SampleDropped, VersionSpan, check_arity
-from tracesim.sim.scheduler import SimReq, _new, token_id
+import tracesim.sim.tuplenew as tuplenew
+from tracesim.sim.scheduler import SimReq, token_id
 
 check_arity(OutputDelivered, 8)
 
@@ -107,13 +108,7 @@ class Rollout:
 
     def send(self, step, frames) -> None:
         """Engine side: snapshot the frames of one update now; they reach the client after the latency."""
-        batch = []
-        append = batch.append
-        for req, sampled, reason in frames:
-            if sampled:  # the last ``sampled`` tokens were appended by this update
-                append((req.req_id, req.out_tokens[-sampled:], req.stamp_versions[-sampled:], reason))
-            else:
-                append((req.req_id, (), (), reason))
+        batch = _snapshot(frames)
         ev = self.env.timeout(self.latency_ns)
         ev.callbacks.append(lambda _ev: self.deliver(batch))
 
@@ -122,30 +117,7 @@ class Rollout:
         return None
 
     def deliver(self, batch) -> None:
-        # Runs once per output frame: locals, and records built with tuple.__new__ (see scheduler.Planned).
-        samples_get, emit, now = self.samples.get, self.emit, self.env.now
-        first_token = self.policy.version_label == "first_token"
-        for req_id, tokens, stamps, reason in batch:
-            sample = samples_get(req_id)
-            if sample is None:
-                sample = self._untracked(req_id)
-                if sample is None:
-                    continue  # a frame for a request the client no longer tracks
-            sample_tokens = sample.tokens
-            start = len(sample_tokens)
-            if first_token and start == 0 and tokens:
-                sample.label = self.version
-            if reason is None:
-                sample_tokens += tokens
-                sample.stamps += stamps
-                emit(_new(OutputDelivered, (now, req_id, start, len(tokens), False, None, None, None)))
-                continue
-            sample_tokens += tokens
-            sample.stamps += stamps
-            spans = spans_of(sample.stamps)
-            digest = token_digest(sample_tokens)
-            emit(_new(OutputDelivered, (now, req_id, start, len(tokens), True, reason, spans, digest)))
-            self._finished(sample, reason, digest)
+        _deliver(self, batch)
 
     def _finished(self, sample: Sample, reason: str, digest: str) -> None:
         del self.samples[sample.req_id]
@@ -191,3 +163,42 @@ class Rollout:
 
     def all_submitted(self) -> bool:
         return self.submitted >= self.wl.num_prompts
+
+
+def _snapshot(frames) -> list:
+    """``(req_id, tokens, stamps, reason)`` of each output frame, as the engine sends it: the last ``sampled``
+    tokens and version stamps of the request (copies: later updates append to the request's lists)."""
+    batch = []
+    append = batch.append
+    for req, sampled, reason in frames:
+        if sampled:
+            append((req.req_id, req.out_tokens[-sampled:], req.stamp_versions[-sampled:], reason))
+        else:
+            append((req.req_id, (), (), reason))
+    return batch
+
+
+def _deliver(client: Rollout, batch) -> None:
+    """The client receives one update's frames (``Rollout.deliver``): one ``OutputDelivered`` per frame.
+    Runs once per output frame: locals, and records built with tuplenew.new_tuple."""
+    samples_get, emit, now = client.samples.get, client.emit, client.env.now
+    first_token = client.policy.version_label == "first_token"
+    for req_id, tokens, stamps, reason in batch:
+        sample = samples_get(req_id)
+        if sample is None:
+            sample = client._untracked(req_id)
+            if sample is None:
+                continue  # a frame for a request the client no longer tracks
+        sample_tokens = sample.tokens
+        start = len(sample_tokens)
+        if first_token and start == 0 and tokens:
+            sample.label = client.version
+        sample_tokens += tokens
+        sample.stamps += stamps
+        if reason is None:
+            emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, len(tokens), False, None, None, None)))
+            continue
+        spans = spans_of(sample.stamps)
+        digest = token_digest(sample_tokens)
+        emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, len(tokens), True, reason, spans, digest)))
+        client._finished(sample, reason, digest)

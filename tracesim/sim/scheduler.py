@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, UNPAUSED, OutReq, SchedReq, check_arity
+import tracesim.sim.tuplenew as tuplenew  # new_tuple: a record from all its values (hot paths)
 from tracesim.sim.kvcache import BlockPool
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
-_new = tuple.__new__  # builds a NamedTuple from all its values without the Python-level __new__ (hot paths)
 
 
 check_arity(SchedReq, 8)
@@ -37,37 +36,42 @@ def token_id(req_hash: int, pos: int, version: int) -> int:
     return (req_hash * 1_000_003 + pos * 7_919 + version * 104_729) % 50_257
 
 
-@dataclass(eq=False)
 class SimReq:
-    req_id: str
-    prompt_len: int
-    max_tokens: int
-    stop_len: int  # output length at which the sample emits its stop token
-    prompt_key: str  # samples with equal keys share the prompt (prefix-cache hits)
-    group_id: str | None = None
-    sample_idx: int = 0
-    group_size: int = 1
-    status: int = WAITING
-    num_computed: int = 0
-    placeholders: int = 0
-    inflight: int = 0  # steps scheduled and not yet updated
-    incarnation: int = 0  # bumped when in-flight output must be dropped (abort, cache-reset preemption)
-    preempted: bool = False  # next admission is a resume
-    drop_inflight: bool = False  # in-flight output of the last preemption is dropped, not delivered
-    blocks: list = field(default_factory=list)
-    committed: int = 0  # leading blocks already given their content key
-    arrival_ns: int | None = None  # replay: the recorded time the engine core added it
-    prompt_block_keys: tuple | None = None  # replay: vLLM's prefix-cache keys of the full prompt blocks
-    known_output: tuple | None = None  # replay: the output token ids the recording sampled (block keys)
-    _output_keys: list = field(default_factory=list)
-    out_tokens: list = field(default_factory=list)
-    exec_versions: list = field(default_factory=list)  # weights that computed each output token
-    stamp_versions: list = field(default_factory=list)  # version stamped by the update (what vLLM reports)
-    finish_reason: str | None = None
-    hash: int = 0
+    """One request as the engine model sees it. A plain class with every field set in ``__init__`` (not a
+    dataclass) so that the compiled build (``scheduler.pxd``) can make it a C-level type; equality is
+    identity."""
 
-    def __post_init__(self):
-        self.hash = zlib.crc32(self.req_id.encode())
+    def __init__(self, req_id: str, prompt_len: int, max_tokens: int, stop_len: int, prompt_key: str,
+                 group_id: str | None = None, sample_idx: int = 0, group_size: int = 1):
+        self.req_id = req_id
+        self.prompt_len = prompt_len
+        self.max_tokens = max_tokens
+        self.stop_len = stop_len  # output length at which the sample emits its stop token
+        self.prompt_key = prompt_key  # samples with equal keys share the prompt (prefix-cache hits)
+        self.group_id = group_id
+        self.sample_idx = sample_idx
+        self.group_size = group_size
+        self.status = WAITING
+        self.num_computed = 0
+        self.placeholders = 0
+        self.inflight = 0  # steps scheduled and not yet updated
+        self.incarnation = 0  # bumped when in-flight output must be dropped (abort, cache-reset preemption)
+        self.preempted = False  # next admission is a resume
+        self.drop_inflight = False  # in-flight output of the last preemption is dropped, not delivered
+        self.blocks: list = []
+        self.committed = 0  # leading blocks already given their content key
+        self.arrival_ns = None  # replay: the recorded time the engine core added it
+        self.prompt_block_keys = None  # replay: vLLM's prefix-cache keys of the full prompt blocks
+        self.known_output = None  # replay: the output token ids the recording sampled (block keys)
+        self._output_keys: list = []
+        self.out_tokens: list = []
+        self.exec_versions: list = []  # weights that computed each output token
+        self.stamp_versions: list = []  # version stamped by the update (what vLLM reports)
+        self.finish_reason = None
+        self.hash = zlib.crc32(req_id.encode())
+
+    def __repr__(self) -> str:
+        return f"SimReq({self.req_id!r}, status={self.status}, computed={self.num_computed})"
 
     @property
     def num_tokens(self) -> int:
@@ -99,7 +103,7 @@ class SimReq:
 
 class Planned(NamedTuple):
     """One request's share of a schedule, before it becomes a ``SchedReq``. A tuple, not a dataclass: one is
-    made per request per step, and ``tuple.__new__`` makes it several times faster (never mutated)."""
+    made per request per step, and ``tuplenew.new_tuple`` makes it several times faster (never mutated)."""
 
     req: SimReq
     num_tokens: int
@@ -115,7 +119,7 @@ class Planned(NamedTuple):
         # is a decode; new, resumed and multi-token shares are prefill.
         req, n, before, resumed, cached, _, _, admitted = self
         decode = 1 if (n == 1 and not admitted and before >= prompt_len) else 0
-        return _new(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders))
+        return tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders))
 
 
 def sched_reqs(planned) -> tuple:
@@ -125,7 +129,7 @@ def sched_reqs(planned) -> tuple:
     append = out.append
     for req, n, before, resumed, cached, _, _, admitted in planned:
         decode = 1 if (n == 1 and not admitted and before >= req.prompt_len) else 0
-        append(_new(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders)))
+        append(tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders)))
     return tuple(out)
 
 
@@ -236,7 +240,7 @@ class Scheduler:
                 if req.status != RUNNING:
                     break
             samples = total >= num_tokens + ph
-            append(_new(Planned, (req, n, computed, False, 0, req.incarnation, samples, False)))
+            append(tuplenew.new_tuple(Planned, (req, n, computed, False, 0, req.incarnation, samples, False)))
             # _after_schedule, inlined (nothing later in this schedule reads these fields of a running request)
             req.num_computed = total
             req.inflight += 1
@@ -331,19 +335,18 @@ class Scheduler:
         version_term = exec_version * 104_729  # token_id(), inlined below
         outs = []
         append = outs.append
-        for p in planned:
-            req = p.req
+        for req, _, _, _, _, incarnation, samples, _ in planned:  # Planned entries, unpacked (no attribute lookups)
             req.inflight -= 1
-            stale = p.incarnation != req.incarnation
+            stale = incarnation != req.incarnation
             status = req.status
             if status == FINISHED and not stale:
-                append(_new(OutReq, (req.req_id, 0, None, False, None, None)))  # finished while in flight (async)
+                append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))  # finished while in flight (async)
                 continue
             if stale and discard:
-                append(_new(OutReq, (req.req_id, 0, None, True, None, None)))
+                append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, True, None, None)))
                 continue
-            if not p.samples:
-                append(_new(OutReq, (req.req_id, 0, None, False, None, None)))
+            if not samples:
+                append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))
                 continue
             if stale and status == FINISHED:
                 continue
@@ -365,7 +368,7 @@ class Scheduler:
             elif n_out >= req.max_tokens:
                 reason = "length"
             else:
-                append(_new(OutReq, (req.req_id, 1, None, stale, None, None)))
+                append(tuplenew.new_tuple(OutReq, (req.req_id, 1, None, stale, None, None)))
                 continue
             if status != FINISHED:
                 if status == RUNNING:
@@ -373,7 +376,7 @@ class Scheduler:
                 elif req in self.waiting:
                     self.waiting.remove(req)
                 self._finish(req, reason)
-            append(_new(OutReq, (req.req_id, 1, reason, stale, None, None)))
+            append(tuplenew.new_tuple(OutReq, (req.req_id, 1, reason, stale, None, None)))
         return outs
 
     def counts(self) -> tuple:

@@ -1,0 +1,27 @@
+# Compiled build of kvcache.py (setup.py): C-level types for the block pool. kvcache.py stays the source and
+# runs as plain Python where the build is missing or stale (tracesim/sim/_compiled.py).
+cimport cython
+
+
+cdef class BlockPool:
+    cdef public long long block_size
+    cdef public bint prefix_caching
+    cdef public long long num_blocks
+    cdef public list ref
+    cdef public list key_of
+    cdef public list version_of
+    cdef public dict cached
+    cdef public object free
+
+    cpdef double usage(self)
+    cpdef list lookup(self, list keys)
+    @cython.locals(b=Py_ssize_t, evictable=Py_ssize_t)
+    cpdef bint can_take(self, list hits, long long num_new)
+    @cython.locals(b=Py_ssize_t)
+    cpdef touch(self, list blocks)
+    @cython.locals(b=Py_ssize_t, out=list, same=dict)
+    cpdef list take(self, long long n)
+    @cython.locals(b=Py_ssize_t, front=list)
+    cpdef release(self, list blocks)
+    cpdef commit(self, Py_ssize_t block, object key, long long version)
+    cpdef bint reset(self)
