@@ -33,14 +33,17 @@ check_arity(StepUpdated, 5)
 class InFlight:
     """A scheduled step whose output is not applied yet."""
 
-    __slots__ = ("step", "planned", "done", "exec_version")
+    __slots__ = ("step", "planned", "done", "exec_version", "start_ns", "end_ns", "forward")
 
     def __init__(self, step, planned, done):
         self.step, self.planned, self.done, self.exec_version = step, planned, done, 0
+        self.start_ns = self.end_ns = 0  # the forward pass on the GPU, once launched
+        self.forward = False  # whether it runs one (an empty schedule does not)
 
 
 class Engine:
-    """``emit(record)`` receives every engine-side record; ``on_output(step, frames)`` the output path."""
+    """``emit(record)`` receives every engine-side record; ``on_output(step, frames)`` the output path: the
+    output frames of one update (``_frame``), or of aborts (step None)."""
 
     def __init__(self, env, cfg, timing, emit, on_output, progress=None):
         self.env, self.cfg, self.timing, self.emit, self.on_output = env, cfg, timing, emit, on_output
@@ -110,7 +113,7 @@ class Engine:
                 self.sched.waiting.remove(req)
             self.sched._finish(req, "abort")
         self.emit(Aborted(self.env.now, tuple(r.req_id for r in live), "client", "engine"))
-        self.on_output(None, [(r, 0, "abort") for r in live])
+        self.on_output(None, [_frame(r, 0, "abort") for r in live])
 
     def _on_pause(self, payload) -> None:
         mode, clear_cache, done, abort_all = payload
@@ -118,7 +121,7 @@ class Engine:
             aborted = self.sched.abort_all()
             if aborted:
                 self.emit(Aborted(self.env.now, tuple(r.req_id for r in aborted), "pause", "engine"))
-                self.on_output(None, [(r, 0, "abort") for r in aborted])
+                self.on_output(None, [_frame(r, 0, "abort") for r in aborted])
         state = PAUSED_ALL if mode == "keep" else PAUSED_NEW
         self.sched.pause_state = state
         self.emit(Paused(self.env.now, "engine", mode, clear_cache, state))
@@ -233,32 +236,37 @@ class Engine:
         if not reqs and not dur:
             flight.done.succeed()
             return
-        start = max(self.env.now, self.gpu_free_ns)
-        end = start + dur
+        flight.start_ns = start = max(self.env.now, self.gpu_free_ns)
+        flight.end_ns = end = start + dur
+        flight.forward = bool(reqs)
         if reqs:
             self.gpu_free_ns = end
         # The forward pass is a chain of event callbacks, not a SimPy Process per step; the first event is
         # URGENT at now, like a Process's Initialize event, so every event keeps its place in SimPy's order.
+        # Each event carries the InFlight as its value (no closure per event).
         env = self.env
         ev = Event(env)
-        ev._ok, ev._value = True, None
-        ev.callbacks.append(lambda _ev: self._exec_begin(flight, start, end, bool(reqs)))
+        ev._ok, ev._value = True, flight
+        ev.callbacks.append(self._exec_begin)
         env.schedule(ev, URGENT)
 
-    def _exec_begin(self, flight, start, end, forward) -> None:
-        env = self.env
-        if start > env.now:
-            env.timeout(start - env.now).callbacks.append(lambda _ev: self._exec_run(flight, start, end, forward))
+    def _exec_begin(self, ev) -> None:
+        flight, env = ev._value, self.env
+        if flight.start_ns > env.now:
+            env.timeout(flight.start_ns - env.now, flight).callbacks.append(self._exec_run)
         else:
-            self._exec_run(flight, start, end, forward)
+            self._exec_run(ev)
 
-    def _exec_run(self, flight, start, end, forward) -> None:
+    def _exec_run(self, ev) -> None:
+        flight = ev._value
         flight.exec_version = self.weights_version  # the weights on the GPU when the forward pass starts
-        self.env.timeout(end - start).callbacks.append(lambda _ev: self._exec_end(flight, start, end, forward))
+        self.env.timeout(flight.end_ns - flight.start_ns, flight).callbacks.append(self._exec_end)
 
-    def _exec_end(self, flight, start, end, forward) -> None:
-        if forward:
-            self.emit(tuplenew.new_tuple(StepExecuted, (start, end, flight.step, flight.exec_version)))
+    def _exec_end(self, ev) -> None:
+        flight = ev._value
+        if flight.forward:
+            self.emit(tuplenew.new_tuple(StepExecuted, (flight.start_ns, flight.end_ns, flight.step,
+                                                        flight.exec_version)))
         flight.done.succeed()
 
     def _apply_output(self, flight, t0) -> None:
@@ -279,9 +287,19 @@ class Engine:
         return self.sched.has_work() or bool(self.sched.finished_since)
 
 
+def _frame(req, sampled: int, reason) -> tuple:
+    """One output frame as the engine core sends it: ``(req_id, token ids this update appended, their version
+    stamps, finish reason)``. The tokens are copied now: later updates append to the request's lists."""
+    if sampled == 1:
+        return (req.req_id, (req.out_tokens[-1],), (req.stamp_versions[-1],), reason)
+    if sampled:
+        return (req.req_id, tuple(req.out_tokens[-sampled:]), tuple(req.stamp_versions[-sampled:]), reason)
+    return (req.req_id, (), (), reason)
+
+
 def _frames(planned, outs, discard_stale: bool) -> list:
-    """Output frames ``(SimReq, tokens sampled, finish reason)`` of an update's ``outs``: those that carry a
-    token or a finish, without the stale ones the engine discards."""
+    """The output frames (``_frame``) of an update's ``outs``: those that carry a token or a finish, without
+    the stale ones the engine discards."""
     frames = []
     append = frames.append
     if len(planned) == len(outs):  # the usual case, one out per planned entry in order: one loop
@@ -291,14 +309,14 @@ def _frames(planned, outs, discard_stale: bool) -> list:
             if req.req_id != req_id:
                 break
             if (sampled or reason) and not (stale and discard_stale):
-                append((req, sampled, reason))
+                append(_frame(req, sampled, reason))
         else:
             return frames
         frames = []
         append = frames.append
     for p, o in zip(_applied(planned, outs), outs):
         if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
-            append((p.req, o.sampled, o.finish_reason))
+            append(_frame(p.req, o.sampled, o.finish_reason))
     return frames
 
 

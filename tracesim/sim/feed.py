@@ -32,6 +32,7 @@ class Feed:
     def __init__(self, items, make):
         self.items = deque(items)
         self.make = make
+        self.on_empty = None  # called once the last input was taken (replay's end-of-run watch)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -43,6 +44,8 @@ class Feed:
     def deliver(self, engine):
         """SimPy sub-process: wait for the next input's recorded time and queue it at the engine."""
         item = self.items.popleft()
+        if not self.items and self.on_empty is not None:
+            self.on_empty()
         if item.t_ns > engine.env.now:
             yield engine.env.timeout(item.t_ns - engine.env.now)
         kind, payload = self.make(item.kind, item.payload, engine)

@@ -21,14 +21,12 @@ Client-side records of the recording (adds, pause calls, weight writes) are carr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import simpy
 from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
-    PAUSED_ALL, Aborted, CacheReset, OutputDelivered, Paused, RequestAdded, Resumed, StepExecuted, StepScheduled,
-    StepUpdated, WeightsUpdated,
+    PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepExecuted,
+    StepScheduled, StepUpdated, WeightsUpdated, check_arity,
 )
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
@@ -42,6 +40,8 @@ from tracesim.sim.steptime import costs_of_steps, first_t_ns
 from tracesim.sim.timing import ModelTiming, RecordedTiming
 
 NEVER = 1 << 40  # a stop length no request reaches
+
+check_arity(OutReq, 6)  # _arrivals unpacks them
 
 
 def engine_config_from(header) -> EngineConfig:
@@ -60,13 +60,15 @@ def engine_config_from(header) -> EngineConfig:
     return EngineConfig(**values)
 
 
-@dataclass
 class _Arrival:
-    add: RequestAdded
-    index: int  # position of the add in the recording's stream
-    out_len: int = 0
-    reason: str | None = None
-    token_ids: list | None = None  # the sampled ids, when the recorder recorded them
+    """An engine-side add of the recording and what its request went on to produce."""
+
+    def __init__(self, add: RequestAdded, index: int):
+        self.add = add
+        self.index = index  # position of the add in the recording's stream
+        self.out_len = 0
+        self.reason = None
+        self.token_ids = None  # the sampled ids (a list), when the recorder recorded them
 
 
 class _Scan:
@@ -79,11 +81,24 @@ class _Scan:
     non-step record -> engine actions (sched / upd records) that preceded it (``feed.engine_actions_before``)."""
 
     def __init__(self, trace):
-        self.t0 = first_t_ns(trace.records)
+        try:
+            self.t0 = self._scan(trace.records, True)
+        except (TypeError, OverflowError):  # a t_ns that is no int64 (the compiled build types it): again, without
+            self._scan(trace.records, False)
+            self.t0 = first_t_ns(trace.records)
+
+    def _scan(self, records, find_t0: bool) -> int:
+        """Fill the tables from ``records``; with ``find_t0`` return the earliest t_ns (every event record has
+        it first), else 0."""
         self.scheds, self.upds, self.execs, self.picked, self.before = {}, {}, {}, [], {}
         scheds, upds, execs, picked, before = self.scheds, self.upds, self.execs, self.picked, self.before
         actions = 0
-        for i, r in enumerate(trace.records):
+        t0 = records[0][0] if find_t0 and records else 0
+        for i, r in enumerate(records):
+            if find_t0:
+                t = r[0]
+                if t < t0:
+                    t0 = t
             kind = type(r)
             if kind is OutputDelivered:  # most records: skipped first
                 continue
@@ -99,6 +114,7 @@ class _Scan:
             elif kind in _INPUT_TYPES:
                 picked.append((i, r))
                 before[i] = actions
+        return t0
 
     def of_types(self, types) -> list:
         return [(i, r) for i, r in self.picked if type(r) in types]
@@ -116,17 +132,16 @@ def _arrivals(scan: _Scan) -> list:
             continue
         if type(r) is not StepUpdated:
             continue
-        for o in r.outs:
-            a = get(o.req_id)
+        for req_id, sampled, reason, _, token_ids, _ in r.outs:  # OutReq entries, unpacked
+            a = get(req_id)
             if a is None or a.reason is not None:
                 continue
-            sampled = o.sampled
             if sampled:
                 a.out_len += sampled  # tokens vLLM appended, a stale frame's included (recorder's meaning)
-                if o.token_ids is not None and len(o.token_ids) == sampled:
-                    a.token_ids = (a.token_ids or []) + list(o.token_ids)
-            if o.finish_reason is not None:
-                a.reason = o.finish_reason
+                if token_ids is not None and len(token_ids) == sampled:
+                    a.token_ids = (a.token_ids or []) + list(token_ids)
+            if reason is not None:
+                a.reason = reason
     return arrivals
 
 
@@ -283,18 +298,32 @@ def _until_idle(env, engine, inputs, done) -> None:
 
     Event callbacks rather than a SimPy process (a replay makes several polls per step): the first event is
     URGENT at now like a process's Initialize event, and each poll schedules the next while it is processed,
-    so every event keeps its place in SimPy's order."""
+    so every event keeps its place in SimPy's order. While exact replay's feed still holds inputs a poll
+    can only find work left, so the polls on that stretch are skipped: the first poll to find the feed
+    non-empty parks, and the feed's emptying resumes polling at the next time on the same 1 ms grid."""
     last = inputs[-1][0] if inputs else 0
     poll_ns, settle_ns = 1_000_000, engine.cfg.output_latency_us * 1000 + 1
+    parked_ns = []  # the time of the poll that parked, while parked
 
     def idle() -> bool:
         return not engine.inputs and not engine.queue and not engine.sched.has_work()
 
     def poll(_ev) -> None:
-        if not engine.feed and idle():
+        if engine.feed:
+            parked_ns.append(env.now)
+            engine.feed.on_empty = resume
+        elif idle():
             env.timeout(settle_ns).callbacks.append(confirm)  # let the last frames land
         else:
             env.timeout(poll_ns).callbacks.append(poll)
+
+    def resume() -> None:
+        # Called while the engine takes the feed's last input: the next grid time from here on (at now when it
+        # falls on now, as that poll would still be pending; ties of that kind are the only place where this
+        # can order a poll differently from polling all along).
+        since = parked_ns.pop()
+        due = since + -(-(env.now - since) // poll_ns) * poll_ns
+        env.timeout(due - env.now).callbacks.append(poll)
 
     def confirm(_ev) -> None:
         if idle():

@@ -4,7 +4,6 @@ cimport cython
 
 cimport tracesim.sim.tuplenew as tuplenew
 
-from tracesim.sim.scheduler cimport SimReq
 
 
 cdef class Sample:
@@ -23,9 +22,6 @@ cdef class Sample:
 
 @cython.locals(spans=list, start=Py_ssize_t, i=Py_ssize_t, n=Py_ssize_t)
 cpdef tuple spans_of(list versions)
-
-@cython.locals(batch=list, req=SimReq, sampled=Py_ssize_t)
-cpdef list _snapshot(frames)
 
 @cython.locals(first_token=bint, sample=Sample, sample_tokens=list, start=Py_ssize_t)
 cpdef _deliver(client, batch)

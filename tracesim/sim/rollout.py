@@ -107,10 +107,12 @@ class Rollout:
     # --- output path -------------------------------------------------------------------------------------
 
     def send(self, step, frames) -> None:
-        """Engine side: snapshot the frames of one update now; they reach the client after the latency."""
-        batch = _snapshot(frames)
-        ev = self.env.timeout(self.latency_ns)
-        ev.callbacks.append(lambda _ev: self.deliver(batch))
+        """The engine sends the output frames of one update (``engine._frame``); they reach the client after
+        the latency. The frames travel as the timeout's value (no closure per update)."""
+        self.env.timeout(self.latency_ns, frames).callbacks.append(self._arrived)
+
+    def _arrived(self, ev) -> None:
+        self.deliver(ev._value)
 
     def _untracked(self, req_id: str):
         """The Sample for a frame of a request the client does not track: None (the frame is ignored)."""
@@ -163,19 +165,6 @@ class Rollout:
 
     def all_submitted(self) -> bool:
         return self.submitted >= self.wl.num_prompts
-
-
-def _snapshot(frames) -> list:
-    """``(req_id, tokens, stamps, reason)`` of each output frame, as the engine sends it: the last ``sampled``
-    tokens and version stamps of the request (copies: later updates append to the request's lists)."""
-    batch = []
-    append = batch.append
-    for req, sampled, reason in frames:
-        if sampled:
-            append((req.req_id, req.out_tokens[-sampled:], req.stamp_versions[-sampled:], reason))
-        else:
-            append((req.req_id, (), (), reason))
-    return batch
 
 
 def _deliver(client: Rollout, batch) -> None:

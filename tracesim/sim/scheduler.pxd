@@ -35,6 +35,7 @@ cdef class SimReq:
     cdef public list stamp_versions
     cdef public object finish_reason
     cdef public long long hash
+    cdef public object sampled_out
 
     @cython.locals(keys=list, first=Py_ssize_t, j=Py_ssize_t, lo=Py_ssize_t, hi=Py_ssize_t)
     cpdef object block_key(self, Py_ssize_t i, Py_ssize_t block_size)

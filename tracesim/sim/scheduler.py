@@ -69,6 +69,9 @@ class SimReq:
         self.stamp_versions: list = []  # version stamped by the update (what vLLM reports)
         self.finish_reason = None
         self.hash = zlib.crc32(req_id.encode())
+        # The OutReq of an update that sampled one token and did not finish it: the same at every decode step,
+        # so one immutable instance serves them all (an update makes one OutReq per request per step).
+        self.sampled_out = tuplenew.new_tuple(OutReq, (req_id, 1, None, False, None, None))
 
     def __repr__(self) -> str:
         return f"SimReq({self.req_id!r}, status={self.status}, computed={self.num_computed})"
@@ -367,8 +370,11 @@ class Scheduler:
                 reason = "stop"
             elif n_out >= req.max_tokens:
                 reason = "length"
+            elif stale:
+                append(tuplenew.new_tuple(OutReq, (req.req_id, 1, None, True, None, None)))
+                continue
             else:
-                append(tuplenew.new_tuple(OutReq, (req.req_id, 1, None, stale, None, None)))
+                append(req.sampled_out)  # the usual entry: one shared immutable OutReq per request
                 continue
             if status != FINISHED:
                 if status == RUNNING:

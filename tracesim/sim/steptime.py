@@ -10,15 +10,18 @@ is held out; errors are reported on those.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import itemgetter
 
 import numpy as np
 
-from tracesim.format.records import StepExecuted, StepScheduled, StepUpdated
+from tracesim.format.records import EVENT_TYPES, StepExecuted, StepScheduled, StepUpdated
 from tracesim.sim.scenario import StepTime
 from tracesim.sim.timing import batch_features
 
 HOLD_OUT_EVERY = 5
+
+if any(kind._fields[0] != "t_ns" for kind in EVENT_TYPES):
+    raise TypeError("first_t_ns reads t_ns as field 0 of every record: a record type changed its first field")
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,14 @@ class StepCosts:
     exec_ns: dict  # step -> forward-pass time
     sched_ns: dict  # step -> schedule() time
     upd_ns: dict  # step -> update_from_output() time
-    gaps: dict  # ("sched" | "upd", step) -> time since the previous engine action ended
+    gaps: dict  # "sched" | "upd" -> {step: time since the previous engine action ended}
 
 
 def first_t_ns(records) -> int:
     """The earliest ``t_ns`` of the records that have one (0 if none)."""
     try:
-        return min(map(attrgetter("t_ns"), records), default=0)  # C loop: every event record has t_ns
-    except AttributeError:
+        return min(map(itemgetter(0), records), default=0)  # C loop: every event record has t_ns first
+    except (TypeError, IndexError):  # not only event records
         return min((r.t_ns for r in records if hasattr(r, "t_ns")), default=0)
 
 
@@ -68,13 +71,14 @@ def costs_of_steps(scheds: dict, upds: dict, execs: dict, t0: int, features: boo
             start = s.end_ns if prev_done is None else max(s.end_ns, prev_done)
             exec_ns[k] = max(0, u.t_ns - start)
         prev_done = u.t_ns if u is not None else prev_done
-    actions = sorted([(r.t_ns, 0, "sched", r.step, r.end_ns) for r in scheds.values()]
-                     + [(r.t_ns, 1, "upd", r.step, r.end_ns) for r in upds.values()])
+    actions = sorted([(r.t_ns, 0, r.step, r.end_ns) for r in scheds.values()]  # 0: sched, 1: upd
+                     + [(r.t_ns, 1, r.step, r.end_ns) for r in upds.values()])
     # The first action's gap runs from the trace's first record (where replay puts t=0).
     prev_end = t0
-    gaps = {}
-    for t, _, kind, step, end in actions:
-        gaps[(kind, step)] = max(0, t - prev_end)
+    gaps = {"sched": {}, "upd": {}}
+    gaps_of = (gaps["sched"], gaps["upd"])
+    for t, kind, step, end in actions:
+        gaps_of[kind][step] = max(0, t - prev_end)
         prev_end = end
     return StepCosts(features, exec_ns, {k: r.end_ns - r.t_ns for k, r in scheds.items()},
                      {k: r.end_ns - r.t_ns for k, r in upds.items()}, gaps)
@@ -115,7 +119,7 @@ def fit(trace) -> FitResult:
     pred = x[test] @ coef
     rel = np.abs(pred - y[test]) / np.maximum(y[test], 1.0)
     st = StepTime(coef[0] / 1e3, coef[1] / 1e3, coef[2] / 1e3, coef[3] / 1e3)
-    busy_gaps = [g for g in costs.gaps.values()]
+    busy_gaps = [g for kind in ("sched", "upd") for g in costs.gaps[kind].values()]
     return FitResult(st, int(np.median(list(costs.sched_ns.values())) / 1e3),
                      int(np.median(list(costs.upd_ns.values()) or [0]) / 1e3),
                      int(np.percentile(busy_gaps, 50) / 1e3) if busy_gaps else 0,

@@ -66,5 +66,5 @@ class RecordedTiming:
         return self.fallback.upd_ns(step) if v is None else v
 
     def gap_ns(self, kind: str, step: int) -> int:
-        v = self._gaps.get((kind, step))
+        v = self._gaps[kind].get(step)
         return self.fallback.gap_ns(kind, step) if v is None else v

@@ -1,0 +1,28 @@
+# Compiled build of replay.py (setup.py): C-level types for reading a recording's inputs (one pass over
+# millions of records). replay.py stays the source and runs as plain Python where the build is missing or
+# stale (tracesim/sim/_compiled.py).
+cimport cython
+
+
+cdef class _Arrival:
+    cdef public object add
+    cdef public Py_ssize_t index
+    cdef public long long out_len
+    cdef public object reason
+    cdef public object token_ids
+
+
+cdef class _Scan:
+    cdef public object t0
+    cdef public dict scheds
+    cdef public dict upds
+    cdef public dict execs
+    cdef public list picked
+    cdef public dict before
+
+    @cython.locals(i=Py_ssize_t, actions=Py_ssize_t, t=cython.longlong, t0=cython.longlong)
+    cpdef object _scan(self, records, bint find_t0)
+
+
+@cython.locals(a=_Arrival, current=dict)
+cpdef list _arrivals(_Scan scan)
