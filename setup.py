@@ -1,10 +1,36 @@
 """Compiled fast paths (optional): built with Cython where a C compiler is present, skipped otherwise.
 
-Everything else is in pyproject.toml. Each extension has a pure-Python reference implementation that is used
-when the extension is missing, so a failed build costs speed, never function.
+Everything else is in pyproject.toml. A failed build costs speed, never function:
+
+* ``tracesim.format._fastcols`` (a .pyx) has a pure-Python reference implementation in columns.py;
+* the simulator's hot modules (``SIM_MODULES``) are compiled from their own .py files, typed by the .pxd
+  beside each; the .py files run as they are where the build is missing or stale (tracesim/sim/_compiled.py).
+  ``tracesim/sim/_built_from.py`` records what was compiled from which sources, for that check.
 """
 
+import hashlib
+import os
+
 from setuptools import Extension, setup
+
+SIM_DIR = os.path.join("tracesim", "sim")
+# The simulator's per-step path (each has a .pxd of C types but feed, timing and steptime, compiled as they are).
+SIM_MODULES = ("kvcache", "scheduler", "rollout", "engine", "replay", "feed", "timing", "steptime")
+SIM_SOURCES = sorted([f"{m}.py" for m in SIM_MODULES] + [f for f in os.listdir(SIM_DIR) if f.endswith(".pxd")])
+
+
+def write_build_record() -> None:
+    """tracesim/sim/_built_from.py: the compiled modules and the sha256 of each source they are built from."""
+    digests = {}
+    for name in SIM_SOURCES:
+        with open(os.path.join(SIM_DIR, name), "rb") as f:
+            digests[name] = hashlib.sha256(f.read()).hexdigest()
+    lines = ['"""Written by setup.py when it compiles the simulator (see tracesim/sim/_compiled.py)."""', "",
+             f"MODULES = {SIM_MODULES!r}", "SOURCES = {"]
+    lines += [f"    {name!r}: {digest!r}," for name, digest in digests.items()] + ["}", ""]
+    with open(os.path.join(SIM_DIR, "_built_from.py"), "w") as f:
+        f.write("\n".join(lines))
+
 
 try:
     from Cython.Build import cythonize
@@ -13,7 +39,12 @@ except ImportError:  # building without pyproject's build requirements (e.g. --n
 else:
     ext_modules = cythonize([Extension("tracesim.format._fastcols", ["tracesim/format/_fastcols.pyx"])],
                             language_level=3, quiet=True)
+    # Types come from the .pxd files only: Cython's annotation typing would turn e.g. `features: bool` into a
+    # C boolean that rejects what Python accepts.
+    ext_modules += cythonize([Extension(f"tracesim.sim.{m}", [os.path.join(SIM_DIR, f"{m}.py")]) for m in SIM_MODULES],
+                             language_level=3, quiet=True, compiler_directives={"annotation_typing": False})
     for ext in ext_modules:
         ext.optional = True  # a failed compile warns and installs without it (cythonize drops the argument)
+    write_build_record()
 
 setup(ext_modules=ext_modules)
