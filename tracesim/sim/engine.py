@@ -303,9 +303,10 @@ def _frames(planned, outs, discard_stale: bool) -> list:
     frames = []
     append = frames.append
     if len(planned) == len(outs):  # the usual case, one out per planned entry in order: one loop
-        for p, o in zip(planned, outs):
-            req = p[0]  # Planned.req
-            req_id, sampled, reason, stale, _, _ = o  # an OutReq, unpacked (no attribute lookups)
+        for p, o in zip(planned, outs):  # fields by position (tuplenew.item: fast where compiled)
+            req = tuplenew.item(p, 0)  # Planned.req
+            req_id, sampled = tuplenew.item(o, 0), tuplenew.item(o, 1)  # OutReq fields
+            reason, stale = tuplenew.item(o, 2), tuplenew.item(o, 3)
             if req.req_id != req_id:
                 break
             if (sampled or reason) and not (stale and discard_stale):

@@ -3,6 +3,8 @@
 # stale (tracesim/sim/_compiled.py).
 cimport cython
 
+cimport tracesim.sim.tuplenew as tuplenew
+
 
 cdef class _Arrival:
     cdef public object add

@@ -37,6 +37,7 @@ from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_heade
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
 from tracesim.sim.scheduler import SimReq
 from tracesim.sim.steptime import costs_of_steps, first_t_ns
+import tracesim.sim.tuplenew as tuplenew
 from tracesim.sim.timing import ModelTiming, RecordedTiming
 
 NEVER = 1 << 40  # a stop length no request reaches
@@ -96,7 +97,7 @@ class _Scan:
         t0 = records[0][0] if find_t0 and records else 0
         for i, r in enumerate(records):
             if find_t0:
-                t = r[0]
+                t = tuplenew.item(r, 0)  # t_ns
                 if t < t0:
                     t0 = t
             kind = type(r)
@@ -132,7 +133,9 @@ def _arrivals(scan: _Scan) -> list:
             continue
         if type(r) is not StepUpdated:
             continue
-        for req_id, sampled, reason, _, token_ids, _ in r.outs:  # OutReq entries, unpacked
+        for o in r.outs:  # OutReq fields by position (tuplenew.item: fast where compiled)
+            req_id, sampled = tuplenew.item(o, 0), tuplenew.item(o, 1)
+            reason, token_ids = tuplenew.item(o, 2), tuplenew.item(o, 4)
             a = get(req_id)
             if a is None or a.reason is not None:
                 continue

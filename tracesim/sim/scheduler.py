@@ -130,7 +130,9 @@ def sched_reqs(planned) -> tuple:
     per request-step)."""
     out = []
     append = out.append
-    for req, n, before, resumed, cached, _, _, admitted in planned:
+    for p in planned:  # Planned fields by position (tuplenew.item: fast where compiled)
+        req, n, before = tuplenew.item(p, 0), tuplenew.item(p, 1), tuplenew.item(p, 2)
+        resumed, cached, admitted = tuplenew.item(p, 3), tuplenew.item(p, 4), tuplenew.item(p, 7)
         decode = 1 if (n == 1 and not admitted and before >= req.prompt_len) else 0
         append(tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders)))
     return tuple(out)
@@ -338,7 +340,8 @@ class Scheduler:
         version_term = exec_version * 104_729  # token_id(), inlined below
         outs = []
         append = outs.append
-        for req, _, _, _, _, incarnation, samples, _ in planned:  # Planned entries, unpacked (no attribute lookups)
+        for p in planned:  # Planned .req, .incarnation, .samples by position (tuplenew.item: fast where compiled)
+            req, incarnation, samples = tuplenew.item(p, 0), tuplenew.item(p, 5), tuplenew.item(p, 6)
             req.inflight -= 1
             stale = incarnation != req.incarnation
             status = req.status

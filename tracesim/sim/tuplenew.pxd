@@ -1,6 +1,7 @@
-# The compiled version of tuplenew.new_tuple, inlined into the modules that cimport it (see tuplenew.py).
+# The compiled versions of tuplenew.new_tuple and tuplenew.item, inlined into the modules that cimport
+# them (see tuplenew.py).
 from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_SET_ITEM
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_SET_ITEM
 
 cdef extern from "Python.h":
     object PyType_GenericAlloc(type cls, Py_ssize_t nitems)
@@ -21,3 +22,10 @@ cdef inline object new_tuple(type cls, tuple values):
         Py_INCREF(item)  # PyTuple_SET_ITEM steals a reference
         PyTuple_SET_ITEM(out, i, item)
     return out
+
+
+cdef inline object item(object t, Py_ssize_t i):
+    """t[i] for a tuple (or tuple subclass) ``t``, read in place; anything else takes the generic path."""
+    if PyTuple_Check(t) and 0 <= i < PyTuple_GET_SIZE(t):
+        return <object>PyTuple_GET_ITEM(t, i)
+    return t[i]
