@@ -1,23 +1,27 @@
 """Replay speed: simulated steps/s and events/s on a trace of >= 100k steps, beside a bare SimPy loop that
-processes the same number of events in the same run (the ratio is what to compare across machines).
+processes the same number of events in the same process (the ratio is what to compare across machines).
 
-    .venv/bin/python benchmarks/bench_replay.py [--steps 100000] [--batch 32] [--compare-plain]
+    .venv/bin/python benchmarks/bench_replay.py [--steps 100000] [--batch 32] [--compare-plain] [--in-process]
 
 The input trace is made by the simulator itself (a long decode-heavy scenario whose KV cache never binds:
-``--batch`` requests in flight, groups of up to 8 samples, 30-40 output tokens each), then replayed with
-exact timing. ``--steps`` is the minimum number of steps of the input trace. The replay is timed as a
-whole (reading the recorded inputs and timings out of the trace included). It runs whichever build of the
-simulator is in use (compiled by setup.py, or the plain-Python sources; printed). ``--compare-plain`` also
-replays the same trace with the plain-Python build (``TRACESIM_PURE_PYTHON=1``, in a subprocess: a process
-imports one build) and checks that both gave the same records.
+``--batch`` requests in flight, groups of up to 8 samples, 30-40 output tokens each) and written to a trace
+file. It is then replayed with exact timing as ``tracesim replay`` does it: a fresh process reads the file
+(timed apart) and runs ``replay()``, timed as a whole (reading the recorded inputs and timings out of the
+trace included). ``--steps`` is the minimum number of steps of the input trace.
+
+The replay runs whichever build of the simulator is in use (compiled by setup.py, or the plain-Python
+sources; printed). ``--compare-plain`` also replays the file with the plain-Python build
+(``TRACESIM_PURE_PYTHON=1``) and checks that both builds gave the same records. ``--in-process`` also
+replays in the generating process right after the generation, whose freed objects leave the heap fragmented
+(slower: shown for comparison).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -26,6 +30,7 @@ import time
 import msgpack
 import simpy
 
+from tracesim.format import write_trace
 from tracesim.format.records import StepScheduled
 from tracesim.sim import _compiled
 from tracesim.sim.replay import replay
@@ -72,31 +77,45 @@ def records_digest(trace) -> str:
     return h.hexdigest()
 
 
-_PLAIN = """
-import pickle, sys, time
-from tracesim.sim import _compiled
-from tracesim.sim.replay import replay
+def timed_replay(trace) -> dict:
+    """Replay ``trace`` and time it, then a bare SimPy loop of as many events as the replay wrote records."""
+    t = time.perf_counter()
+    out = replay(trace)
+    replay_s = time.perf_counter() - t
+    n_events = len(out.records)
+    return {"replay_s": replay_s, "records": n_events, "bare_s": bare_simpy(n_events),
+            "digest": records_digest(out), "compiled": _compiled.STATUS.compiled}
+
+
+_FRESH = """
+import json, sys, time
 sys.path.insert(0, sys.argv[2])
-from bench_replay import records_digest
-with open(sys.argv[1], "rb") as f:
-    trace = pickle.load(f)
+from bench_replay import timed_replay
+from tracesim.format import read_trace
 t = time.perf_counter()
-out = replay(trace)
-print(time.perf_counter() - t, records_digest(out), _compiled.STATUS.compiled)
+trace = read_trace(sys.argv[1])
+read_s = time.perf_counter() - t
+print(json.dumps({**timed_replay(trace), "read_s": read_s}))
 """
 
 
-def replay_plain(trace) -> tuple:
-    """(seconds, records digest) of replaying ``trace`` with the plain-Python build, in a subprocess."""
-    with tempfile.NamedTemporaryFile(suffix=".pickle") as f:
-        pickle.dump(trace, f)
-        f.flush()
-        run = subprocess.run([sys.executable, "-c", _PLAIN, f.name, os.path.dirname(os.path.abspath(__file__))],
-                             env={**os.environ, "TRACESIM_PURE_PYTHON": "1"}, capture_output=True, text=True,
-                             check=True)
-    seconds, digest, compiled = run.stdout.split()
-    assert compiled == "False"
-    return float(seconds), digest
+def replay_fresh(path: str, plain: bool) -> dict:
+    """``timed_replay`` of the trace file ``path`` in a fresh process; ``plain``: the plain-Python build."""
+    env = {**os.environ, "TRACESIM_PURE_PYTHON": "1" if plain else os.environ.get("TRACESIM_PURE_PYTHON", "0")}
+    run = subprocess.run([sys.executable, "-c", _FRESH, path, os.path.dirname(os.path.abspath(__file__))],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(run.stdout)
+
+
+def report(label: str, r: dict, steps: int, req_steps: int) -> None:
+    s = r["replay_s"]
+    build = "compiled" if r["compiled"] else "plain Python"
+    read = f", trace read in {r['read_s']:.1f} s" if "read_s" in r else ""
+    print(f"{label} ({build} build{read}):")
+    print(f"  replay: {s:.2f} s, {steps / s:,.0f} steps/s, {r['records'] / s:,.0f} records/s, "
+          f"{s / req_steps * 1e6:.2f} us per request-step")
+    print(f"  bare SimPy loop, {r['records']} timeouts: {r['bare_s']:.2f} s, {r['records'] / r['bare_s']:,.0f} events/s;"
+          f" replay / bare SimPy time ratio: {s / r['bare_s']:.1f}x")
 
 
 def main() -> None:
@@ -105,30 +124,31 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="requests in flight (about the requests per step)")
     ap.add_argument("--compare-plain", action="store_true",
                     help="also replay with the plain-Python build and compare speed and records")
+    ap.add_argument("--in-process", action="store_true", help="also replay in the generating process")
     args = ap.parse_args()
-    build = "compiled" if _compiled.STATUS.compiled else "plain Python"
-    print(f"simulator build: {build} ({_compiled.STATUS.reason})")
+    print(f"simulator build here: {'compiled' if _compiled.STATUS.compiled else 'plain Python'} "
+          f"({_compiled.STATUS.reason})")
     t = time.perf_counter()
     trace = make_trace(args.steps, args.batch)
     gen_s = time.perf_counter() - t
     steps = trace.counts()["sched"]
     req_steps = sum(len(r.reqs) for r in trace.records if type(r) is StepScheduled)
-    t = time.perf_counter()
-    out = replay(trace)
-    replay_s = time.perf_counter() - t
-    n_events = len(out.records)
-    bare_s = bare_simpy(n_events)
     print(f"input trace: {steps} steps, {req_steps / steps:.1f} requests/step, {len(trace.records)} records "
           f"(simulated in {gen_s:.1f} s: {steps / gen_s:,.0f} steps/s)")
-    print(f"replay: {replay_s:.2f} s, {steps / replay_s:,.0f} steps/s, {n_events / replay_s:,.0f} records/s, "
-          f"{replay_s / req_steps * 1e6:.2f} us per request-step")
-    print(f"bare SimPy loop, {n_events} timeouts: {bare_s:.2f} s, {n_events / bare_s:,.0f} events/s")
-    print(f"replay / bare SimPy time ratio: {replay_s / bare_s:.1f}x")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "input.msgpack")
+        write_trace(path, trace)
+        results = {"fresh process": replay_fresh(path, plain=False)}
+        if args.compare_plain:
+            results["fresh process, plain-Python build"] = replay_fresh(path, plain=True)
+    if args.in_process:
+        results["in the generating process"] = timed_replay(trace)
+    for label, r in results.items():
+        report(label, r, steps, req_steps)
     if args.compare_plain:
-        plain_s, digest = replay_plain(trace)
-        same = "identical records" if digest == records_digest(out) else "DIFFERENT RECORDS"
-        print(f"plain-Python build: {plain_s:.2f} s, {steps / plain_s:,.0f} steps/s; this build is "
-              f"{plain_s / replay_s:.2f}x faster ({same})")
+        fast, plain = results["fresh process"], results["fresh process, plain-Python build"]
+        same = "identical records" if fast["digest"] == plain["digest"] else "DIFFERENT RECORDS"
+        print(f"plain-Python / this build replay time: {plain['replay_s'] / fast['replay_s']:.2f}x ({same})")
 
 
 if __name__ == "__main__":
