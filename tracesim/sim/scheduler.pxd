@@ -31,7 +31,6 @@ cdef class SimReq:
     cdef public object known_output
     cdef public list _output_keys
     cdef public list out_tokens
-    cdef public list exec_versions
     cdef public list stamp_versions
     cdef public object finish_reason
     cdef public long long hash

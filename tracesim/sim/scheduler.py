@@ -65,7 +65,6 @@ class SimReq:
         self.known_output = None  # replay: the output token ids the recording sampled (block keys)
         self._output_keys: list = []
         self.out_tokens: list = []
-        self.exec_versions: list = []  # weights that computed each output token
         self.stamp_versions: list = []  # version stamped by the update (what vLLM reports)
         self.finish_reason = None
         self.hash = zlib.crc32(req_id.encode())
@@ -358,7 +357,6 @@ class Scheduler:
                 continue
             out_tokens = req.out_tokens
             out_tokens.append((req.hash * 1_000_003 + len(out_tokens) * 7_919 + version_term) % 50_257)
-            req.exec_versions.append(exec_version)
             req.stamp_versions.append(stamp_version)
             if req.placeholders and not stale:
                 req.placeholders -= 1

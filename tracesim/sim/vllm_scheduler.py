@@ -235,7 +235,6 @@ class VllmScheduler:
                 continue
             for _ in o.new_token_ids:
                 req.out_tokens.append(token_id(req.hash, len(req.out_tokens), exec_version))
-                req.exec_versions.append(exec_version)
                 req.stamp_versions.append(stamp_version)
             reason = str(o.finish_reason) if o.finish_reason is not None else None
             if reason is not None:
