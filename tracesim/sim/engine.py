@@ -288,13 +288,16 @@ class Engine:
 
 
 def _frame(req, sampled: int, reason) -> tuple:
-    """One output frame as the engine core sends it: ``(req_id, token ids this update appended, their version
-    stamps, finish reason)``. The tokens are copied now: later updates append to the request's lists."""
+    """One output frame as the engine core sends it: ``(req_id, tokens sampled, token ids this update appended,
+    their version stamps, finish reason)``; the ids and stamps are copied now (later updates append to the
+    request's lists). One sampled token, the usual case, travels as the id and the stamp themselves, more as
+    tuples of them (a tuple per frame and field would double the objects made per request and step)."""
     if sampled == 1:
-        return (req.req_id, (req.out_tokens[-1],), (req.stamp_versions[-1],), reason)
+        return (req.req_id, 1, req.out_tokens[-1], req.stamp_versions[-1], reason)
     if sampled:
-        return (req.req_id, tuple(req.out_tokens[-sampled:]), tuple(req.stamp_versions[-sampled:]), reason)
-    return (req.req_id, (), (), reason)
+        return (req.req_id, sampled, tuple(req.out_tokens[-sampled:]), tuple(req.stamp_versions[-sampled:]),
+                reason)
+    return (req.req_id, 0, (), (), reason)
 
 
 def _frames(planned, outs, discard_stale: bool) -> list:

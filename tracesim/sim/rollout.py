@@ -172,7 +172,7 @@ def _deliver(client: Rollout, batch) -> None:
     Runs once per output frame: locals, and records built with tuplenew.new_tuple."""
     samples_get, emit, now = client.samples.get, client.emit, client.env.now
     first_token = client.policy.version_label == "first_token"
-    for req_id, tokens, stamps, reason in batch:
+    for req_id, sampled, tokens, stamps, reason in batch:  # frames: see engine._frame
         sample = samples_get(req_id)
         if sample is None:
             sample = client._untracked(req_id)
@@ -180,14 +180,18 @@ def _deliver(client: Rollout, batch) -> None:
                 continue  # a frame for a request the client no longer tracks
         sample_tokens = sample.tokens
         start = len(sample_tokens)
-        if first_token and start == 0 and tokens:
+        if first_token and start == 0 and sampled:
             sample.label = client.version
-        sample_tokens += tokens
-        sample.stamps += stamps
+        if sampled == 1:
+            sample_tokens.append(tokens)
+            sample.stamps.append(stamps)
+        elif sampled:
+            sample_tokens += tokens
+            sample.stamps += stamps
         if reason is None:
-            emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, len(tokens), False, None, None, None)))
+            emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, sampled, False, None, None, None)))
             continue
         spans = spans_of(sample.stamps)
         digest = token_digest(sample_tokens)
-        emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, len(tokens), True, reason, spans, digest)))
+        emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, sampled, True, reason, spans, digest)))
         client._finished(sample, reason, digest)
