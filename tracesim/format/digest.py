@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from array import array
+
+if array("i").itemsize != 4:  # pragma: no cover - every platform we run on has 4-byte C ints
+    raise RuntimeError("token_digest needs 4-byte ints")
+_BIG_ENDIAN = sys.byteorder == "big"  # checked once: the simulator digests every sample it finishes
 
 
 def token_digest(token_ids) -> str:
     """16 hex characters of BLAKE2b over the ids as little-endian int32; equal ids give equal digests."""
     data = array("i", token_ids)
-    if data.itemsize != 4:  # pragma: no cover - every platform we run on has 4-byte C ints
-        raise RuntimeError("token_digest needs 4-byte ints")
-    if array("i", [1]).tobytes()[0] != 1:  # pragma: no cover - big-endian hosts
+    if _BIG_ENDIAN:  # pragma: no cover - big-endian hosts
         data.byteswap()
     return hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()

@@ -25,6 +25,7 @@ import tracesim.sim.tuplenew as tuplenew  # new_tuple: a record from all its val
 from tracesim.sim.scheduler import sched_reqs
 from tracesim.sim.vllm_scheduler import make_scheduler
 
+check_arity(RequestAdded, 12)
 check_arity(StepScheduled, 11)
 check_arity(StepExecuted, 4)
 check_arity(StepUpdated, 5)
@@ -97,8 +98,9 @@ class Engine:
         # vLLM 0.32 queues adds in the scheduler's waiting queue in every pause state; the scheduler admits
         # nothing from it until resume (``Scheduler.has_work`` / ``_admit``).
         t_ns = self.env.now if req.arrival_ns is None else min(req.arrival_ns, self.env.now)
-        self.emit(RequestAdded(t_ns, req.req_id, "engine", req.group_id, req.sample_idx, req.group_size,
-                               req.prompt_len, req.max_tokens, None, req.prompt_key, None, req.prompt_block_keys))
+        self.emit(tuplenew.new_tuple(RequestAdded, (t_ns, req.req_id, "engine", req.group_id, req.sample_idx,
+                                                    req.group_size, req.prompt_len, req.max_tokens, None,
+                                                    req.prompt_key, None, req.prompt_block_keys)))
         self.sched.add(req)
 
     def _on_abort(self, req_ids) -> None:

@@ -66,8 +66,7 @@ class BlockPool:
         """Allocate ``n`` blocks from the LRU front, evicting their cached content."""
         out = []
         for _ in range(n):
-            b = next(iter(self.free))
-            del self.free[b]
+            b = self.free.popitem(last=False)[0]  # the front
             key = self.key_of[b]
             if key is not None:
                 same = self.cached[key]
