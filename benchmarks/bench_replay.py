@@ -114,8 +114,8 @@ def report(label: str, r: dict, steps: int, req_steps: int) -> None:
     print(f"{label} ({build} build{read}):")
     print(f"  replay: {s:.2f} s, {steps / s:,.0f} steps/s, {r['records'] / s:,.0f} records/s, "
           f"{s / req_steps * 1e6:.2f} us per request-step")
-    print(f"  bare SimPy loop, {r['records']} timeouts: {r['bare_s']:.2f} s, {r['records'] / r['bare_s']:,.0f} events/s;"
-          f" replay / bare SimPy time ratio: {s / r['bare_s']:.1f}x")
+    print(f"  bare SimPy loop, {r['records']} timeouts: {r['bare_s']:.2f} s, "
+          f"{r['records'] / r['bare_s']:,.0f} events/s; replay / bare SimPy time ratio: {s / r['bare_s']:.1f}x")
 
 
 def main() -> None:

@@ -306,7 +306,6 @@ def _frames(planned, outs, discard_stale: bool) -> list:
     """The output frames (``_frame``) of an update's ``outs``: those that carry a token or a finish, without
     the stale ones the engine discards."""
     frames = []
-    append = frames.append
     if len(planned) == len(outs):  # the usual case, one out per planned entry in order: one loop
         for p, o in zip(planned, outs):  # fields by position (tuplenew.item: fast where compiled)
             req = tuplenew.item(p, 0)  # Planned.req
@@ -315,14 +314,13 @@ def _frames(planned, outs, discard_stale: bool) -> list:
             if req.req_id != req_id:
                 break
             if (sampled or reason) and not (stale and discard_stale):
-                append(_frame(req, sampled, reason))
+                frames.append(_frame(req, sampled, reason))
         else:
             return frames
         frames = []
-        append = frames.append
     for p, o in zip(_applied(planned, outs), outs):
         if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
-            append(_frame(p.req, o.sampled, o.finish_reason))
+            frames.append(_frame(p.req, o.sampled, o.finish_reason))
     return frames
 
 

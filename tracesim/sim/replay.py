@@ -124,7 +124,6 @@ class _Scan:
 def _arrivals(scan: _Scan) -> list:
     """Engine-side adds in stream order, each with the output length and finish reason it reached."""
     arrivals, current = [], {}
-    get = current.get
     for i, r in scan.picked:
         if type(r) is RequestAdded:
             if r.side == "engine":
@@ -136,7 +135,7 @@ def _arrivals(scan: _Scan) -> list:
         for o in r.outs:  # OutReq fields by position (tuplenew.item: fast where compiled)
             req_id, sampled = tuplenew.item(o, 0), tuplenew.item(o, 1)
             reason, token_ids = tuplenew.item(o, 2), tuplenew.item(o, 4)
-            a = get(req_id)
+            a = current.get(req_id)
             if a is None or a.reason is not None:
                 continue
             if sampled:

@@ -23,5 +23,6 @@ cdef class Sample:
 @cython.locals(spans=list, start=Py_ssize_t, i=Py_ssize_t, n=Py_ssize_t)
 cpdef tuple spans_of(list versions)
 
-@cython.locals(first_token=bint, sample=Sample, sample_tokens=list, start=Py_ssize_t, sampled=Py_ssize_t)
+@cython.locals(first_token=bint, sample=Sample, sample_tokens=list, start=Py_ssize_t, sampled=Py_ssize_t,
+               samples=dict)
 cpdef _deliver(client, batch)

@@ -170,10 +170,10 @@ class Rollout:
 def _deliver(client: Rollout, batch) -> None:
     """The client receives one update's frames (``Rollout.deliver``): one ``OutputDelivered`` per frame.
     Runs once per output frame: locals, and records built with tuplenew.new_tuple."""
-    samples_get, emit, now = client.samples.get, client.emit, client.env.now
+    samples, emit, now = client.samples, client.emit, client.env.now
     first_token = client.policy.version_label == "first_token"
     for req_id, sampled, tokens, stamps, reason in batch:  # frames: see engine._frame
-        sample = samples_get(req_id)
+        sample = samples.get(req_id)
         if sample is None:
             sample = client._untracked(req_id)
             if sample is None:

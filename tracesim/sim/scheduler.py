@@ -121,19 +121,20 @@ class Planned(NamedTuple):
         # is a decode; new, resumed and multi-token shares are prefill.
         req, n, before, resumed, cached, _, _, admitted = self
         decode = 1 if (n == 1 and not admitted and before >= prompt_len) else 0
-        return tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders))
+        return tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before,
+                                             req.placeholders))
 
 
 def sched_reqs(planned) -> tuple:
     """The ``SchedReq`` of each planned entry, ``p.record(p.req.prompt_len)``, in one loop (no method call
     per request-step)."""
     out = []
-    append = out.append
     for p in planned:  # Planned fields by position (tuplenew.item: fast where compiled)
         req, n, before = tuplenew.item(p, 0), tuplenew.item(p, 1), tuplenew.item(p, 2)
         resumed, cached, admitted = tuplenew.item(p, 3), tuplenew.item(p, 4), tuplenew.item(p, 7)
         decode = 1 if (n == 1 and not admitted and before >= req.prompt_len) else 0
-        append(tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before, req.placeholders)))
+        out.append(tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before,
+                                                 req.placeholders)))
     return tuple(out)
 
 
@@ -211,7 +212,6 @@ class Scheduler:
         threshold = cfg.long_prefill_token_threshold if len(running) + len(self.waiting) > 1 else 0
         bs, async_sched = cfg.block_size, cfg.async_scheduling
         planned, preempted = [], []
-        append = planned.append
         # Hot loop (once per running request per step): locals and an inlined allocation for the usual case
         # where the request's blocks already hold its tokens; anything else takes the general _allocate.
         # Preemption pops from the end of ``running``, past ``req``: the iterator stops where it now ends.
@@ -244,7 +244,7 @@ class Scheduler:
                 if req.status != RUNNING:
                     break
             samples = total >= num_tokens + ph
-            append(tuplenew.new_tuple(Planned, (req, n, computed, False, 0, req.incarnation, samples, False)))
+            planned.append(tuplenew.new_tuple(Planned, (req, n, computed, False, 0, req.incarnation, samples, False)))
             # _after_schedule, inlined (nothing later in this schedule reads these fields of a running request)
             req.num_computed = total
             req.inflight += 1
@@ -338,20 +338,19 @@ class Scheduler:
         discard, async_sched, bs = cfg.discard_stale_frames, cfg.async_scheduling, cfg.block_size
         version_term = exec_version * 104_729  # token_id(), inlined below
         outs = []
-        append = outs.append
         for p in planned:  # Planned .req, .incarnation, .samples by position (tuplenew.item: fast where compiled)
             req, incarnation, samples = tuplenew.item(p, 0), tuplenew.item(p, 5), tuplenew.item(p, 6)
             req.inflight -= 1
             stale = incarnation != req.incarnation
             status = req.status
-            if status == FINISHED and not stale:
-                append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))  # finished while in flight (async)
+            if status == FINISHED and not stale:  # finished while in flight (async)
+                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))
                 continue
             if stale and discard:
-                append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, True, None, None)))
+                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, True, None, None)))
                 continue
             if not samples:
-                append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))
+                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))
                 continue
             if stale and status == FINISHED:
                 continue
@@ -372,10 +371,10 @@ class Scheduler:
             elif n_out >= req.max_tokens:
                 reason = "length"
             elif stale:
-                append(tuplenew.new_tuple(OutReq, (req.req_id, 1, None, True, None, None)))
+                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 1, None, True, None, None)))
                 continue
             else:
-                append(req.sampled_out)  # the usual entry: one shared immutable OutReq per request
+                outs.append(req.sampled_out)  # the usual entry: one shared immutable OutReq per request
                 continue
             if status != FINISHED:
                 if status == RUNNING:
@@ -383,7 +382,7 @@ class Scheduler:
                 elif req in self.waiting:
                     self.waiting.remove(req)
                 self._finish(req, reason)
-            append(tuplenew.new_tuple(OutReq, (req.req_id, 1, reason, stale, None, None)))
+            outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 1, reason, stale, None, None)))
         return outs
 
     def counts(self) -> tuple:
