@@ -320,7 +320,7 @@ def _frames(planned, outs, discard_stale: bool) -> list:
         frames = []
     for p, o in zip(_applied(planned, outs), outs):
         if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
-            frames.append(_frame(p.req, o.sampled, o.finish_reason))
+            frames.append(_frame(tuplenew.item(p, 0), o.sampled, o.finish_reason))  # Planned.req
     return frames
 
 
@@ -328,5 +328,5 @@ def _applied(planned, outs):
     """The Planned entries that produced ``outs`` (update skips requests finished while in flight)."""
     by_id = {}
     for p in planned:
-        by_id.setdefault(p.req.req_id, p)
+        by_id.setdefault(tuplenew.item(p, 0).req_id, p)  # Planned.req
     return [by_id[o.req_id] for o in outs]

@@ -70,7 +70,7 @@ cdef class Scheduler:
     cpdef bint _allocate(self, SimReq req, long long n, list hits, long long reserve=*)
     @cython.locals(bs=cython.longlong, full=cython.longlong, i=cython.longlong)
     cpdef _commit(self, SimReq req, long long upto)
-    @cython.locals(req=SimReq)
+    @cython.locals(req=SimReq, n=cython.longlong, samples=bint)
     cpdef _after_schedule(self, p)
     @cython.locals(discard=bint, async_sched=bint, bs=cython.longlong, version_term=cython.longlong, outs=list,
                    req=SimReq, stale=bint, status=cython.longlong, out_tokens=list, n_out=cython.longlong,

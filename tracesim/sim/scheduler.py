@@ -104,8 +104,10 @@ class SimReq:
 
 
 class Planned(NamedTuple):
-    """One request's share of a schedule, before it becomes a ``SchedReq``. A tuple, not a dataclass: one is
-    made per request per step, and ``tuplenew.new_tuple`` makes it several times faster (never mutated)."""
+    """One request's share of a schedule, before it becomes a ``SchedReq``: the fields of an entry of
+    ``Scheduler.schedule()``'s list. The native scheduler makes one per request per step as a plain tuple in
+    this field order (CPython reuses freed plain tuples; a tuple subclass takes fresh memory each time), so
+    consumers read entries by position (``tuplenew.item``); vLLM's backend makes Planned instances."""
 
     req: SimReq
     num_tokens: int
@@ -116,18 +118,11 @@ class Planned(NamedTuple):
     samples: bool  # the step samples a token for it (not a prefill chunk)
     admitted: bool = False  # admitted from the waiting queue by this schedule (new or resumed)
 
-    def record(self, prompt_len: int) -> SchedReq:
-        # The recorder's split (tracesim/record/convert.py): one fed token of a running request past its prompt
-        # is a decode; new, resumed and multi-token shares are prefill.
-        req, n, before, resumed, cached, _, _, admitted = self
-        decode = 1 if (n == 1 and not admitted and before >= prompt_len) else 0
-        return tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before,
-                                             req.placeholders))
-
 
 def sched_reqs(planned) -> tuple:
-    """The ``SchedReq`` of each planned entry, ``p.record(p.req.prompt_len)``, in one loop (no method call
-    per request-step)."""
+    """The ``SchedReq`` of each planned entry, in one loop. The recorder's split (tracesim/record/convert.py):
+    one fed token of a running request past its prompt is a decode; new, resumed and multi-token shares are
+    prefill."""
     out = []
     for p in planned:  # Planned fields by position (tuplenew.item: fast where compiled)
         req, n, before = tuplenew.item(p, 0), tuplenew.item(p, 1), tuplenew.item(p, 2)
@@ -244,7 +239,7 @@ class Scheduler:
                 if req.status != RUNNING:
                     break
             samples = total >= num_tokens + ph
-            planned.append(tuplenew.new_tuple(Planned, (req, n, computed, False, 0, req.incarnation, samples, False)))
+            planned.append((req, n, computed, False, 0, req.incarnation, samples, False))  # a Planned's fields
             # _after_schedule, inlined (nothing later in this schedule reads these fields of a running request)
             req.num_computed = total
             req.inflight += 1
@@ -318,16 +313,17 @@ class Scheduler:
             self.pool.commit(req.blocks[i], req.block_key(i, bs), 0)
         req.committed = max(req.committed, full)
 
-    def _plan(self, req: SimReq, n: int, resumed: bool, cached: int, admitted: bool = False) -> Planned:
+    def _plan(self, req: SimReq, n: int, resumed: bool, cached: int, admitted: bool = False) -> tuple:
+        """A Planned's fields, as a plain tuple (see Planned)."""
         before = req.num_computed
         samples = before + n >= req.num_tokens + req.placeholders
-        return Planned(req, n, before, resumed, cached, req.incarnation, samples, admitted)
+        return (req, n, before, resumed, cached, req.incarnation, samples, admitted)
 
-    def _after_schedule(self, p: Planned) -> None:
-        req = p.req
-        req.num_computed += p.num_tokens
+    def _after_schedule(self, p: tuple) -> None:
+        req, n, samples = tuplenew.item(p, 0), tuplenew.item(p, 1), tuplenew.item(p, 6)  # Planned fields
+        req.num_computed += n
         req.inflight += 1
-        if p.samples and self.cfg.async_scheduling:
+        if samples and self.cfg.async_scheduling:
             req.placeholders += 1
 
     # --- update ------------------------------------------------------------------------------------------
