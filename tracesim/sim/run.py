@@ -8,7 +8,7 @@ inputs therefore give the same records and, written out, the same bytes.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import simpy
 
