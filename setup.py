@@ -42,9 +42,10 @@ else:
     # Types come from the .pxd files only: Cython's annotation typing would turn e.g. `features: bool` into a
     # C boolean that rejects what Python accepts.
     ext_modules += cythonize([Extension(f"tracesim.sim.{m}", [os.path.join(SIM_DIR, f"{m}.py")]) for m in SIM_MODULES],
-                             language_level=3, quiet=True, compiler_directives={"annotation_typing": False})
+                             language_level=3, quiet=True, compiler_directives={"annotation_typing": False},
+                             nthreads=os.cpu_count() or 1)
     for ext in ext_modules:
         ext.optional = True  # a failed compile warns and installs without it (cythonize drops the argument)
     write_build_record()
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, options={"build_ext": {"parallel": os.cpu_count() or 1}})  # C compiles side by side
