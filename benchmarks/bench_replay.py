@@ -19,7 +19,6 @@ replays in the generating process right after the generation, whose freed object
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -27,10 +26,10 @@ import sys
 import tempfile
 import time
 
-import msgpack
 import simpy
 
 from tracesim.format import write_trace
+from tracesim.format.digest import records_digest
 from tracesim.format.records import StepScheduled
 from tracesim.sim import _compiled
 from tracesim.sim.replay import replay
@@ -69,14 +68,6 @@ def bare_simpy(n_events: int) -> float:
     return time.perf_counter() - t
 
 
-def records_digest(trace) -> str:
-    """sha256 of every packed record: equal digests, byte-identical traces."""
-    h, packer = hashlib.sha256(), msgpack.Packer()
-    for r in trace.records:
-        h.update(packer.pack(r))
-    return h.hexdigest()
-
-
 def timed_replay(trace) -> dict:
     """Replay ``trace`` and time it, then a bare SimPy loop of as many events as the replay wrote records."""
     t = time.perf_counter()
@@ -84,7 +75,7 @@ def timed_replay(trace) -> dict:
     replay_s = time.perf_counter() - t
     n_events = len(out.records)
     return {"replay_s": replay_s, "records": n_events, "bare_s": bare_simpy(n_events),
-            "digest": records_digest(out), "compiled": _compiled.STATUS.compiled}
+            "digest": records_digest(out.records), "compiled": _compiled.STATUS.compiled}
 
 
 _FRESH = """

@@ -6,6 +6,10 @@ import hashlib
 import sys
 from array import array
 
+import msgpack
+
+from tracesim.format.codec import encode_frame
+
 if array("i").itemsize != 4:  # pragma: no cover - every platform we run on has 4-byte C ints
     raise RuntimeError("token_digest needs 4-byte ints")
 _BIG_ENDIAN = sys.byteorder == "big"  # checked once: the simulator digests every sample it finishes
@@ -17,3 +21,12 @@ def token_digest(token_ids) -> str:
     if _BIG_ENDIAN:  # pragma: no cover - big-endian hosts
         data.byteswap()
     return hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()
+
+
+def records_digest(records) -> str:
+    """sha256 of ``records`` (a header included or not) as the trace writer frames and packs them: equal
+    digests, byte-identical record streams. For comparing runs without writing files."""
+    h, packer = hashlib.sha256(), msgpack.Packer(use_bin_type=True)
+    for record in records:
+        h.update(packer.pack(encode_frame(record)))
+    return h.hexdigest()
