@@ -246,12 +246,12 @@ def test_output_dropped_after_a_cache_reset_passes():
     assert violations(run, "output_applies_to_scheduling_incarnation") == []
 
 
-def _readded_in_flight(readded: bool) -> Run:
+def _readded_in_flight(readded: bool, abort_side: str = "client") -> Run:
     """Step 0's output for a arrives after a was aborted and (or not) added again under the same id."""
     run = Run()
     run.admit("a")
     run.emit(StepScheduled(run.at(), run.at(), 0, (SchedReq("a", 8, 0),)))
-    run.abort(["a"], side="client")
+    run.abort(["a"], side=abort_side)
     run.admit("a" if readded else "b")
     run.emit(StepUpdated(run.at(), run.at(), 0, (OutReq("a", 1, stale=True),)))
     return run
@@ -263,8 +263,15 @@ def test_old_output_landing_on_a_readded_request_is_reported_even_if_stale():
 
 
 def test_old_output_for_an_aborted_request_is_reported():
-    (v,) = violations(_readded_in_flight(readded=False), "output_applies_to_scheduling_incarnation")
+    (v,) = violations(_readded_in_flight(readded=False, abort_side="engine"), "output_applies_to_scheduling_incarnation")
     assert "although it was aborted" in v.message
+
+
+def test_client_abort_sent_while_a_step_is_in_flight_does_not_void_its_output():
+    # The client asked while step 0 was in flight; the engine only processes the abort after update(0), so
+    # step 0's token was applied to the incarnation that scheduled it (judged at the time the engine acted).
+    assert violations(_readded_in_flight(readded=False, abort_side="client"),
+                      "output_applies_to_scheduling_incarnation") == []
 
 
 def test_output_for_a_request_the_step_did_not_schedule_is_reported():

@@ -231,7 +231,9 @@ class _Scanner:
         ix = self.ix
         ix.timeline.append((self.proc, rec))
         for req_id in rec.req_ids:
-            incs = ix.engine.get(req_id)
+            # A client-side abort is only the client's request: the engine ends the incarnation when it
+            # processes it (its own Aborted record), possibly after a step in flight applied its output.
+            incs = ix.engine.get(req_id) if rec.side != "client" else None
             if incs is not None:
                 inc = incs[-1]
                 if inc.ended is None:

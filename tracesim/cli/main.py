@@ -19,7 +19,8 @@ from tracesim.format.errors import TraceFormatError
 from tracesim.inputs import InputError
 
 # Subcommand modules, in the order `tracesim --help` lists them.
-COMMANDS = ["info", "validate", "merge", "record", "replay", "simulate", "fit", "check", "plot", "export"]
+COMMANDS = ["info", "validate", "merge", "record", "replay", "simulate", "explore", "repro", "fit", "check", "plot",
+            "export"]
 
 
 class UsageError(InputError):

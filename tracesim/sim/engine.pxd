@@ -33,6 +33,7 @@ cdef class Engine:
     cdef public object progress
     cdef public object feed
     cdef public long long actions
+    cdef public object hooks
     cdef public object _wake
 
     cpdef bint _feed_due(self)

@@ -59,6 +59,7 @@ class Engine:
         self.progress = progress
         self.feed = None  # exact replay: a Feed of recorded inputs, each due before a given action
         self.actions = 0  # sched / upd actions performed (what a Feed's inputs are keyed by)
+        self.hooks = None  # a run's perturbations (hooks.Hooks): hold / reorder inputs, inject control actions
         self._wake = env.event()
 
     # --- inputs (called by client processes) -------------------------------------------------------------
@@ -90,6 +91,8 @@ class Engine:
         return self.feed is not None and self.feed.is_due(self.actions)
 
     def _drain_inputs(self) -> None:
+        if self.hooks is not None:
+            self.hooks.gate(self)  # ordering perturbations: may hold back or reorder the queued inputs
         while self.inputs:
             kind, payload = self.inputs.popleft()
             getattr(self, "_on_" + kind)(payload)
@@ -128,6 +131,8 @@ class Engine:
         self.sched.pause_state = state
         self.emit(Paused(self.env.now, "engine", mode, clear_cache, state))
         self.pause = (mode, clear_cache, done)
+        if self.hooks is not None:
+            self.hooks.action(self, "pause", 0)
         self._maybe_finish_pause()
 
     def _maybe_finish_pause(self) -> None:
@@ -202,6 +207,8 @@ class Engine:
                     yield env.timeout(dur)
                 self._apply_output(flight, t0)
                 kind = "sched" if len(self.queue) < depth else "upd"
+            if kind is None and self.hooks is not None and self.hooks.release(self):
+                kind = "sched"  # inputs held back by a perturbation: take them now rather than sleep
             if kind is None:  # nothing to do: sleep until an input arrives
                 self._wake = env.event()
                 if self.feed:  # idle: take the next input when it comes, whatever action it was due before
@@ -228,6 +235,8 @@ class Engine:
         self.queue.append(flight)
         if self.progress is not None and step % 1024 == 1023:
             self.progress.update(1024)
+        if self.hooks is not None:
+            self.hooks.action(self, "sched", step)
 
     def _launch(self, flight, reqs) -> None:
         """The forward pass runs on the GPU after the previous one; its end is known when it starts. An empty
@@ -281,6 +290,8 @@ class Engine:
         frames = _frames(flight.planned, outs, self.cfg.discard_stale_frames)
         if frames:
             self.on_output(flight.step, frames)
+        if self.hooks is not None:
+            self.hooks.action(self, "upd", flight.step)
         self._maybe_finish_pause()
 
     def _can_schedule(self) -> bool:

@@ -31,6 +31,7 @@ from tracesim.format.records import (
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
 from tracesim.sim.feed import Feed, FeedItem
+from tracesim.sim.hooks import Hooks
 from tracesim.sim.rollout import Rollout, Sample
 from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
@@ -210,6 +211,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     simulated trace; raises StuckRunError."""
     scan = _Scan(trace)
     t0 = scan.t0
+    hooks = Hooks(perturbations)
     cfg = engine_config_from(trace.header)
     if scenario is not None:
         cfg = scenario.engine.__class__(**{**scenario.engine.__dict__, **{
@@ -217,6 +219,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
                                          "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling")}})
     if scheduler_backend is not None:
         cfg = cfg.__class__(**{**cfg.__dict__, "scheduler_backend": scheduler_backend})
+    cfg = hooks.engine_config(cfg)
     base = scenario or Scenario(workload=Workload(), engine=cfg)
     scen = base.replace(engine=cfg, name=f"replay:{trace.path or 'trace'}")
     model = ModelTiming(scen.steptime if steptime is None else getattr(steptime, "steptime", steptime), cfg)
@@ -233,11 +236,13 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     env = simpy.Environment()
     records: list = []
     emit = records.append
-    engine = Engine(env, cfg, model, emit, None, progress)
+    engine = Engine(env, cfg, hooks.timing(model), emit, None, progress)
     client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None)
     client.latency_ns = scen.engine.output_latency_us * 1000
     client._untracked = lambda req_id: client.samples.setdefault(req_id, Sample(req_id, None, 0, 0, 0))
     # the replay client tracks every request it hears of (its adds are the recording's)
+    if hooks:
+        hooks.install(env, engine, client)
     inputs = sorted([(a.add.t_ns - t0, a.index, "add", a) for a in _arrivals(scan)] + _controls(scan, t0))
     if timing == "exact":  # engine inputs are due before the engine action they preceded (feed.py)
         before = scan.before  # what feed.engine_actions_before(trace.records) gives at these indices
@@ -308,7 +313,8 @@ def _until_idle(env, engine, inputs, done) -> None:
     parked_ns = []  # the time of the poll that parked, while parked
 
     def idle() -> bool:
-        return not engine.inputs and not engine.queue and not engine.sched.has_work()
+        return (not engine.inputs and not engine.queue and not engine.sched.has_work()
+                and (engine.hooks is None or not engine.hooks.holding()))
 
     def poll(_ev) -> None:
         if engine.feed:

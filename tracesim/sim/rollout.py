@@ -11,7 +11,7 @@ import random
 import zlib
 
 from tracesim.format.digest import token_digest
-from tracesim.format.records import OutputDelivered, RequestAdded, SampleDropped, VersionSpan, check_arity
+from tracesim.format.records import Aborted, OutputDelivered, RequestAdded, SampleDropped, VersionSpan, check_arity
 import tracesim.sim.tuplenew as tuplenew
 from tracesim.sim.scheduler import SimReq, token_id
 
@@ -165,6 +165,61 @@ class Rollout:
 
     def all_submitted(self) -> bool:
         return self.submitted >= self.wl.num_prompts
+
+    # --- actions a perturbation injects (hooks.py) --------------------------------------------------------
+
+    def control(self, kind: str, payload=None) -> None:
+        """Send one input to the engine core (it arrives after the client -> engine latency)."""
+        self._later(self.add_latency_ns, lambda: self.engine.submit(kind, payload))
+
+    def cancel(self, req_id: str, whole_group: bool) -> None:
+        """Abort request ``req_id`` (or every live member of its group) from the client. The engine's abort
+        frames come back and the loop handles them as any abort (its ``on_abort`` policy)."""
+        ids = [req_id]
+        if whole_group:
+            sample = self.samples.get(req_id)
+            if sample is not None and sample.group is not None:
+                ids = [s.req_id for s in sample.group.samples if s.req_id in self.samples]
+            else:  # a request the client does not track (replay): its group as the engine knows it
+                req = self.engine.sched.requests.get(req_id)
+                if req is not None and req.group_id is not None:
+                    ids = [r.req_id for r in self.engine.sched.requests.values() if r.group_id == req.group_id]
+        self.emit(Aborted(self.env.now, tuple(ids), "client", "client"))
+        self.control("abort", tuple(ids))
+
+    def retry(self, req_id: str) -> None:
+        """Give up on ``req_id`` and resubmit its sample at once, without waiting for the abort to be processed:
+        under a fresh id, or the same one with ``retry_ids = "reuse"`` (then the old incarnation's abort frame
+        can reach the new one). A request the client does not track is left alone."""
+        sample = self.samples.get(req_id)
+        if sample is not None and sample.group is None:  # replay's stand-in client: the engine knows the request
+            self._retry_untracked(req_id)
+            return
+        if sample is None or sample.finished:
+            return
+        self.emit(Aborted(self.env.now, (req_id,), "retry", "client"))
+        self.control("abort", (req_id,))
+        del self.samples[req_id]
+        sample.retries += 1
+        sample.tokens, sample.stamps = [], []
+        sample.label = self.version
+        rid = req_id if self.policy.retry_ids == "reuse" else f"{sample.group.group_id}-s{sample.idx}-r{sample.retries}"
+        self._add(sample, rid)
+
+    def _retry_untracked(self, req_id: str) -> None:
+        """Replay: resubmit a copy of the engine's live request under a fresh id (``<id>-retry``)."""
+        old = self.engine.sched.requests.get(req_id)
+        if old is None:
+            return
+        self.emit(Aborted(self.env.now, (req_id,), "retry", "client"))
+        self.control("abort", (req_id,))
+        rid = req_id if self.policy.retry_ids == "reuse" else f"{req_id}-retry"
+        req = SimReq(rid, old.prompt_len, old.max_tokens, old.stop_len, old.prompt_key, old.group_id,
+                     old.sample_idx, old.group_size)
+        req.prompt_block_keys, req.known_output = old.prompt_block_keys, old.known_output
+        self.emit(RequestAdded(self.env.now, rid, "client", old.group_id, old.sample_idx, old.group_size,
+                               old.prompt_len, old.max_tokens, None, old.prompt_key, self.version))
+        self.control("add", req)
 
 
 def _deliver(client: Rollout, batch) -> None:

@@ -17,6 +17,7 @@ from tracesim.format.records import ProcessInfo
 from tracesim.format.trace import Trace
 from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.engine import Engine
+from tracesim.sim.hooks import Hooks
 from tracesim.sim.rollout import Rollout
 from tracesim.sim.scenario import Scenario
 from tracesim.sim.timing import ModelTiming
@@ -28,8 +29,8 @@ MAX_VIRTUAL_NS = 10 ** 15  # ~11.6 virtual days: a run that has not ended by the
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What a simulated run is a function of. ``perturbations`` is an ordered list of serialisable changes
-    (none are defined yet; exploration will add them and apply them where the model reads its inputs)."""
+    """What a simulated run is a function of. ``perturbations``: an ordered tuple of ``perturb.Perturbation``
+    values, applied where the model reads its inputs (``hooks.py``); the header keeps their text forms."""
 
     scenario: Scenario
     seed: int = 0
@@ -37,7 +38,7 @@ class RunInputs:
     base_trace: str | None = None  # path of the recorded trace a replay was built from, for the header
 
     def header_inputs(self) -> dict:
-        d = {"scenario": self.scenario.to_dict(), "perturbations": [list(p) for p in self.perturbations]}
+        d = {"scenario": self.scenario.to_dict(), "perturbations": [str(p) for p in self.perturbations]}
         if self.base_trace is not None:
             d["base_trace"] = self.base_trace
         return d
@@ -55,19 +56,22 @@ def sim_header(inputs: RunInputs, engine_config: dict):
 @cyclic_gc_paused()  # see tracesim/gcpause.py: about 40% of a run otherwise
 def simulate(inputs: RunInputs, progress=None) -> Trace:
     """Run the scenario's RL loop to completion; return the trace. Raises StuckRunError."""
-    s = inputs.scenario
+    hooks = Hooks(inputs.perturbations)
+    s = hooks.scenario(inputs.scenario)
     env = simpy.Environment()
     records: list = []
     emit = records.append
     rng_work = random.Random(f"{inputs.seed}:workload")
     rng_reward = random.Random(f"{inputs.seed}:reward")
-    engine = Engine(env, s.engine, ModelTiming(s.steptime, s.engine), emit, None, progress)
+    engine = Engine(env, s.engine, hooks.timing(ModelTiming(s.steptime, s.engine)), emit, None, progress)
     done = env.event()
     trainer: Trainer
     rollout = Rollout(env, s, engine, emit, rng_work, lambda smp: pool.put(smp),
                       lambda g: trainer.group_dropped(g))
     trainer = Trainer(env, s, engine, rollout, emit, done)
     pool = RewardPool(env, s.loop, emit, rng_reward, rollout, trainer.rewarded)
+    if hooks:
+        hooks.install(env, engine, rollout, trainer, pool)
     env.process(engine.run())
     env.process(rollout.run())
     env.process(trainer.run())

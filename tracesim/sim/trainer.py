@@ -29,6 +29,7 @@ class RewardPool:
         self.queue: deque = deque()
         self.handed: deque = deque()  # samples in the order they were handed out (for "arrival" matching)
         self.idle = [env.event() for _ in range(policy.reward_workers)]
+        self.extra_ns: dict = {}  # req_id -> added reward latency (a perturbation, hooks.py)
         for w in range(policy.reward_workers):
             env.process(self._worker(w))
 
@@ -48,7 +49,10 @@ class RewardPool:
                 continue
             sample = self.queue.popleft()
             self.handed.append(sample)
-            yield env.timeout(self.rng.randint(*self.policy.reward_us) * 1000)
+            latency_ns = self.rng.randint(*self.policy.reward_us) * 1000  # drawn always: other draws stay put
+            if self.extra_ns:
+                latency_ns = max(0, latency_ns + self.extra_ns.get(sample.req_id, 0))
+            yield env.timeout(latency_ns)
             self._bind(sample, w)
 
     def _bind(self, scored, worker: int) -> None:
@@ -73,6 +77,10 @@ class Trainer:
         self.ready: deque = deque()  # groups whose every sample has a reward
         self.train_step = 0
         self.version = 0
+        self.updates = 0  # weight-update cycles started
+        self.updating = None  # an injected update cycle in progress (a SimPy process), if any
+        self.in_update = False  # any update cycle in progress
+        self.tweaks = None  # update number -> hooks.UpdateTweaks (perturbations of that cycle)
         self._wake = env.event()
 
     def rewarded(self, sample, reward: float) -> None:
@@ -113,6 +121,8 @@ class Trainer:
                 yield env.timeout(policy.train_us * 1000)
                 self.train_step += 1
                 if policy.update_every and self.train_step % policy.update_every == 0:
+                    if self.updating is not None:  # an injected update is in progress: this one follows it
+                        yield self.updating
                     yield from self._update_weights()
 
     def _tail(self) -> bool:
@@ -133,25 +143,70 @@ class Trainer:
                                           self.rewards[s.req_id]) for s in group.samples)
         return samples
 
+    def extra_update(self) -> None:
+        """Start one more update cycle now (a perturbation), unless one is in progress."""
+        if self.updating is None and not self.in_update:
+            self.updating = self.env.process(self._extra())
+
+    def _extra(self):
+        yield from self._update_weights()
+        self.updating = None
+
     def _update_weights(self):
-        """pause -> write -> set version -> resume, as the RL framework drives vLLM."""
+        """pause -> write -> set version -> resume, as the RL framework drives vLLM. Perturbations
+        (``tweaks``) can stop waiting for the drain early, delay or lengthen the write, and set the version
+        label before or after the write ends."""
         env, policy, engine = self.env, self.policy, self.engine
+        self.updates += 1
+        self.in_update = True
+        tw = self.tweaks(self.updates) if self.tweaks is not None else None
         t0 = env.now
         drained = engine.request_pause(policy.pause_mode, policy.clear_cache)
         if policy.wait_for_drain:
-            yield drained
+            if tw is not None and tw.early_ns is not None:
+                yield env.any_of([drained, env.timeout(tw.early_ns)])
+            else:
+                yield drained
         state = 2 if policy.pause_mode == "keep" else 1
         self.emit(Paused(t0, "client", policy.pause_mode, policy.clear_cache, state, env.now))
+        if tw is not None and tw.late_ns:
+            yield env.timeout(tw.late_ns)
         t_write = env.now
-        yield env.timeout(policy.weight_write_us * 1000)
+        write_ns = policy.weight_write_us * 1000
+        shift_ns = 0
+        if tw is not None:
+            write_ns = max(0, write_ns + tw.write_extra_ns)
+            shift_ns = max(-write_ns, tw.shift_ns)
         new_version = self.version + 1
-        engine.weights_version = new_version
-        engine.version = new_version
+        if shift_ns < 0:  # the label moves on while the old weights are still being overwritten
+            yield env.timeout(write_ns + shift_ns)
+            self._set_label(new_version)
+            yield env.timeout(-shift_ns)
+            engine.weights_version = new_version
+        else:
+            yield env.timeout(write_ns)
+            engine.weights_version = new_version
+        t_end = env.now
         self.version = new_version
-        self.rollout.version = new_version
-        self.emit(WeightsUpdated(t_write, env.now, new_version, "client", env.now))
+        if shift_ns > 0:  # resumed with new weights, the label follows later
+            engine.submit("resume")
+            self.emit(Resumed(env.now, "client"))
+            yield env.timeout(shift_ns)
+            self._set_label(new_version)
+            self.emit(WeightsUpdated(t_write, t_end, new_version, "client", env.now))
+            self.in_update = False
+            return
+        if shift_ns == 0:
+            self._set_label(new_version)
+        self.emit(WeightsUpdated(t_write, t_end, new_version, "client", t_end + shift_ns))
         engine.submit("resume")
         self.emit(Resumed(env.now, "client"))
+        self.in_update = False
+
+    def _set_label(self, version: int) -> None:
+        """The engine stamps outputs, and the client labels samples, with ``version`` from now on."""
+        self.engine.version = version
+        self.rollout.version = version
 
 
 def token_digest_of(sample) -> str:

@@ -1,0 +1,79 @@
+"""``tracesim explore (TRACE | --scenario FILE) [--policy FILE] [--budget N | --time S] [--workers N]
+[--ray ADDR] [--seed N] [--scheduler native|vllm] [--space env|loop] [--json] [-o DIR]``.
+
+Exit 0 when no run broke an invariant, 1 with counterexamples (each shrunk, confirmed and saved), 2 on bad
+input. See docs/explore.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("explore", help="search perturbed runs for broken bindings; shrink and report each",
+                       description=__doc__)
+    p.add_argument("trace", nargs="?", help="recorded trace to perturb (exact replay is the base run)")
+    p.add_argument("--scenario", metavar="FILE", help="TOML scenario to perturb instead of a trace")
+    p.add_argument("--policy", metavar="FILE", help="TOML policy the checkers judge against (default: strict)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--budget", type=int, metavar="N", help="runs to try (default 200)")
+    limit.add_argument("--time", type=float, metavar="S", help="seconds to search (then shrink what was found)")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: the cores)")
+    p.add_argument("--ray", metavar="ADDR", help="run on Ray: 'auto', an address, or 'local' (the [ray] extra)")
+    p.add_argument("--seed", type=int, default=0, help="exploration seed: same seed, same runs and findings")
+    p.add_argument("--scheduler", choices=("native", "vllm"),
+                   help="scheduling backend: the native model, or vLLM's own scheduler in virtual time")
+    p.add_argument("--space", choices=("env", "loop"), default="env",
+                   help="env: timings, races, client actions and engine settings a correct loop must survive; "
+                        "loop: also changes to the loop's own protocol (write before drain, late labels)")
+    p.add_argument("--no-shrink", action="store_true", help="report the first failing runs as found")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the counterexamples' timelines")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (see docs/explore.md)")
+    p.add_argument("-o", "--output", metavar="DIR", default="counterexamples",
+                   help="where counterexamples are saved (default ./counterexamples)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def base_from_args(args, need_one: bool = True):
+    """The Base named by TRACE / --scenario (exactly one), with --scheduler and --policy."""
+    from tracesim.cli.main import UsageError
+    from tracesim.explore.runner import Base
+
+    trace, scenario = getattr(args, "trace", None), getattr(args, "scenario", None)
+    if bool(trace) == bool(scenario):
+        raise UsageError("give either a TRACE or --scenario FILE (one of them)")
+    return Base("trace" if trace else "scenario", trace or scenario, args.scheduler, args.policy)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from tracesim.cli.main import UsageError
+    from tracesim.explore import explore, format_result, result_json, save
+    from tracesim.explore.runner import check_base
+    from tracesim.sim.scenario import ScenarioError
+
+    base = base_from_args(args)
+    if args.budget is not None and args.budget < 1:
+        raise UsageError(f"--budget must be at least 1, got {args.budget}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    try:
+        check_base(base)
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    budget = args.budget if args.budget is not None else (None if args.time is not None else 200)
+    spaces = ("env", "loop") if args.space == "loop" else ("env",)
+    with tqdm(total=budget, unit="run", file=sys.stderr, disable=args.no_progress or None, desc="explore") as bar:
+        result = explore(base, budget=budget, time_s=args.time, seed=args.seed, workers=args.workers, ray=args.ray,
+                         spaces=spaces, shrink_failures=not args.no_shrink, progress=bar)
+    for n, f in enumerate(result.findings, 1):
+        save(f, args.output, n, plot=not args.no_plot)
+    if args.json:
+        print(json.dumps(result_json(result), indent=1))
+    else:
+        print(format_result(result))
+    return 1 if result.findings else 0

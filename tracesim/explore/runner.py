@@ -1,0 +1,167 @@
+"""One exploration run: (base, seed, perturbations) -> the invariants it breaks. A pure function of its inputs.
+
+A ``RunSpec`` carries everything a worker needs and nothing heavy: the base is named by a path (a scenario TOML
+or a recorded trace), so a task shipped to another process or a Ray worker is a few hundred bytes; each
+worker loads a base once and keeps it (``_load``). ``run_one`` simulates or replays, checks the result against
+the policy, and returns an ``Outcome``: the distinct failures of the run, each a ``Signature`` (the invariant
+and the kinds of records that exposed it, Hypothesis' "same error, same place") with its first violation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from tracesim.check import Policy, check_trace, load_policy
+from tracesim.format.digest import records_digest
+
+BASE_KINDS = ("scenario", "trace")
+
+
+@dataclass(frozen=True)
+class Base:
+    """What every run of one exploration starts from."""
+
+    kind: str  # "scenario" (simulate a TOML scenario) or "trace" (exact replay of a recording)
+    path: str  # the scenario or trace file, as the user named it
+    scheduler: str | None = None  # "native" | "vllm": overrides the scenario's / recording's backend
+    policy: str | None = None  # TOML policy file the checkers judge against (None: the strict policy)
+
+    def describe(self) -> str:
+        extra = f", {self.scheduler} scheduler" if self.scheduler else ""
+        return f"{self.kind} {self.path}{extra}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    base: Base
+    seed: int
+    perturbations: tuple = ()  # tuple[perturb.Perturbation, ...]
+    index: int = -1  # position in the exploration's run order (-1: outside a search, e.g. shrinking)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A distinct failure: the invariant, and the kinds of the records its violation points at."""
+
+    invariant: str
+    kinds: tuple = ()
+
+    def __str__(self) -> str:
+        return f"{self.invariant} [{', '.join(self.kinds)}]" if self.kinds else self.invariant
+
+
+@dataclass(frozen=True)
+class Failure:
+    signature: Signature
+    violation: object  # the first check.Violation with this signature
+    count: int  # violations with this signature in the run
+
+
+@dataclass(frozen=True)
+class Outcome:
+    index: int
+    failures: tuple = ()  # tuple[Failure, ...] in the checkers' report order
+    steps: int = 0
+    error: str | None = None  # the run itself failed (e.g. stuck): reported, never a finding
+
+    def signatures(self) -> set:
+        return {f.signature for f in self.failures}
+
+    def failure(self, sig: Signature):
+        return next((f for f in self.failures if f.signature == sig), None)
+
+
+def signature_of(violation) -> Signature:
+    return Signature(violation.invariant, tuple(sorted({e.kind for e in violation.events})))
+
+
+# --- loading bases (once per process) -----------------------------------------------------------------------
+
+_CACHE: dict = {}
+
+
+def _load(base: Base):
+    """(scenario or recorded Trace, Policy) for ``base``, cached per process."""
+    key = (base.kind, os.path.abspath(base.path), base.scheduler, base.policy)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _CACHE[key] = _load_uncached(base)
+    return hit
+
+
+def _load_uncached(base: Base):
+    from tracesim.sim.backends import with_backend
+
+    policy = load_policy(base.policy) if base.policy else Policy()
+    if base.kind == "scenario":
+        from tracesim.sim.scenario import load_scenario
+
+        scenario = load_scenario(base.path)
+        if base.scheduler is not None:
+            scenario = with_backend(scenario, base.scheduler, f"{base.path} (--scheduler)")
+        return scenario, policy
+    if base.kind == "trace":
+        from tracesim.format import read_trace
+
+        if base.scheduler == "vllm":
+            with_backend(None, "vllm")  # a clear error where vLLM is missing
+        return read_trace(base.path), policy
+    raise ValueError(f"base kind must be one of {BASE_KINDS}, got {base.kind!r}")
+
+
+def check_base(base: Base) -> None:
+    """Load the base now (raises the usual clear errors for a bad file) so a search fails before it starts."""
+    _load(base)
+
+
+def simulate_spec(spec: RunSpec):
+    """The simulated trace of one run."""
+    loaded, _ = _load(spec.base)
+    if spec.base.kind == "scenario":
+        from tracesim.sim.run import RunInputs, simulate
+
+        return simulate(RunInputs(loaded, spec.seed, tuple(spec.perturbations)))
+    from tracesim.sim.replay import replay
+
+    return replay(loaded, timing="exact", seed=spec.seed, perturbations=tuple(spec.perturbations),
+                  scheduler_backend=spec.base.scheduler)
+
+
+def check_spec_trace(spec: RunSpec, trace):
+    _, policy = _load(spec.base)
+    return check_trace(trace, policy)
+
+
+def run_one(spec: RunSpec, keep_trace: bool = False):
+    """Simulate and check one run; return its ``Outcome`` (and the trace with ``keep_trace``)."""
+    from tracesim.format.records import StepScheduled
+    from tracesim.sim.run import StuckRunError
+
+    try:
+        trace = simulate_spec(spec)
+    except StuckRunError as exc:
+        out = Outcome(spec.index, (), 0, f"stuck: {exc}")
+        return (out, None) if keep_trace else out
+    report = check_spec_trace(spec, trace)
+    failures, seen = [], {}
+    for v in report.violations:
+        sig = signature_of(v)
+        if sig in seen:
+            seen[sig][1] += 1
+        else:
+            seen[sig] = [v, 1]
+    failures = tuple(Failure(sig, v, n) for sig, (v, n) in seen.items())
+    steps = sum(1 for r in trace.records if type(r) is StepScheduled)
+    out = Outcome(spec.index, failures, steps)
+    return (out, trace) if keep_trace else out
+
+
+def trace_digest(spec: RunSpec) -> str:
+    """sha256 of the run's records: two runs of one spec must agree (determinism)."""
+    return records_digest(simulate_spec(spec).records)
+
+
+def with_perturbations(spec: RunSpec, perturbations) -> RunSpec:
+    return dataclasses.replace(spec, perturbations=tuple(perturbations), index=-1)
