@@ -52,6 +52,10 @@ class MeetingPoints:
     longest_request: int = 0  # prompt + max_tokens of the longest request (bounds KV-capacity flips)
     block_size: int = 16
     has_loop: bool = False  # the run has a trainer (rewards, weight updates) to perturb
+    has_client: bool = False  # the trace has client-side admissions
+    # Client aborts and retries can be injected: in a scenario, or in a recording without a client side. A
+    # replayed client side follows the recording, which cannot say what the user's loop does after an abort.
+    client_actions: bool = True
     async_scheduling: bool = False
     prefix_caching: bool = True
 
@@ -107,6 +111,8 @@ def meeting_points(trace) -> MeetingPoints:
             m.rewards.append((r.t_ns, r.req_id))
         elif kind is OutputDelivered and r.finished:
             m.finals.append((r.t_ns, r.req_id, final_step.get(r.req_id)))
+        elif kind is RequestAdded and r.side == "client":
+            m.has_client = True
         elif kind is RequestAdded and r.side == "engine":
             m.inputs.append((r.t_ns, "add", r.req_id))
             m.longest_request = max(m.longest_request, (r.prompt_len or 0) + (r.max_tokens or 0))
@@ -204,6 +210,8 @@ def _steps_near_moves(m) -> list:
 
 def _client_action(m, rng):
     """A client abort or retry of a request in flight at a step near a version move, or during a pause."""
+    if not m.client_actions:
+        return None
     steps = [s for s in _steps_near_moves(m) if m.batch.get(s)]
     options = []
     if steps:
@@ -314,7 +322,7 @@ def _random_one(m, rng, kind):
     if kind == "input" and m.inputs:
         _, k, key = rng.choice(m.inputs)
         return P.DeferInput(k, key, rng.choice((1, 2, 4))) if rng.random() < 0.7 else P.SwapInputs(k, key)
-    if kind == "action" and m.batch.get(step):
+    if kind == "action" and m.client_actions and m.batch.get(step):
         at, req = f"{rng.choice(('sched', 'upd'))}:{step}", rng.choice(m.batch[step])
         return P.Abort(at, req, rng.choice(("request", "group"))) if rng.random() < 0.6 else P.Retry(at, req)
     if kind == "control":

@@ -240,6 +240,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None)
     client.latency_ns = scen.engine.output_latency_us * 1000
     client._untracked = lambda req_id: client.samples.setdefault(req_id, Sample(req_id, None, 0, 0, 0))
+    client.client_records = False
     # the replay client tracks every request it hears of (its adds are the recording's)
     if hooks:
         hooks.install(env, engine, client)

@@ -61,6 +61,7 @@ class Rollout:
         self.groups: list = []
         self.generating = 0  # groups with samples still generating
         self.submitted = 0
+        self.client_records = True  # False for replay's stand-in client: the recording has the client's records
         self._slot = env.event()
         engine.on_output = self.send
 
@@ -184,7 +185,8 @@ class Rollout:
                 req = self.engine.sched.requests.get(req_id)
                 if req is not None and req.group_id is not None:
                     ids = [r.req_id for r in self.engine.sched.requests.values() if r.group_id == req.group_id]
-        self.emit(Aborted(self.env.now, tuple(ids), "client", "client"))
+        if self.client_records:
+            self.emit(Aborted(self.env.now, tuple(ids), "client", "client"))
         self.control("abort", tuple(ids))
 
     def retry(self, req_id: str) -> None:
@@ -207,18 +209,16 @@ class Rollout:
         self._add(sample, rid)
 
     def _retry_untracked(self, req_id: str) -> None:
-        """Replay: resubmit a copy of the engine's live request under a fresh id (``<id>-retry``)."""
+        """Replay: resubmit a copy of the engine's live request under a fresh id (``<id>-retry``). The stand-in
+        client writes no client records (the recording holds the client's own)."""
         old = self.engine.sched.requests.get(req_id)
         if old is None:
             return
-        self.emit(Aborted(self.env.now, (req_id,), "retry", "client"))
         self.control("abort", (req_id,))
         rid = req_id if self.policy.retry_ids == "reuse" else f"{req_id}-retry"
         req = SimReq(rid, old.prompt_len, old.max_tokens, old.stop_len, old.prompt_key, old.group_id,
                      old.sample_idx, old.group_size)
         req.prompt_block_keys, req.known_output = old.prompt_block_keys, old.known_output
-        self.emit(RequestAdded(self.env.now, rid, "client", old.group_id, old.sample_idx, old.group_size,
-                               old.prompt_len, old.max_tokens, None, old.prompt_key, self.version))
         self.control("add", req)
 
 
