@@ -165,10 +165,14 @@ def _shrink_finding(f: Finding, executor, width: int, max_runs: int, progress) -
         specs = [with_perturbations(first, c) for c in cands]
         return [sig in out.signatures() for out in map_ordered(executor, specs, width)]
 
-    if progress is not None:
-        progress.set_postfix_str(f"shrinking {sig.invariant}")
+    made = [0]
+
+    def on_run(n: int) -> None:  # the bar counts search runs; shrinking shows its own count beside it
+        made[0] += n
+        progress.set_postfix_str(f"shrinking {sig.invariant}: {made[0]} runs")
+
     res = shrink(first.perturbations, still_fails, chunk=max(1, width // 2), max_runs=max_runs,
-                 on_run=(lambda n: progress.update(n)) if progress is not None else None)
+                 on_run=on_run if progress is not None else None)
     f.minimal = with_perturbations(first, res.perturbations)
     f.shrink_runs, f.shrink_steps = res.runs, res.steps
     out = run_one(f.minimal)
