@@ -164,7 +164,8 @@ def test_packed_rows_never_hold_overlapping_intervals(pairs):
     rows = pack_rows(starts, ends)
     for row in np.unique(rows):
         idx = np.flatnonzero(rows == row)
-        order = idx[np.argsort(starts[idx])]
+        order = idx[np.lexsort((ends[idx], starts[idx]))]  # by start, then end: a zero-length interval at t
+        # touches, and does not overlap, one that starts at t
         assert np.all(starts[order][1:] >= ends[order][:-1])
 
 
