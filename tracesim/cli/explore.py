@@ -1,5 +1,8 @@
-"""``tracesim explore (TRACE | --scenario FILE) [--policy FILE] [--budget N | --time S] [--workers N]
-[--ray ADDR] [--seed N] [--scheduler native|vllm] [--space env|loop] [--json] [-o DIR]``.
+"""``tracesim explore (TRACE [--loop FILE] | --scenario FILE) [--policy FILE] [--budget N | --time S]
+[--workers N] [--ray ADDR] [--seed N] [--scheduler native|vllm] [--space env|loop] [--json] [-o DIR]``.
+
+A TRACE's recorded RL loop is replayed with a loop policy inferred from the recording (printed to stderr
+before the search); ``--loop FILE``'s ``[loop]`` keys replace inferred ones.
 
 Exit 0 when no run broke an invariant, 1 with counterexamples (each shrunk, confirmed and saved), 2 on bad
 input. See docs/explore.md.
@@ -17,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("trace", nargs="?", help="recorded trace to perturb (exact replay is the base run)")
     p.add_argument("--scenario", metavar="FILE", help="TOML scenario to perturb instead of a trace")
     p.add_argument("--policy", metavar="FILE", help="TOML policy the checkers judge against (default: strict)")
+    add_loop_option(p)
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--budget", type=int, metavar="N", help="runs to try (default 200)")
     limit.add_argument("--time", type=float, metavar="S", help="seconds to search (then shrink what was found)")
@@ -37,15 +41,31 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def add_loop_option(p) -> None:
+    p.add_argument("--loop", metavar="FILE",
+                   help="TRACE: TOML [loop] table (version_label, version_read, reward_match) for the replayed RL "
+                        "loop; its keys replace those inferred from the recording")
+
+
+def print_loop_policy(lines, file=None) -> None:
+    """The loop policy a replay runs with, one line per setting with its reason (stderr by default)."""
+    print("replayed loop policy:", file=file or sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=file or sys.stderr)
+
+
 def base_from_args(args, need_one: bool = True):
-    """The Base named by TRACE / --scenario (exactly one), with --scheduler and --policy."""
+    """The Base named by TRACE / --scenario (exactly one), with --scheduler, --policy and --loop."""
     from tracesim.cli.main import UsageError
     from tracesim.explore.runner import Base
 
     trace, scenario = getattr(args, "trace", None), getattr(args, "scenario", None)
     if bool(trace) == bool(scenario):
         raise UsageError("give either a TRACE or --scenario FILE (one of them)")
-    return Base("trace" if trace else "scenario", trace or scenario, args.scheduler, args.policy)
+    loop = getattr(args, "loop", None)
+    if loop and scenario:
+        raise UsageError("--loop applies to a recorded TRACE (a scenario has its own [loop] table)")
+    return Base("trace" if trace else "scenario", trace or scenario, args.scheduler, args.policy, loop)
 
 
 def run(args) -> int:
@@ -53,7 +73,7 @@ def run(args) -> int:
 
     from tracesim.cli.main import UsageError
     from tracesim.explore import explore, format_result, result_json, save
-    from tracesim.explore.runner import check_base
+    from tracesim.explore.runner import check_base, loop_policy
     from tracesim.sim.scenario import ScenarioError
 
     base = base_from_args(args)
@@ -65,6 +85,8 @@ def run(args) -> int:
         check_base(base)
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
+    if base.kind == "trace":
+        print_loop_policy(loop_policy(base)[1])
     budget = args.budget if args.budget is not None else (None if args.time is not None else 200)
     spaces = ("env", "loop") if args.space == "loop" else ("env",)
     with tqdm(total=budget, unit="run", file=sys.stderr, disable=args.no_progress or None, desc="explore") as bar:

@@ -1,18 +1,23 @@
-"""``tracesim replay TRACE [--scenario FILE] [--seed N] [--timing exact|fitted] [--scheduler native|vllm]
-[--compare-backends] -o OUT``."""
+"""``tracesim replay TRACE [--scenario FILE] [--loop FILE] [--seed N] [--timing exact|fitted]
+[--scheduler native|vllm] [--compare-backends] -o OUT``.
+
+A recorded RL loop (rewards, trainer consumption) is replayed with a loop policy inferred from the recording,
+printed to stderr; ``--loop FILE``'s ``[loop]`` keys replace inferred ones."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from tracesim.cli.explore import add_loop_option, print_loop_policy
 from tracesim.cli.simulate import add_run_options
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("replay", help="replay a recorded trace through the simulator")
     p.add_argument("trace", help="recorded trace (.msgpack)")
-    p.add_argument("--scenario", help="TOML scenario: engine overheads, step-time model, loop policies")
+    p.add_argument("--scenario", help="TOML scenario: engine overheads, step-time model")
+    add_loop_option(p)
     p.add_argument("--timing", choices=("exact", "fitted"), default="exact",
                    help="exact: recorded step durations; fitted: a step-time model fitted on TRACE")
     add_run_options(p, "replay")
@@ -27,6 +32,7 @@ def run(args) -> int:
     from tracesim.sim.backends import compare_backends, run_both, with_backend
     from tracesim.sim.fidelity import compare
     from tracesim.sim.replay import replay
+    from tracesim.sim.replay_loop import resolve_loop_policy
     from tracesim.sim.scenario import ScenarioError, load_scenario
     from tracesim.sim.steptime import fit
 
@@ -35,8 +41,10 @@ def run(args) -> int:
         scenario = load_scenario(args.scenario) if args.scenario else None
         if args.scheduler == "vllm" or args.compare_backends:  # fails clearly when vLLM is missing
             with_backend(scenario, "vllm")
+        loop_policy, loop_lines = resolve_loop_policy(trace, args.loop)
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
+    print_loop_policy(loop_lines)
     steptime = None
     if args.timing == "fitted":
         try:
@@ -45,7 +53,7 @@ def run(args) -> int:
             raise UsageError(f"{args.trace}: cannot fit a step-time model: {exc}") from None
     with tqdm(unit="step", file=sys.stderr, disable=args.no_progress or None, desc="replay") as bar:
         out = replay(trace, timing=args.timing, steptime=steptime, seed=args.seed, scenario=scenario, progress=bar,
-                     scheduler_backend=args.scheduler)
+                     scheduler_backend=args.scheduler, loop_policy=loop_policy)
     write_trace(args.output, out)
     result = {"output": args.output, "records": len(out.records),
               "scheduler": out.header.engine_config.get("scheduler_backend", "native"), **compare(trace, out).to_dict()}

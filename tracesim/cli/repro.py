@@ -1,5 +1,5 @@
-"""``tracesim repro FILE`` or ``tracesim repro (--scenario FILE | --trace FILE) --seed N --perturb 'a(...); b(...)'
-[--scheduler native|vllm] [--policy FILE] [--expect INVARIANT] [-o OUT]``.
+"""``tracesim repro FILE`` or ``tracesim repro (--scenario FILE | --trace FILE [--loop FILE]) --seed N
+--perturb 'a(...); b(...)' [--scheduler native|vllm] [--policy FILE] [--expect INVARIANT] [-o OUT]``.
 
 Runs one counterexample again and checks it. Exit 1 while it still fails (the expected invariant, or any
 when none is named), 0 saying it no longer does, 2 on bad input.
@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--perturb", metavar="LIST", default="", help="perturbations, separated by ';'")
     p.add_argument("--scheduler", choices=("native", "vllm"))
     p.add_argument("--policy", metavar="FILE")
+    p.add_argument("--loop", metavar="FILE", help="--trace: TOML [loop] table for the replayed RL loop")
     p.add_argument("--expect", metavar="INVARIANT", help="the invariant that must still fail (default: any)")
     p.add_argument("-o", "--output", metavar="OUT", help="also write the run's trace here")
     p.set_defaults(run=run)
@@ -31,7 +32,7 @@ def run(args) -> int:
     from tracesim.sim.scenario import ScenarioError
 
     if args.file:
-        if args.scenario or args.trace or args.perturb:
+        if args.scenario or args.trace or args.perturb or args.loop:
             raise UsageError("give a repro FILE or --scenario/--trace with --perturb, not both")
         spec, sig = load_repro(args.file)
         expect = args.expect or (sig.invariant if sig else None)

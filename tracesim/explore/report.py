@@ -9,10 +9,11 @@ A repro file is a small TOML file (``cex-N.toml``)::
     path = "scenarios/late-read.toml"
     scheduler = "native"                   # optional
     policy = "policies/strict.toml"        # optional
+    loop = "my-loop.toml"                  # optional, base "trace": [loop] settings of the replayed loop
     seed = 0
     perturbations = ["reward_delay(req=g5-s2,ms=4)"]
 
-``path`` and ``policy`` are kept as the user named them; ``load_repro`` looks for them relative to the
+``path``, ``policy`` and ``loop`` are kept as the user named them; ``load_repro`` looks for them relative to the
 current directory first, then relative to the repro file.
 """
 
@@ -40,6 +41,8 @@ def repro_command(spec: RunSpec, invariant: str | None = None) -> str:
         parts += ["--scheduler", b.scheduler]
     if b.policy:
         parts += ["--policy", b.policy]
+    if b.loop:
+        parts += ["--loop", b.loop]
     if spec.perturbations:
         parts += ["--perturb", format_list(spec.perturbations)]
     if invariant:
@@ -64,6 +67,8 @@ def repro_toml(spec: RunSpec, signature: Signature | None) -> str:
         lines.append(f"scheduler = {_toml_str(b.scheduler)}")
     if b.policy:
         lines.append(f"policy = {_toml_str(b.policy)}")
+    if b.loop:
+        lines.append(f"loop = {_toml_str(b.loop)}")
     lines.append(f"seed = {spec.seed}")
     lines.append("perturbations = [" + ", ".join(_toml_str(str(p)) for p in spec.perturbations) + "]")
     return "\n".join(lines) + "\n"
@@ -90,7 +95,9 @@ def load_repro(path: str) -> tuple:
     here = os.path.dirname(os.path.abspath(path))
     base_path = _locate(get("path", str), here)
     policy = get("policy", str, False)
-    base = Base(kind, base_path, get("scheduler", str, False), _locate(policy, here) if policy else None)
+    loop = get("loop", str, False)
+    base = Base(kind, base_path, get("scheduler", str, False), _locate(policy, here) if policy else None,
+                _locate(loop, here) if loop else None)
     texts = get("perturbations", list)
     perts = []
     for i, t in enumerate(texts):
@@ -181,7 +188,8 @@ def finding_json(f) -> dict:
 def result_json(result) -> dict:
     b = result.base
     return {
-        "base": {"kind": b.kind, "path": b.path, "scheduler": b.scheduler or "native", "policy": b.policy},
+        "base": {"kind": b.kind, "path": b.path, "scheduler": b.scheduler or "native", "policy": b.policy,
+                 "loop": b.loop},
         "seed": result.seed, "runs": result.runs, "elapsed_s": round(result.elapsed_s, 3),
         "stopped": result.stopped, "errors": [{"run": i, "error": e} for i, e in result.errors],
         "counterexamples": [finding_json(f) for f in result.findings],

@@ -27,9 +27,11 @@ class Base:
     path: str  # the scenario or trace file, as the user named it
     scheduler: str | None = None  # "native" | "vllm": overrides the scenario's / recording's backend
     policy: str | None = None  # TOML policy file the checkers judge against (None: the strict policy)
+    loop: str | None = None  # trace: TOML [loop] table overriding the loop policy inferred from the recording
 
     def describe(self) -> str:
         extra = f", {self.scheduler} scheduler" if self.scheduler else ""
+        extra += f", loop {self.loop}" if self.loop else ""
         return f"{self.kind} {self.path}{extra}"
 
 
@@ -114,6 +116,28 @@ def _load_uncached(base: Base):
 def check_base(base: Base) -> None:
     """Load the base now (raises the usual clear errors for a bad file) so a search fails before it starts."""
     _load(base)
+    if base.kind == "trace":
+        loop_policy(base)
+    elif base.loop:
+        from tracesim.sim.scenario import ScenarioError
+
+        raise ScenarioError(f"{base.loop}: a loop file applies to a recorded trace; a scenario has its own [loop]")
+
+
+_LOOPS: dict = {}
+
+
+def loop_policy(base: Base) -> tuple:
+    """``(LoopPolicy or None, lines)`` a trace base's replay runs with: inferred from the recording, with
+    ``base.loop``'s keys in place (``replay_loop.resolve_loop_policy``); cached per process."""
+    key = (os.path.abspath(base.path), base.loop and os.path.abspath(base.loop))
+    hit = _LOOPS.get(key)
+    if hit is None:
+        from tracesim.sim.replay_loop import resolve_loop_policy
+
+        trace, _ = _load(base)
+        hit = _LOOPS[key] = resolve_loop_policy(trace, base.loop)
+    return hit
 
 
 def simulate_spec(spec: RunSpec):
@@ -126,7 +150,7 @@ def simulate_spec(spec: RunSpec):
     from tracesim.sim.replay import replay
 
     return replay(loaded, timing="exact", seed=spec.seed, perturbations=tuple(spec.perturbations),
-                  scheduler_backend=spec.base.scheduler)
+                  scheduler_backend=spec.base.scheduler, loop_policy=loop_policy(spec.base)[0])
 
 
 def check_spec_trace(spec: RunSpec, trace):

@@ -136,8 +136,9 @@ class Hooks:
                 factors[k] = factors.get(k, 1.0) * (1.0 + r)
         return PerturbedTiming(timing, factors) if factors else timing
 
-    def install(self, env, engine, client, trainer=None, rewards=None) -> None:
-        """Attach to a built run: the engine core, its client (a Rollout), and the RL loop when there is one."""
+    def install(self, env, engine, client, trainer=None, rewards=None, loop=None) -> None:
+        """Attach to a built run: the engine core, its client (a Rollout), and the RL loop when there is one
+        (a simulation's ``trainer`` and reward pool ``rewards``, or a replay's ``replay_loop.ReplayLoop``)."""
         self.env, self.engine, self.client, self.trainer = env, engine, client, trainer
         if self._order or self._controls:
             engine.hooks = self
@@ -145,6 +146,8 @@ class Hooks:
             engine.on_output = self._send
         if rewards is not None:
             rewards.extra_ns = self.reward_extra_ns
+        if loop is not None:
+            loop.extra_ns = self.reward_extra_ns
         if trainer is not None:
             trainer.tweaks = self.update_tweaks
 

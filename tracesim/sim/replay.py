@@ -16,7 +16,8 @@ What replay takes from the recording (the inputs), rebased so the first record i
 
 What the model computes: every schedule (which requests, how many tokens, preemption, prefix hits, KV),
 every update (which tokens, finishing, stale frames), the output path to the client, and all times.
-Client-side records of the recording (adds, pause calls, weight writes) are carried over, rebased.
+Client-side records of the recording (adds, pause calls, weight writes) are carried over, rebased; its RL
+loop (rewards, trainer consumption, drops) is replayed around the replayed engine by ``replay_loop.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
 from tracesim.sim.feed import Feed, FeedItem
 from tracesim.sim.hooks import Hooks
+from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
 from tracesim.sim.rollout import Rollout, Sample
 from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
@@ -150,7 +152,7 @@ def _arrivals(scan: _Scan) -> list:
 
 _CONTROL_TYPES = frozenset((Paused, Resumed, CacheReset, Aborted, WeightsUpdated))
 _CLIENT_TYPES = frozenset((RequestAdded, Paused, Resumed, WeightsUpdated, Aborted))
-_INPUT_TYPES = _CONTROL_TYPES | _CLIENT_TYPES
+_INPUT_TYPES = _CONTROL_TYPES | _CLIENT_TYPES | LOOP_TYPES  # the loop's records: for replay_loop.py
 
 
 def _controls(scan: _Scan, t0: int) -> list:
@@ -205,10 +207,12 @@ def _client_records(scan: _Scan, t0: int) -> list:
 
 @cyclic_gc_paused()  # see tracesim/gcpause.py: about 40% of a run otherwise
 def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0, scenario: Scenario | None = None,
-           perturbations: tuple = (), progress=None, scheduler_backend: str | None = None) -> Trace:
+           perturbations: tuple = (), progress=None, scheduler_backend: str | None = None,
+           loop_policy=None) -> Trace:
     """Replay ``trace``; ``timing`` is "exact" (recorded durations) or "fitted" (``steptime``, a FitResult or
-    a Scenario's StepTime); ``scheduler_backend`` ("native" | "vllm") overrides the scenario's. Returns the
-    simulated trace; raises StuckRunError."""
+    a Scenario's StepTime); ``scheduler_backend`` ("native" | "vllm") overrides the scenario's. A recorded RL
+    loop (rewards, consumption) is replayed by ``replay_loop.ReplayLoop`` with ``loop_policy`` (a LoopPolicy;
+    None: inferred from the recording). Returns the simulated trace; raises StuckRunError."""
     scan = _Scan(trace)
     t0 = scan.t0
     hooks = Hooks(perturbations)
@@ -222,6 +226,9 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     cfg = hooks.engine_config(cfg)
     base = scenario or Scenario(workload=Workload(), engine=cfg)
     scen = base.replace(engine=cfg, name=f"replay:{trace.path or 'trace'}")
+    loop = ReplayLoop.from_recording(trace, scan, loop_policy)  # None: the recording has no RL loop
+    if loop is not None:
+        scen = scen.replace(loop=loop.policy)
     model = ModelTiming(scen.steptime if steptime is None else getattr(steptime, "steptime", steptime), cfg)
     if steptime is not None and hasattr(steptime, "sched_us"):
         cfg_t = cfg.__class__(**{**cfg.__dict__, "sched_us": steptime.sched_us, "update_us": steptime.update_us,
@@ -242,8 +249,11 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     client._untracked = lambda req_id: client.samples.setdefault(req_id, Sample(req_id, None, 0, 0, 0))
     client.client_records = False
     # the replay client tracks every request it hears of (its adds are the recording's)
+    client._finished = lambda sample, reason, digest: client.samples.pop(sample.req_id, None)
     if hooks:
-        hooks.install(env, engine, client)
+        hooks.install(env, engine, client, loop=loop)
+    if loop is not None:
+        loop.attach(env, engine, client, emit)
     inputs = sorted([(a.add.t_ns - t0, a.index, "add", a) for a in _arrivals(scan)] + _controls(scan, t0))
     if timing == "exact":  # engine inputs are due before the engine action they preceded (feed.py)
         before = scan.before  # what feed.engine_actions_before(trace.records) gives at these indices
@@ -257,6 +267,8 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     env.run(until=simpy.AnyOf(env, [done, env.timeout(MAX_VIRTUAL_NS)]))
     if not done.triggered:
         raise StuckRunError(f"replay did not finish within {MAX_VIRTUAL_NS} virtual ns (step {engine.step})")
+    if loop is not None:
+        loop.finish()  # the rewards, consumptions and drops still due after the engine's last frame
     inputs_rec = RunInputs(scen, seed, tuple(perturbations), trace.path)
     hdr_inputs = {**inputs_rec.header_inputs(), "timing": timing}
     return Trace(sim_header(inputs_rec, scen.to_dict()["engine"])._replace(inputs=hdr_inputs), records, [], None)
@@ -264,7 +276,6 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
 
 def _drive(env, engine, client, inputs, client_records, emit):
     """Feed the recording's inputs to the engine (and its client records to the output) at their times."""
-    client._finished = lambda sample, reason, digest: client.samples.pop(sample.req_id, None)
     ci = 0
     for t, _, kind, payload in inputs:
         while ci < len(client_records) and client_records[ci][0] <= t:
