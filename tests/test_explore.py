@@ -180,3 +180,13 @@ def test_perturbed_runs_are_identical_on_both_scheduler_backends():
             sb = s.replace(engine=dataclasses.replace(s.engine, scheduler_backend=backend))
             digests.add(records_digest(simulate(RunInputs(sb, 1, P.parse_list(text))).records))
         assert len(digests) == 1, text
+
+
+def test_explore_of_a_correct_real_recording_with_its_loop_stays_clean():
+    # vllm-abort: a correct loop recorded on real vLLM, replayed with its RL loop. Slower steps, late deliveries
+    # and rewards, input races and resets must not invent violations: the replayed loop writes weights only
+    # after the replayed pause drained, as the recorded one did.
+    base = Base("trace", str(REPO / "traces" / "vllm-abort.msgpack"))
+    result = explore(base, budget=64, seed=0, workers=2, shrink_failures=False)
+    assert result.runs == 64 and not result.errors
+    assert result.findings == [], [str(f.signature) for f in result.findings]

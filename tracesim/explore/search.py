@@ -81,7 +81,7 @@ class RunPlan:
         m = self._points.get(run_seed)
         if m is None:
             m = self._points[run_seed] = T.meeting_points(simulate_spec(RunSpec(self.base, run_seed)))
-            m.client_actions = self.base.kind == "scenario" or not m.has_client
+            m.client_actions = m.engine_flips = self.base.kind == "scenario" or not m.has_client
         return m
 
 

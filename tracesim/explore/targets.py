@@ -56,6 +56,10 @@ class MeetingPoints:
     # Client aborts and retries can be injected: in a scenario, or in a recording without a client side. A
     # replayed client side follows the recording, which cannot say what the user's loop does after an abort.
     client_actions: bool = True
+    # Engine switches that change throughput (async scheduling, KV capacity, max_num_seqs, prefix caching) can
+    # be flipped: not under a replayed client side, which keeps the recording's consumption schedule and
+    # weight-update points, meaningless at another throughput.
+    engine_flips: bool = True
     async_scheduling: bool = False
     prefix_caching: bool = True
 
@@ -249,6 +253,8 @@ def _write_time(m, rng):
 
 
 def _config(m, rng):
+    if not m.engine_flips:
+        return [P.Latency(rng.choice((0, 500, 2000, 10000)), rng.choice((500, 2000, 10000, 50000)))]
     choices = [P.SetConfig("async_scheduling", not m.async_scheduling),
                P.SetConfig("enable_prefix_caching", not m.prefix_caching),
                P.Latency(rng.choice((0, 500, 2000, 10000)), rng.choice((500, 2000, 10000, 50000)))]

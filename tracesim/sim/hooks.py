@@ -90,7 +90,9 @@ class Hooks:
         for p in by[RewardDelay]:
             self.reward_extra_ns[p.req] = self.reward_extra_ns.get(p.req, 0) + p.ms * 1_000_000
         self._seen = defaultdict(int)  # input kind -> inputs of that kind the engine was offered so far
-        self._pauses = 0
+        self.pauses = 0  # pauses the engine entered so far
+        self.hold_resumes = False  # a perturbed replay waits for a write: resumes wait for it (replay.py)
+        self._held_resumes: list = []
         self._held: list = []
         self._ready: list = []
         self._last_arrival: dict = {}  # req_id -> when its latest frame reaches the client (delivery delays)
@@ -136,11 +138,11 @@ class Hooks:
                 factors[k] = factors.get(k, 1.0) * (1.0 + r)
         return PerturbedTiming(timing, factors) if factors else timing
 
-    def install(self, env, engine, client, trainer=None, rewards=None, loop=None) -> None:
+    def install(self, env, engine, client, trainer=None, rewards=None, loop=None, engine_always=False) -> None:
         """Attach to a built run: the engine core, its client (a Rollout), and the RL loop when there is one
         (a simulation's ``trainer`` and reward pool ``rewards``, or a replay's ``replay_loop.ReplayLoop``)."""
         self.env, self.engine, self.client, self.trainer = env, engine, client, trainer
-        if self._order or self._controls:
+        if self._order or self._controls or engine_always:  # replay: also counts pauses, holds resumes
             engine.hooks = self
         if self._delivery:
             engine.on_output = self._send
@@ -156,11 +158,14 @@ class Hooks:
     def gate(self, engine) -> None:
         """Called as the engine core drains its inputs: hold back or reorder them as the ordering
         perturbations say. Held inputs come back in arrival order once due."""
-        if not self._held and not self._ready and not self._order:
+        if not self._held and not self._ready and not self._order and not self.hold_resumes:
             return
         out, self._ready = self._ready, []
         new = list(engine.inputs)
         engine.inputs.clear()
+        if self.hold_resumes:
+            self._held_resumes.extend(item for item in new if item[0] == "resume")
+            new = [item for item in new if item[0] != "resume"]
         for h in list(self._held):
             if engine.actions >= h.until:
                 self._held.remove(h)
@@ -191,7 +196,11 @@ class Hooks:
         return True
 
     def holding(self) -> bool:
-        return bool(self._held or self._ready)
+        return bool(self._held or self._ready or self._held_resumes)
+
+    def take_held_resumes(self) -> list:
+        out, self._held_resumes = self._held_resumes, []
+        return out
 
     # --- control actions injected at engine actions ------------------------------------------------------
 
@@ -199,8 +208,8 @@ class Hooks:
         """The engine core just scheduled step ``n`` ("sched"), applied its output ("upd"), or entered a pause
         ("pause", ``n`` ignored: pauses are counted here)."""
         if kind == "pause":
-            self._pauses += 1
-            n = self._pauses
+            self.pauses += 1
+            n = self.pauses
         todo = self._controls.pop(f"{kind}:{n}", None)
         if not todo:
             return

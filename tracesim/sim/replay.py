@@ -157,7 +157,7 @@ _INPUT_TYPES = _CONTROL_TYPES | _CLIENT_TYPES | LOOP_TYPES  # the loop's records
 
 def _controls(scan: _Scan, t0: int) -> list:
     """(t_rel, order, kind, payload) engine inputs from the recording's control records."""
-    out, client_mode = [], None
+    out, client_mode, pauses = [], None, 0
     for i, r in scan.of_types(_CONTROL_TYPES):
         kind = type(r)
         if kind is Paused and r.side == "client":
@@ -174,7 +174,12 @@ def _controls(scan: _Scan, t0: int) -> list:
         elif kind is Aborted and r.side == "engine":
             out.append((r.t_ns - t0, i, "abort", tuple(r.req_ids)))
         elif kind is WeightsUpdated:
-            out.append(((r.set_ns if r.set_ns is not None else r.end_ns) - t0, i, "version", r.version))
+            # with the write's duration and the engine pauses before it: a perturbed replay writes only after
+            # that pause has drained (``_set_version``)
+            out.append(((r.set_ns if r.set_ns is not None else r.end_ns) - t0, i, "version",
+                        (r.version, max(0, r.end_ns - r.t_ns), pauses)))
+        if kind is Paused and r.side == "engine":
+            pauses += 1
     return out
 
 
@@ -251,7 +256,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     # the replay client tracks every request it hears of (its adds are the recording's)
     client._finished = lambda sample, reason, digest: client.samples.pop(sample.req_id, None)
     if hooks:
-        hooks.install(env, engine, client, loop=loop)
+        hooks.install(env, engine, client, loop=loop, engine_always=True)
     if loop is not None:
         loop.attach(env, engine, client, emit)
     inputs = sorted([(a.add.t_ns - t0, a.index, "add", a) for a in _arrivals(scan)] + _controls(scan, t0))
@@ -277,6 +282,9 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
 def _drive(env, engine, client, inputs, client_records, emit):
     """Feed the recording's inputs to the engine (and its client records to the output) at their times."""
     ci = 0
+    if engine.hooks is not None:  # perturbed: _set_version writes the client's WeightsUpdated with its own times
+        client_records = [x for x in client_records if type(x[2]) is not WeightsUpdated]
+        inputs = sorted((t - p[1], i, k, p) if k == "version" else (t, i, k, p) for t, i, k, p in inputs)
     for t, _, kind, payload in inputs:
         while ci < len(client_records) and client_records[ci][0] <= t:
             emit(client_records[ci][2])
@@ -284,13 +292,44 @@ def _drive(env, engine, client, inputs, client_records, emit):
         if t > env.now:
             yield env.timeout(t - env.now)
         if kind == "version":
-            engine.weights_version = engine.version = payload
+            if engine.hooks is not None:  # perturbed: the write starts when recorded, once the pause drained
+                env.process(_set_version(env, engine, emit, *payload))
+            else:
+                engine.weights_version = engine.version = payload[0]
         else:
             engine.submit(*_to_engine(kind, payload, engine))
     for _, _, rec in client_records[ci:]:
         if rec.t_ns > env.now:
             yield env.timeout(rec.t_ns - env.now)
         emit(rec)
+
+
+DRAIN_WAIT_NS = 10 ** 10  # a perturbed replay waits at most 10 s (virtual) for the pause before a write
+
+
+def _set_version(env, engine, emit, version, write_ns, pauses):
+    """SimPy process, started when a recorded weight write began: write a recorded version in a perturbed
+    replay. The recording's loop wrote only once its pause had drained; when perturbations delay that pause
+    (slower steps, deferred inputs), the write waits for it and then takes its recorded time, and the engine's
+    resume waits for the new version, so no write overlaps a forward pass the recording did not overlap. The
+    client's ``WeightsUpdated`` is written with the replayed times. An unperturbed replay sets each version
+    at its recorded time and carries the recorded record over."""
+    hooks = engine.hooks
+    hooks.hold_resumes = True
+    give_up = env.now + DRAIN_WAIT_NS
+    while (hooks.pauses < pauses or engine.pause is not None) and env.now < give_up:
+        if engine.pause is not None:
+            yield engine.pause[2]
+        else:
+            yield env.timeout(100_000)  # the pause is still on its way to the engine
+    t_write = env.now
+    if write_ns:
+        yield env.timeout(write_ns)
+    engine.weights_version = engine.version = version
+    emit(WeightsUpdated(t_write, env.now, version, "client", env.now))
+    hooks.hold_resumes = False
+    for item in hooks.take_held_resumes():
+        engine.submit(*item)
 
 
 def _to_engine(kind, payload, engine) -> tuple:
