@@ -72,24 +72,59 @@ class ProcessExecutor:
 
 
 class RayExecutor:
-    """Tasks on a Ray cluster (``--ray auto`` or an address; the ``[ray]`` extra). Results are gathered as they
-    finish with ``ray.wait``. A local ``ray.init(num_cpus=N)`` is what the tests use."""
+    """Tasks on a Ray cluster (the ``[ray]`` extra). Results are gathered as they finish with ``ray.wait``.
+
+    ``address``: ``"local"`` (or None) starts a private local cluster of ``workers`` CPUs (all the cores when
+    None); ``"auto"`` or an address connects to a running one (``workers`` is then the cluster's business). If
+    this process is already connected (``ray.init`` called by the caller, as the tests do), that connection is
+    used whatever ``address`` says, and left as it was. Otherwise ``close()`` undoes what this executor did
+    (shuts its local cluster down, or disconnects), so the next search in the same process starts afresh.
+
+    Workers import ``tracesim`` as the driver does: a local cluster's workers run this Python with the driver's
+    working directory on their path. On a remote cluster every node needs tracesim installed and the base file
+    at the same path (tasks carry paths, not traces). Ray's own log lines go to its session logs; only its
+    errors reach stderr (a local cluster; warnings too when connecting to one).
+    """
 
     def __init__(self, address: str | None, workers: int | None = None):
+        from tracesim.inputs import InputError
+
         try:
             import ray
         except ImportError:
-            from tracesim.inputs import InputError
-
             raise InputError("--ray needs Ray installed: pip install 'tracesim[ray]'") from None
         self.ray = ray
-        if not ray.is_initialized():
-            if address in (None, "local"):
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        self._remote = ray.remote(run_one)
         self.refs: dict = {}
+        self._owner = False  # whether close() shuts Ray down: only when this executor called ray.init
+        if not ray.is_initialized():
+            self._init(address, workers, InputError)
+            self._owner = True
+        try:
+            self._remote = ray.remote(run_one)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self, address: str | None, workers: int | None, input_error) -> None:
+        import logging
+
+        ray = self.ray
+        common = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        if address in (None, "", "local"):
+            # address="local": a new cluster even where RAY_ADDRESS names another one
+            ray.init(address="local", num_cpus=workers, logging_level=logging.ERROR, **common)
+            return
+        _check_reachable(address, input_error)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, **common)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            # "auto" with no cluster: ConnectionError at once; a cluster that refuses us (token authentication
+            # on its side, not on ours): RuntimeError("Failed to connect to Ray cluster ...") after ~20 s
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = ("" if address == "auto" or os.environ.get("RAY_AUTH_MODE") else
+                    " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token: see "
+                    "https://docs.ray.io/en/latest/ray-security/token-auth.html)")
+            raise input_error(f"--ray {address}: cannot connect to a Ray cluster: {first}{hint}") from None
 
     def submit(self, n: int, spec) -> None:
         self.refs[self._remote.remote(spec)] = n
@@ -99,12 +134,51 @@ class RayExecutor:
 
     def next_done(self) -> list:
         done, _ = self.ray.wait(list(self.refs), num_returns=1)
-        return [(self.refs.pop(ref), self.ray.get(ref)) for ref in done]
+        out = []
+        for ref in done:
+            n = self.refs.pop(ref)
+            try:
+                out.append((n, self.ray.get(ref)))
+            except self.ray.exceptions.RayTaskError as exc:
+                # the run's own exception, as the other executors raise it (not Ray's wrapper around it)
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from exc
+                raise
+        return out
 
     def close(self) -> None:
-        for ref in self.refs:
-            self.ray.cancel(ref, force=True)
+        ray, refs = self.ray, list(self.refs)
         self.refs.clear()
+        if ray.is_initialized():
+            for ref in refs:  # runs still queued or running (an interrupt, an error): not wanted any more
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # already finished, or the cluster is gone: nothing to cancel
+                    pass
+            if refs and not self._owner:  # a cluster we leave running: let the cancellations land first
+                try:
+                    ray.wait(refs, num_returns=len(refs), timeout=10)
+                except Exception:
+                    pass
+        if self._owner:
+            self._owner = False
+            ray.shutdown()
+
+
+def _check_reachable(address: str, input_error, timeout: float = 5.0) -> None:
+    """Fail at once where nothing listens at ``host:port`` (or ``ray://host:port``): Ray itself retries for many
+    minutes before it gives up on such an address. Addresses without a port ("auto") are left to Ray."""
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise input_error(f"--ray {address}: no Ray cluster answers there ({exc})") from None
 
 
 def make_executor(workers: int | None = None, ray: str | None = None):
