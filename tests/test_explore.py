@@ -42,10 +42,32 @@ def test_late_version_read_is_found_at_default_timings_and_shrunk(late_result):
             assert f.signature not in run_one(RunSpec(LATE, f.minimal.seed, cand)).signatures()
 
 
-def test_every_bundled_bug_scenario_is_found_within_a_small_budget():
-    result = explore(KEEP, budget=8, seed=0, workers=1, shrink_failures=False)
-    assert {f.signature.invariant for f in result.findings} >= {
-        "reward_bound_to_own_tokens", "tokens_from_labelled_version", "no_stale_kv"}
+# Every bundled bug scenario, the invariants it must show, and a small budget that finds them (seed 0).
+BUGS = {
+    "keep-bad-bindings.toml": (8, {"reward_bound_to_own_tokens", "tokens_from_labelled_version", "no_stale_kv"}),
+    "late-version-read.toml": (48, {"tokens_from_labelled_version"}),
+    "retry-reuse-ids.toml": (48, {"request_ids_live_once", "output_applies_to_scheduling_incarnation"}),
+    "first-token-label.toml": (128, {"tokens_from_labelled_version"}),
+}
+
+
+def test_every_bundled_scenario_is_either_a_known_bug_or_the_correct_loop():
+    assert {p.name for p in SCEN.glob("*.toml")} == set(BUGS) | {"default.toml"}
+
+
+@pytest.mark.parametrize("name", sorted(BUGS))
+def test_every_bundled_bug_scenario_is_found_within_a_small_budget(name):
+    budget, invariants = BUGS[name]
+    result = explore(Base("scenario", str(SCEN / name)), budget=budget, seed=0, workers=2, shrink_failures=False)
+    assert {f.signature.invariant for f in result.findings} >= invariants
+
+
+def test_retries_under_fresh_ids_are_harmless(tmp_path):
+    # the correct twin of retry-reuse-ids: the same loop and search, retries under fresh ids
+    twin = tmp_path / "retry-fresh-ids.toml"
+    twin.write_text((SCEN / "retry-reuse-ids.toml").read_text().replace('retry_ids = "reuse"', 'retry_ids = "fresh"'))
+    result = explore(Base("scenario", str(twin)), budget=96, seed=0, workers=2, shrink_failures=False)
+    assert result.findings == [], [str(f.signature) for f in result.findings]
 
 
 def test_the_correct_scenario_stays_clean_over_the_budget():

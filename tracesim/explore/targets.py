@@ -46,6 +46,7 @@ class MeetingPoints:
     updates: list = field(default_factory=list)  # (write start, write end, label set) per client update
     rewards: list = field(default_factory=list)  # (t, req_id) reward bound
     finals: list = field(default_factory=list)  # (t, req_id, step) final frame delivered, and its step
+    firsts: list = field(default_factory=list)  # (t, req_id, step) first token delivered, and its step
     inputs: list = field(default_factory=list)  # (t, kind, key) engine inputs (add / abort / pause / resume)
     actions: list = field(default_factory=list)  # sorted times of schedule() and update() starts
     req_ids: list = field(default_factory=list)  # every request scheduled
@@ -75,7 +76,7 @@ def meeting_points(trace) -> MeetingPoints:
     m.block_size = int(ec.get("block_size", 16) or 16)
     m.async_scheduling = bool(ec.get("async_scheduling", False))
     m.prefix_caching = bool(ec.get("enable_prefix_caching", True))
-    seen_req, final_step, pause_n, resume_n = set(), {}, 0, 0
+    seen_req, final_step, first_step, pause_n, resume_n = set(), {}, {}, 0, 0
     for r in trace.records:
         kind = type(r)
         if kind is StepScheduled:
@@ -98,6 +99,8 @@ def meeting_points(trace) -> MeetingPoints:
             for o in r.outs:
                 if o.finish_reason is not None:
                     final_step[o.req_id] = r.step
+                if o.sampled and not o.stale:
+                    first_step.setdefault(o.req_id, r.step)
         elif kind is StepExecuted:
             m.exec_span[r.step] = (r.t_ns, r.end_ns)
         elif kind is Paused and r.side == "engine":
@@ -113,8 +116,11 @@ def meeting_points(trace) -> MeetingPoints:
             m.has_loop = m.has_loop or r.side == "client"
         elif kind is RewardBound:
             m.rewards.append((r.t_ns, r.req_id))
-        elif kind is OutputDelivered and r.finished:
-            m.finals.append((r.t_ns, r.req_id, final_step.get(r.req_id)))
+        elif kind is OutputDelivered:
+            if r.start_idx == 0 and r.num_tokens:
+                m.firsts.append((r.t_ns, r.req_id, first_step.get(r.req_id)))
+            if r.finished:
+                m.finals.append((r.t_ns, r.req_id, final_step.get(r.req_id)))
         elif kind is RequestAdded and r.side == "client":
             m.has_client = True
         elif kind is RequestAdded and r.side == "engine":
@@ -151,23 +157,46 @@ def _next_after(times: list, t: int):
     return times[i] if i < len(times) else None
 
 
+def _a_next(m: MeetingPoints, t: int, rng):
+    """The next label set after ``t`` (most often), else the next pause start or resume: which of them matters
+    depends on the loop (a label read at delivery crosses the set, a drain crosses the pause), and in a
+    wait-mode pause they can be hundreds of ms apart."""
+    sets = sorted(u[2] for u in m.updates)
+    # the label set most often: what a sample is labelled with, or re-labelled with, changes there
+    order = [sets, m.pauses, m.resumes] if rng.random() < 0.6 else [m.pauses, m.resumes, sets]
+    for times in order:
+        x = _next_after(times, t)
+        if x is not None:
+            return x
+    return None
+
+
+def _close_first(cands: list, gap, rng):
+    """Most often one of the candidates with the smallest gaps (the smallest perturbation that crosses), else
+    any of them."""
+    if rng.random() < 0.7:
+        near = sorted(cands, key=gap)[:8]
+        return rng.choice(near)
+    return rng.choice(cands)
+
+
 def _reward_cross(m, rng):
     """A reward bound before a version move lands after it."""
-    cross = m.crossings()
-    cands = [(t, rid, nxt) for t, rid in m.rewards if (nxt := _next_after(cross, t)) is not None]
+    cands = [(t, rid, nxt) for t, rid in m.rewards if (nxt := _a_next(m, t, rng)) is not None]
     if not cands:
         return None
-    t, rid, nxt = rng.choice(cands)
+    t, rid, nxt = _close_first(cands, lambda c: c[2] - c[0], rng)
     return [P.RewardDelay(rid, _ms(nxt - t) + _margin(rng))]
 
 
 def _delivery_cross(m, rng):
-    """A final frame delivered before a pause or version move arrives after it."""
-    cross = m.crossings()
-    cands = [(t, rid, s, nxt) for t, rid, s in m.finals if s is not None and (nxt := _next_after(cross, t)) is not None]
+    """A first or final frame delivered before a pause or version move arrives after it (labels read at the
+    first token or at the finish, rewards computed on delivery)."""
+    frames = m.finals + m.firsts if rng.random() < 0.5 else m.finals
+    cands = [(t, rid, s, nxt) for t, rid, s in frames if s is not None and (nxt := _a_next(m, t, rng)) is not None]
     if not cands:
         return None
-    t, rid, step, nxt = rng.choice(cands)
+    t, rid, step, nxt = _close_first(cands, lambda c: c[3] - c[0], rng)
     return [P.DelayDelivery(step, _ms(nxt - t) + _margin(rng), rid if rng.random() < 0.7 else "*")]
 
 
@@ -222,6 +251,10 @@ def _client_action(m, rng):
         step = rng.choice(steps)
         at = f"{rng.choice(('sched', 'sched', 'upd'))}:{step}"
         options.append((at, rng.choice(m.batch[step])))
+    if m.finals:  # the client acts while the request's final frame is on its way (finished in the engine)
+        _t, rid, step = rng.choice(m.finals)
+        if step is not None:
+            options.append((f"upd:{step}", rid))
     if m.pauses:
         n = rng.randrange(len(m.pauses)) + 1
         before = _near_step(m, m.pauses[n - 1])
