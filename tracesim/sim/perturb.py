@@ -431,21 +431,23 @@ def _check_point(p) -> None:
 
 
 def _towards(value, neutral, quantum) -> list:
-    """Values strictly between ``neutral`` (included) and ``value``, nearest the neutral first: the neutral
-    itself, then halving distances, then one quantum less than ``value``."""
+    """Values strictly between ``neutral`` (included) and ``value``, nearest the neutral first: distances of
+    d / 2^k (from the neutral) and d - d / 2^k (just below ``value``), d being ``value``'s distance in quanta.
+    Taking the first that still fails halves the gap to the smallest failing value each round (a binary
+    search in O(log d) rounds), and ``value`` minus one quantum is always tried, so a result is minimal."""
     d = value - neutral
     if abs(d) < quantum * 0.5:
         return []
     sign = 1 if d > 0 else -1
     steps = round(abs(d) / quantum)
-    out, k = [], steps
-    cands = {0}
+    cands, k = {0, steps - 1}, steps
     while k > 1:
         k //= 2
         cands.add(k)
-    cands.add(steps - 1)
-    for s in sorted(c for c in cands if 0 <= c < steps):
-        v = neutral + sign * s * quantum
+        cands.add(steps - k)
+    out = []
+    for n in sorted(c for c in cands if 0 <= c < steps):
+        v = neutral + sign * n * quantum
         out.append(round(v, 6) if isinstance(quantum, float) else int(v))
     return out
 
