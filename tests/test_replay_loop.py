@@ -16,7 +16,8 @@ from tracesim.format.digest import records_digest
 from tracesim.format.records import RewardBound, SampleDropped, TrainerConsumed
 from tracesim.sim import perturb as P
 from tracesim.sim.replay import replay
-from tracesim.sim.replay_loop import ReplayLoop, infer_loop_policy, resolve_loop_policy
+from tracesim.sim.recorded_loop import infer_loop_policy, resolve_loop_policy
+from tracesim.sim.replay_loop import ReplayLoop
 from tracesim.sim.scenario import LoopPolicy
 
 ABORT, KEEP = TRACES / "vllm-abort.msgpack", TRACES / "vllm-keep.msgpack"

@@ -32,7 +32,7 @@ def run(args) -> int:
     from tracesim.sim.backends import compare_backends, run_both, with_backend
     from tracesim.sim.fidelity import compare
     from tracesim.sim.replay import replay
-    from tracesim.sim.replay_loop import resolve_loop_policy
+    from tracesim.sim.recorded_loop import resolve_loop_policy
     from tracesim.sim.scenario import ScenarioError, load_scenario
     from tracesim.sim.steptime import fit
 

@@ -133,7 +133,7 @@ def loop_policy(base: Base) -> tuple:
     key = (os.path.abspath(base.path), base.loop and os.path.abspath(base.loop))
     hit = _LOOPS.get(key)
     if hit is None:
-        from tracesim.sim.replay_loop import resolve_loop_policy
+        from tracesim.sim.recorded_loop import resolve_loop_policy
 
         trace, _ = _load(base)
         hit = _LOOPS[key] = resolve_loop_policy(trace, base.loop)
