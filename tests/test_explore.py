@@ -148,9 +148,12 @@ def test_explore_cli_reports_saves_and_repro_reproduces(tmp_path, capsys):
 
 
 def test_explore_cli_exit_codes(tmp_path, capsys):
+    (tmp_path / "cex-7.toml").write_text("# left by an earlier search\n")
+    (tmp_path / "notes.toml").write_text("# the user's\n")
     assert main(["explore", "--scenario", str(SCEN / "default.toml"), "--budget", "6", "--workers", "1",
                  "--no-progress", "-o", str(tmp_path)]) == 0
     assert "0 distinct failure(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.toml"]  # stale counterexamples are gone
     assert main(["explore", "--scenario", str(tmp_path / "missing.toml"), "--budget", "2"]) == 2
     assert "missing.toml" in capsys.readouterr().err
     assert main(["explore", "--budget", "2"]) == 2

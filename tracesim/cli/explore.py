@@ -73,6 +73,7 @@ def run(args) -> int:
 
     from tracesim.cli.main import UsageError
     from tracesim.explore import explore, format_result, result_json, save
+    from tracesim.explore.report import clear
     from tracesim.explore.runner import check_base, loop_policy
     from tracesim.sim.scenario import ScenarioError
 
@@ -92,6 +93,7 @@ def run(args) -> int:
     with tqdm(total=budget, unit="run", file=sys.stderr, disable=args.no_progress or None, desc="explore") as bar:
         result = explore(base, budget=budget, time_s=args.time, seed=args.seed, workers=args.workers, ray=args.ray,
                          spaces=spaces, shrink_failures=not args.no_shrink, progress=bar)
+    clear(args.output)
     for n, f in enumerate(result.findings, 1):
         save(f, args.output, n, plot=not args.no_plot)
     if args.json:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 
 from tracesim.explore.runner import Base, RunSpec, Signature
@@ -143,6 +144,14 @@ def save(finding, out_dir: str, n: int, plot: bool = True) -> dict:
         _plot(trace, check_spec_trace(spec, trace).violations, finding.signature, files["plot"])
     finding.files = files
     return files
+
+
+def clear(out_dir: str) -> None:
+    """Remove the ``cex-N.*`` files an earlier search left in ``out_dir`` (a new search's replace them)."""
+    if os.path.isdir(out_dir):
+        for name in os.listdir(out_dir):
+            if re.fullmatch(r"cex-\d+\.(toml|msgpack|png)", name):
+                os.remove(os.path.join(out_dir, name))
 
 
 def _plot(trace, violations, signature, path: str) -> None:

@@ -69,7 +69,7 @@ class RunPlan:
     def spec(self, index: int) -> RunSpec:
         rnd, k = divmod(index, ROUND)
         run_seed = self.seed + rnd if self.base.kind == "scenario" else self.seed
-        if k == 0:
+        if k == 0 and (rnd == 0 or self.base.kind == "scenario"):  # a recording's base run is the same each round
             return RunSpec(self.base, run_seed, (), index)
         m = self.points(run_seed)
         rng = random.Random(f"{self.seed}:{index}")
