@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tracesim.check import Policy, check_trace, load_policy
 from tracesim.format.digest import records_digest
+from tracesim.gcpause import young_garbage_collected
 
 BASE_KINDS = ("scenario", "trace")
 
@@ -160,6 +161,13 @@ def check_spec_trace(spec: RunSpec, trace):
 
 def run_one(spec: RunSpec, keep_trace: bool = False):
     """Simulate and check one run; return its ``Outcome`` (and the trace with ``keep_trace``)."""
+    if keep_trace:
+        return _run_one(spec, True)
+    with young_garbage_collected():  # the run's SimPy cycles freed now, not kept until the process ends
+        return _run_one(spec, False)
+
+
+def _run_one(spec: RunSpec, keep_trace: bool):
     from tracesim.format.records import StepScheduled
     from tracesim.sim.run import StuckRunError
 
