@@ -65,7 +65,7 @@ class Run:
         for q in reqs:
             r = q.req_id
             self.out[r].append(tokens(r, 64)[len(self.out[r])])
-            outs.append(OutReq(r, 1, "stop" if r in finish else None))
+            outs.append(OutReq(r, 1, "stop" if r in finish else None, token_ids=(self.out[r][-1],)))
         upd_ns = self.at()
         self.emit(StepUpdated(upd_ns, upd_ns + 5 * US, s, tuple(outs), version))
         self.step += 1

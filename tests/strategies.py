@@ -14,18 +14,21 @@ _SCALARS = {
 }
 
 
-def _field(types: tuple, nested):
+def _field(types: tuple, nested, element: tuple = (str,), bounds=None):
     if nested is not None:
         inner = st.lists(records_of(nested), max_size=4).map(tuple)
-    elif tuple in types:
-        inner = st.lists(_TEXT, max_size=4).map(tuple)
+    elif tuple in types:  # a tuple of scalars of the element type the codec checks (codec.ELEMENT_TYPES)
+        scalar = st.integers(*bounds) if bounds else _SCALARS[float if float in element else element[0]]
+        inner = st.lists(scalar, max_size=4).map(tuple)
     else:
         inner = st.one_of([_SCALARS[t] for t in types if t in _SCALARS and not (t is int and float in types)])
     return st.one_of(st.none(), inner) if type(None) in types else inner
 
 
 def records_of(spec):
-    return st.tuples(*[_field(types, nested) for _i, _n, types, nested in spec.checks]).map(spec.cls._make)
+    elements = {name: (named, bounds) for _i, name, _allowed, named, bounds in spec.elements}
+    return st.tuples(*[_field(types, nested, *elements.get(name, ((str,), None)))
+                       for _i, name, types, nested in spec.checks]).map(spec.cls._make)
 
 
 EVENT_RECORDS = st.one_of([records_of(spec) for spec in SPECS.values()])

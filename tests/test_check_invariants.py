@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from check_builder import Run, correct_group
 
 from tracesim.check import Policy, check_trace
 from tracesim.format import (
-    CacheReset, OutputDelivered, OutReq, RequestAdded, RewardBound, SchedReq, StepExecuted,
+    CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, RewardBound, SchedReq, StepExecuted,
     StepScheduled, StepUpdated, TrainerConsumed, VersionSpan, WeightsUpdated, token_digest,
 )
 
@@ -514,3 +516,152 @@ def test_violation_json_has_the_documented_keys():
 def test_unknown_invariant_name_is_refused():
     with pytest.raises(ValueError, match="unknown invariant"):
         check_trace(correct_group().trace(), only=["no_such_thing"])
+
+
+# --- absence: what the trace proves must exist -----------------------------------------------------------
+
+def test_a_sample_consumed_before_any_reward_is_reported():
+    run = correct_group()
+    run.remove(RewardBound, is_req("g0s1"))
+    (v,) = violations(run, "reward_bound_before_consumption")
+    assert v.req_id == "g0s1" and "no reward was ever bound" in v.message
+    assert violations(correct_group(), "reward_bound_before_consumption") == []
+
+
+def test_a_reward_bound_only_after_consumption_is_reported_with_the_delay():
+    run = correct_group()
+    i = run.find(RewardBound, is_req("g0s0"))
+    rw = run.records.pop(i)
+    run.records.append(rw._replace(t_ns=run.at(2_000)))  # 2 ms after the consumption
+    (v,) = violations(run, "reward_bound_before_consumption")
+    assert v.req_id == "g0s0" and "later" in v.message
+    assert [e.kind for e in v.events] == ["deliver", "consume", "reward"]
+
+
+def test_a_finished_output_that_never_reaches_the_client_is_reported():
+    run = correct_group()
+    run.records = [r for r in run.records if r.KIND not in ("reward", "consume")]
+    lost = run.find(OutputDelivered, lambda r: r.req_id == "g0s0" and r.finished)
+    del run.records[lost]
+    (v,) = violations(run, "finished_output_delivered")
+    assert v.req_id == "g0s0" and v.step == 2 and "was lost" in v.message
+    assert [e.kind for e in v.events] == ["add", "upd"]
+    # a recording cut off mid-run: the output may still have been on its way
+    assert violations(run, "finished_output_delivered", Policy(samples_must_end=False)) == []
+
+
+def test_a_sample_rewarded_without_its_final_output_is_reported():
+    run = correct_group()
+    run.remove(OutputDelivered, lambda r: r.req_id == "g0s0" and r.finished)
+    (v,) = violations(run, "finished_output_delivered")
+    assert v.req_id == "g0s0" and "without its final output" in v.message
+
+
+def test_a_token_changed_between_engine_and_client_is_reported_at_its_frame():
+    run = correct_group(n_tokens=4)
+    # the client got another token at position 2; its digests are computed on what it got
+    run.out["g0s1"][2] += 1000
+    run.replace(OutputDelivered, lambda r: r.req_id == "g0s1" and r.finished, digest=token_digest(run.out["g0s1"]))
+    (v,) = violations(run, "client_tokens_match_engine")
+    assert v.req_id == "g0s1" and v.step == 3 and "tokens 3..4" in v.message
+    assert violations(correct_group(n_tokens=4), "client_tokens_match_engine") == []
+
+
+def test_token_comparison_needs_engine_token_ids():
+    run = correct_group()
+    for i, r in enumerate(run.records):
+        if isinstance(r, StepUpdated):
+            run.records[i] = r._replace(outs=tuple(o._replace(token_ids=None) for o in r.outs))
+    report = check_trace(run.trace(), only=["client_tokens_match_engine"])
+    assert report.not_checkable["client_tokens_match_engine"].startswith("missing token ids")
+
+
+def test_a_step_never_updated_mid_trace_is_reported_and_the_tail_is_not():
+    run = correct_group(n_tokens=4)
+    run.remove(StepUpdated, lambda r: r.step == 1)
+    (v,) = violations(run, "steps_well_formed")
+    assert v.step == 1 and "never applied (step 3's was)" in v.message
+    tail = correct_group(n_tokens=4)
+    tail.remove(StepUpdated, lambda r: r.step == 3)  # the last step: in flight when the recording stopped
+    assert violations(tail, "steps_well_formed") == []
+    assert check_trace(tail.trace()).in_flight_at_end == {0: [3]}
+
+
+def test_a_finished_sample_superseded_by_a_readmission_is_not_exempt():
+    run = correct_group()
+    run.admit("g0s0", "g0", 0, 2)  # the same id again, after it finished and was consumed: fine
+    run.generate(["g0s0"])
+    run.reward("g0s0")
+    run.consume(["g0s0"])
+    assert violations(run, "sample_ends_exactly_once") == []
+    run = Run()
+    run.admit("a", "ga", 0, 1)
+    run.generate(["a"])  # finished, never consumed ...
+    run.admit("a", "ga", 0, 1)  # ... and admitted again under its id
+    run.generate(["a"])
+    run.reward("a")
+    run.consume(["a"])
+    (v,) = violations(run, "sample_ends_exactly_once")
+    assert v.req_id == "a" and "admitted again" in v.message
+
+
+# --- causes: the record that explains a violation comes first ----------------------------------------------
+
+def test_a_refused_reset_is_named_as_the_cause_of_stale_kv():
+    run = correct_group()
+    run.update_weights(reset=False)  # the engine refused the reset (blocks in use) and the loop went on
+    run.admit("late", "g1", 0, 1)
+    run.engine_step(prefill=["late"], cached={"late": 8})
+    (v,) = violations(run, "no_stale_kv")
+    assert v.cause.startswith("the cache reset at") and "was refused" in v.cause
+    assert [e.kind for e in v.events] == ["weights", "cache_reset", "sched"]
+
+
+def test_an_admission_during_a_pause_is_named_as_the_cause_of_a_wrong_label():
+    run = correct_group()
+    run.emit(Paused(run.at(), "client", "keep", False))
+    run.admit("p", "gp", 0, 1)  # labelled with the version before the update the pause is for
+    run.version += 1
+    run.emit(WeightsUpdated(run.at(), run.at(1000), run.version, "client"))
+    run.emit(Resumed(run.at(), "client"))
+    run.generate(["p"])
+    run.reward("p")
+    run.consume(["p"])
+    (v,) = violations(run, "tokens_from_labelled_version")
+    assert v.cause.startswith("admitted during the keep pause") and v.group_id == "gp"
+    assert [e.kind for e in v.events][:2] == ["pause", "add"]
+
+
+def test_prefix_digests_equal_the_digest_of_each_prefix():
+    from tracesim.format.digest import prefix_digests
+
+    ids = list(range(1000, 1300))
+    ends = [0, 1, 7, 7, 150, 300, 20]  # increasing, repeated, and one going back
+    assert prefix_digests(ids, ends) == [token_digest(ids[:e]) for e in ends]
+
+
+def test_a_token_changed_on_the_client_side_of_a_real_recording_is_caught():
+    from conftest import TRACES
+
+    from tracesim.check.index import build_index
+    from tracesim.format import read_trace
+
+    trace = read_trace(TRACES / "vllm-abort-tokens.msgpack")
+    assert check_trace(trace, only=["client_tokens_match_engine"]).violations == []
+    ix = build_index(trace)
+    c = next(c for c in ix.client_order if c.final is not None and c.engine is not None and c.final.num_tokens)
+    ids = [t for _s, _n, upd in c.engine.outs for o in upd.outs if o.req_id == c.req_id for t in o.token_ids]
+    ids[len(ids) // 2] += 1  # what the client got; its digests are computed on it
+    records = [r._replace(digest=token_digest(ids[:r.start_idx + r.num_tokens]))
+               if r is c.final else r for r in trace.records]
+    report = check_trace(dataclasses.replace(trace, records=records), only=["client_tokens_match_engine"])
+    (v,) = report.violations
+    assert v.req_id == c.req_id and "the engine appended other tokens" in v.message
+
+
+def test_a_span_conflict_names_the_step_where_the_spans_start_to_disagree():
+    run = correct_group(n_tokens=4)  # tokens 0..4 of g0s0 from steps 0..3, all version 0
+    run.replace(OutputDelivered, lambda r: r.req_id == "g0s0" and r.finished,
+                spans=(VersionSpan(0, 0, 2), VersionSpan(1, 2, 4)))
+    (v,) = violations(run, "tokens_from_labelled_version")
+    assert v.step == 2 and "tokens 2..4 of g0s0 with version 0 (from step 2)" in v.message

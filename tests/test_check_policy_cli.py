@@ -73,7 +73,8 @@ def test_clean_trace_exits_0(tmp_path, capsys):
 def test_violations_exit_1_and_json_lists_them(tmp_path, capsys):
     assert main(["check", _write(tmp_path, _swapped_reward()), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"violations", "not_checkable", "checked", "waived", "lost_records"}
+    assert set(doc) == {"violations", "not_checkable", "checked", "waived", "lost_records", "in_flight_at_end",
+                        "trace_start_ns", "truncated", "skipped_records"}
     (v,) = doc["violations"]
     assert v["invariant"] == "reward_bound_to_own_tokens" and v["req_id"] == "a"
     assert {"step", "t_ns", "message", "events"} <= set(v)
@@ -82,8 +83,26 @@ def test_violations_exit_1_and_json_lists_them(tmp_path, capsys):
 def test_text_output_names_invariant_request_and_events(tmp_path, capsys):
     assert main(["check", _write(tmp_path, _swapped_reward())]) == 1
     out = capsys.readouterr().out
-    assert "reward_bound_to_own_tokens: req a" in out and "    reward t_ns=" in out
+    assert "reward_bound_to_own_tokens: 1 violation(s)" in out
+    assert "the reward bound to a was computed on tokens" in out
+    assert "      reward      at " in out and " ms  a" in out  # each record, in ms from the trace start
     assert "1 violation(s) of reward_bound_to_own_tokens (1)" in out
+
+
+def test_many_violations_of_one_cause_are_grouped_with_a_count(tmp_path, capsys):
+    from check_builder import correct_group as group_of
+
+    run = Run()
+    for g in ("g0", "g1", "g2"):
+        group_of(run, g, size=3)
+    for i, r in enumerate(run.records):  # every sample trained with a reward it was not given
+        if r.KIND == "consume":
+            run.records[i] = r._replace(samples=tuple(s._replace(reward=9.0) for s in r.samples))
+    assert main(["check", _write(tmp_path, run)]) == 1
+    out = capsys.readouterr().out
+    assert "consumed_sample_matches_binding: 9 violation(s)" in out
+    assert "... 7 more like these; all 9 by group:" in out
+    assert "    group g1 (3): g1s0, g1s1, g1s2" in out
 
 
 def test_not_checkable_is_printed(tmp_path, capsys):

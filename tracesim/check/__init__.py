@@ -8,9 +8,9 @@ See ``docs/checkers.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from tracesim.check import delivery, engine, kv, lifecycle, reward, versions, weights
+from tracesim.check import absence, delivery, engine, kv, lifecycle, reward, versions, weights
 from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
@@ -21,9 +21,12 @@ from tracesim.gcpause import cyclic_gc_paused
 INVARIANTS: dict = {
     reward.REWARD: reward.reward_bound_to_own_tokens,
     reward.CONSUMED: reward.consumed_sample_matches_binding,
+    absence.REWARDED: absence.reward_bound_before_consumption,
     versions.LABEL: versions.tokens_from_labelled_version,
     kv.KV: kv.no_stale_kv,
     delivery.ONCE: delivery.tokens_delivered_exactly_once,
+    absence.DELIVERED: absence.finished_output_delivered,
+    absence.TOKENS: absence.client_tokens_match_engine,
     engine.FRAMES: engine.output_applies_to_scheduling_incarnation,
     weights.WRITE: weights.no_weight_write_during_forward,
     lifecycle.ENDS: lifecycle.sample_ends_exactly_once,
@@ -50,6 +53,12 @@ class CheckReport:
     waived: dict = field(default_factory=dict)  # invariant -> why the policy waives it
     policy: Policy = field(default_factory=Policy)
     lost_records: int = 0  # records the recorder said it lost (RecorderLost): violations may stem from them
+    truncated_bytes: int = 0  # the trace ended inside a record: bytes dropped after the last complete one
+    skipped_records: int = 0  # records of kinds unknown to this tracesim (newer minor version), not checked
+    # engine proc -> steps scheduled and never updated at the end of the trace (the recording stopped there, or
+    # the engine died): not a violation, said in the summary
+    in_flight_at_end: dict = field(default_factory=dict)
+    trace_start_ns: int | None = None  # t_ns of the trace's first record: reports count time from it
 
     @property
     def ok(self) -> bool:
@@ -61,7 +70,11 @@ class CheckReport:
 
     def to_json(self) -> dict:
         return {"violations": [v.to_json() for v in self.violations], "not_checkable": dict(self.not_checkable),
-                "checked": list(self.checked), "waived": dict(self.waived), "lost_records": self.lost_records}
+                "checked": list(self.checked), "waived": dict(self.waived), "lost_records": self.lost_records,
+                "truncated": {"bytes": self.truncated_bytes} if self.truncated_bytes else None,
+                "skipped_records": self.skipped_records,
+                "in_flight_at_end": {str(p): s for p, s in self.in_flight_at_end.items()},
+                "trace_start_ns": self.trace_start_ns}
 
 
 def check_trace(trace, policy: Policy | None = None, only=None) -> CheckReport:
@@ -82,9 +95,26 @@ def check_trace(trace, policy: Policy | None = None, only=None) -> CheckReport:
         return _check(trace, policy, names)
 
 
+def _with_groups(ix, violations: list) -> list:
+    """Fill in the group of each violation's sample where its checker did not (reports group by it)."""
+    out = []
+    for v in violations:
+        if v.group_id is None and v.req_id is not None:
+            incs = ix.client.get(v.req_id)
+            add = incs[-1].add if incs else None
+            if add is not None and add.group_id is not None:
+                v = replace(v, group_id=add.group_id)
+        out.append(v)
+    return out
+
+
 def _check(trace, policy: Policy, names: list) -> CheckReport:
     ix = build_index(trace)
-    report = CheckReport(policy=policy, lost_records=sum(r.count for r in ix.lost))
+    report = CheckReport(policy=policy, lost_records=sum(r.count for r in ix.lost),
+                         truncated_bytes=getattr(trace, "truncated_bytes", 0) or 0,
+                         skipped_records=getattr(trace, "skipped", 0) or 0,
+                         in_flight_at_end={p: sorted(s) for p, s in ix.in_flight_at_end.items()},
+                         trace_start_ns=ix.t0_ns)
     for name in names:
         why = _waiver(name, policy)
         if why:
@@ -95,7 +125,7 @@ def _check(trace, policy: Policy, names: list) -> CheckReport:
             report.not_checkable[name] = str(result)
         else:
             report.checked.append(name)
-            report.violations.extend(result)
+            report.violations.extend(_with_groups(ix, result))
     return report
 
 

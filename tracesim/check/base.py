@@ -20,12 +20,16 @@ def ref(rec, req_id: str | None = None, step: int | None = None) -> EventRef:
     return EventRef(rec.KIND, rec.t_ns, step, req_id)
 
 
-def violation(invariant: str, message: str, req_id=None, step=None, events=()) -> Violation:
-    """A Violation whose ``t_ns`` is that of the last event named (the one that exposed the break)."""
+def violation(invariant: str, message: str, req_id=None, step=None, events=(), cause=None,
+              group_id=None) -> Violation:
+    """A Violation whose ``t_ns`` is that of the last event named (the one that exposed the break).
+
+    ``events``: the records that explain it, the cause first. ``cause``: the likely mechanism in one sentence
+    that every violation with the same cause shares word for word (reports group by it)."""
     t_ns = events[-1].t_ns if events else None
     if step is None:
         step = next((e.step for e in reversed(events) if e.step is not None), None)
-    return Violation(invariant, message, req_id, step, t_ns, tuple(events))
+    return Violation(invariant, message, req_id, step, t_ns, tuple(events), cause, group_id)
 
 
 INITIAL = "initial"  # stands for the weights before the first recorded update when no number is known
@@ -36,7 +40,9 @@ def step_versions(ix) -> dict:
 
     Sources, most direct first: ``StepExecuted.version``; ``StepUpdated.version`` (the version the engine
     stamped on the step's outputs); the weight-update timeline (the last ``WeightsUpdated`` whose label was set
-    before the step was scheduled; before any update, the engine config's ``weight_version`` or ``INITIAL``).
+    before the step was scheduled; before any update, the engine config's ``weight_version``, else the version
+    before the first update when versions are numbers, else the earliest version the engine stamped, else
+    ``INITIAL``).
     A step missing from the map has no known version. Computed once per index.
     """
     cached = ix.derived.get("step_versions")
@@ -46,7 +52,14 @@ def step_versions(ix) -> dict:
     for w in sorted(ix.weights, key=lambda w: (w.set_ns if w.set_ns is not None else w.end_ns)):
         times.append(w.set_ns if w.set_ns is not None else w.end_ns)
         versions.append(w.version)
-    initial = (ix.header.engine_config or {}).get("weight_version", INITIAL) if ix.header else INITIAL
+    initial = (ix.header.engine_config or {}).get("weight_version") if ix.header else None
+    if initial is None:
+        # the weights before the first recorded update: the version before it, where versions are numbers;
+        # else the version the engine stamped on its earliest step
+        first = versions[0] if versions else None
+        stamped = next((st.upd.version for st in ix.step_order if st.upd is not None and st.upd.version is not None),
+                       None)
+        initial = first - 1 if type(first) is int and first > 0 else stamped if stamped is not None else INITIAL
     result = {}
     for key, st in ix.steps.items():
         v = st.exec.version if st.exec is not None else None
@@ -79,3 +92,8 @@ def produced_runs(ix, inc) -> list:
             runs.append((v, pos, pos + sampled, step, upd))
         pos += sampled
     return runs
+
+
+def ms(ix, t_ns) -> str:
+    """``t_ns`` as milliseconds since the trace started (its first record), as messages print times."""
+    return f"{(t_ns - (ix.t0_ns or 0)) / 1e6:.3f} ms"

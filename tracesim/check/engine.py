@@ -19,12 +19,15 @@ _STEP_FAULTS = {
     "upd_unscheduled": "the output of step {step} was applied but the step was never scheduled",
     "exec_twice": "step {step} was executed twice, or after its output was applied",
     "exec_unscheduled": "step {step} was executed but never scheduled",
+    "upd_missing": "step {step} was scheduled but its output was never applied (step {other}'s was)",
 }
 
 
 def steps_well_formed(ix, policy) -> list:
     """Per engine process: steps are scheduled once each in order 0, 1, 2, ...; every execution and update
-    follows its schedule, happens once, and updates come in step order."""
+    follows its schedule, happens once, and updates come in step order; every scheduled step is updated,
+    except the last ones still in flight when the trace ends (``Index.in_flight_at_end``, reported as a note:
+    the recording stopped or the engine died there)."""
     if not ix.steps and not ix.n_upd and not ix.n_exec:
         return NotCheckable("missing engine steps (no sched records)")
     out = []
@@ -32,7 +35,8 @@ def steps_well_formed(ix, policy) -> list:
         code, st, rec = fault[0], fault[1], fault[2]
         events = ([ref(st.sched)] if st is not None else []) + [ref(rec)]
         other = fault[3] if len(fault) > 3 else None
-        msg = _STEP_FAULTS[code].format(step=rec.step, other=other, expected=None if other is None else other + 1)
+        msg = _STEP_FAULTS[code].format(step=rec.step, other=other,
+                                        expected=None if other is None else other + 1)
         out.append(violation(STEPS, msg, step=rec.step, events=events))
     return out
 

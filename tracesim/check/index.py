@@ -15,9 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracesim.format.records import (
-    Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, RewardBound, SampleDropped,
-    StepExecuted, StepScheduled, StepUpdated, TrainerConsumed, WeightsUpdated,
+    Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
+    SampleDropped, StepExecuted, StepScheduled, StepUpdated, TrainerConsumed, WeightsUpdated,
 )
+
+
+# A group-wide SampleDropped is recorded on each member at most this many times: the drops a member can
+# collect stay bounded when a hostile trace drops one big group over and over.
+MAX_GROUP_DROPS = 4
 
 
 class EngineInc:
@@ -71,6 +76,7 @@ class Index:
     weights: list = field(default_factory=list)
     resets: list = field(default_factory=list)
     pauses: list = field(default_factory=list)
+    resumes: list = field(default_factory=list)
     rewards: list = field(default_factory=list)
     consumes: list = field(default_factory=list)
     timeline: list = field(default_factory=list)  # (proc, record) for sched/add(engine)/abort/reset/weights
@@ -80,6 +86,8 @@ class Index:
     step_faults: list = field(default_factory=list)
     frame_faults: list = field(default_factory=list)
     twice_live: list = field(default_factory=list)  # (side, new add record, old incarnation)
+    in_flight_at_end: dict = field(default_factory=dict)  # proc -> steps scheduled, never updated, at the end
+    t0_ns: int | None = None  # the first record's time: the trace start that messages count from
     derived: dict = field(default_factory=dict)  # values computed once and shared by checkers
 
     @property
@@ -99,9 +107,10 @@ def build_index(trace) -> Index:
         StepScheduled: scan.sched, StepExecuted: scan.exec, StepUpdated: scan.upd, RequestAdded: scan.add,
         OutputDelivered: scan.deliver, RewardBound: scan.reward, TrainerConsumed: scan.consume,
         SampleDropped: scan.drop, Aborted: scan.abort, WeightsUpdated: scan.weights, CacheReset: scan.reset,
-        Paused: ix.pauses.append, RecorderLost: ix.lost.append,
+        Paused: ix.pauses.append, Resumed: ix.resumes.append, RecorderLost: ix.lost.append,
     }
     get = handlers.get
+    ix.t0_ns = next((r.t_ns for r in trace.records if type(getattr(r, "t_ns", None)) is int), None)
     if trace.procs:
         for proc, rec in zip(trace.procs, trace.records):
             h = get(type(rec))
@@ -126,6 +135,10 @@ class _Scanner:
         self.last_reset = None
         self.last_sched: dict = {}  # proc -> last scheduled step
         self.last_upd: dict = {}  # proc -> last updated step
+        self.adopted: set = set()  # ClientIncs replaced by the admission they preceded: out of client_order
+        # group id -> members a group-wide drop still applies to (not superseded, dropped fewer than
+        # MAX_GROUP_DROPS times): each drop walks these only, so 100k drops of a big group stay linear
+        self.group_live: dict = {}
 
     # --- engine ------------------------------------------------------------------------------------------
 
@@ -269,7 +282,7 @@ class _Scanner:
                 inc.frames, inc.final, inc.rewards = old.frames, old.final, old.rewards
                 inc.consumed, inc.dropped, inc.aborted = old.consumed, old.dropped, old.aborted
                 incs[-1] = inc
-                ix.client_order.remove(old)
+                self.adopted.add(old)  # removed from client_order at the end (list.remove is O(n) each)
             else:
                 if old.final is None and not old.aborted and not old.consumed and not old.dropped:
                     ix.twice_live.append(("client", rec, old))
@@ -278,6 +291,7 @@ class _Scanner:
         ix.client_order.append(inc)
         if rec.group_id is not None:
             ix.groups.setdefault(rec.group_id, []).append(inc)
+            self.group_live.setdefault(rec.group_id, []).append(inc)
         e = ix.engine.get(rec.req_id)
         if e is not None and e[-1].client is None and e[-1].ended is None:
             e[-1].client, inc.engine = inc, e[-1]
@@ -308,24 +322,42 @@ class _Scanner:
             self._client(sample.req_id).consumed.append((rec, sample))
 
     def drop(self, rec: SampleDropped) -> None:
-        ix = self.ix
         if rec.req_ids:
             for req_id in rec.req_ids:
                 self._client(req_id).dropped.append(rec)
         elif rec.group_id is not None:  # the whole group, every member admitted so far
-            for inc in ix.groups.get(rec.group_id, ()):
-                if inc.superseded_by is None:
-                    inc.dropped.append(rec)
+            live = self.group_live.get(rec.group_id)
+            if live:
+                keep = []
+                for inc in live:
+                    if inc.superseded_by is None and len(inc.dropped) < MAX_GROUP_DROPS:
+                        inc.dropped.append(rec)
+                        keep.append(inc)
+                self.group_live[rec.group_id] = keep
 
     def finish(self) -> None:
-        """Link client and engine incarnations left unlinked by stream order (engine add seen first)."""
+        """Link client and engine incarnations left unlinked by stream order (engine add seen first); sort the
+        steps never updated into those skipped (a later step of the process was updated) and those still in
+        flight when the trace ends (the recording stopped, or the engine died)."""
         ix = self.ix
+        if self.adopted:
+            adopted = self.adopted
+            ix.client_order = [c for c in ix.client_order if c not in adopted]
+        for (proc, _step), st in ix.steps.items():
+            if st.upd is None:
+                last = self.last_upd.get(proc)
+                if last is not None and st.sched.step < last:
+                    ix.step_faults.append(("upd_missing", st, st.sched, last))
+                else:
+                    ix.in_flight_at_end.setdefault(proc, []).append(st.sched.step)
         for req_id, cincs in ix.client.items():
             eincs = ix.engine.get(req_id)
             if not eincs:
                 continue
             free = [e for e in eincs if e.client is None]
+            taken = 0
             for c in cincs:
-                if c.engine is None and free:
-                    c.engine = free.pop(0)
+                if c.engine is None and taken < len(free):
+                    c.engine = free[taken]
                     c.engine.client = c
+                    taken += 1

@@ -12,7 +12,7 @@ for the same prompt (``prompt_digest``) since the last reset when there are any,
 
 from __future__ import annotations
 
-from tracesim.check.base import NotCheckable, ref, step_versions, violation
+from tracesim.check.base import NotCheckable, ms, ref, step_versions, violation
 from tracesim.format.records import Aborted, CacheReset, RequestAdded, StepScheduled
 
 KV = "no_stale_kv"
@@ -51,18 +51,20 @@ def no_stale_kv(ix, policy) -> list:
                         old = next((w for w in src if w != v), None)
                         if old is not None:
                             flagged.add(r)
+                            cause, first = _cause(ix, v, rec.t_ns, "the prefix cache")
                             out.append(violation(
                                 KV, f"{r} reused {q.cached_tokens} prefix-cached tokens at step {rec.step} under "
                                 f"version {v} while the cache held KV computed by version {old} (step "
                                 f"{src[old]}) and no effective cache reset came between", r, rec.step,
-                                [ref(rec, r)]))
+                                first + [ref(rec, r)], cause))
                 elif r not in flagged and (len(mine) > 1 or v not in mine):
                     old = next(w for w in mine if w != v)
                     flagged.add(r)
+                    cause, first = _cause(ix, v, rec.t_ns, "running requests' KV")
                     out.append(violation(
                         KV, f"{r} ran step {rec.step} under version {v} attending its own KV computed by version "
                         f"{old} (step {mine[old]}); its KV was neither recomputed nor reset after the update",
-                        r, rec.step, [ref(rec, r)]))
+                        r, rec.step, first + [ref(rec, r)], cause))
                 mine.setdefault(v, rec.step)
                 cache.setdefault(v, rec.step)
                 pd = prompts.get(r)
@@ -83,3 +85,24 @@ def no_stale_kv(ix, policy) -> list:
             for r in rec.req_ids:
                 kv.pop(r, None)
     return out
+
+
+def _cause(ix, version, t_ns: int, what: str) -> tuple:
+    """``(cause, [records])``: the update to ``version`` that made KV stale, and a cache reset the engine refused
+    after it (``ok = false``: vLLM refuses while blocks are in use unless ``reset_running``) when there is one."""
+    found = ix.derived.get("kv_causes")
+    if found is None:
+        found = ix.derived["kv_causes"] = ({w.version: w for w in ix.weights},
+                                          [c for c in ix.resets if not c.ok])
+    updates, refused = found
+    w = updates.get(version)
+    if w is None:
+        return None, []
+    # a reset of this update cycle: after the previous update ended (loops reset before or after the write)
+    prev = updates.get(version - 1) if type(version) is int else None
+    since = prev.end_ns if prev is not None else -1
+    bad = next((c for c in refused if since < c.t_ns <= t_ns), None)
+    if bad is not None:
+        return (f"the cache reset at {ms(ix, bad.t_ns)} after the update to version {version} was refused "
+                f"(ok = false) and the loop went on", [ref(w), ref(bad)])
+    return f"the update to version {version} at {ms(ix, w.t_ns)} kept {what}", [ref(w)]

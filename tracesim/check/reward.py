@@ -3,6 +3,8 @@ trainer trains each sample with its own tokens, reward and version label."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from tracesim.check.base import NotCheckable, ref, violation
 
 REWARD = "reward_bound_to_own_tokens"
@@ -10,17 +12,41 @@ CONSUMED = "consumed_sample_matches_binding"
 
 
 def _owners(ix) -> dict:
-    """digest -> req_ids whose final delivered output has it (to say whose tokens were scored instead)."""
+    """digest -> req_ids whose final delivered output has it (to say whose tokens were scored instead), in
+    order, as runs ``[req_id, count]`` of one id repeated: ``_whose`` then reads a few runs, never the whole
+    list (100k samples sharing a digest would make every message scan 100k ids)."""
     owners: dict = {}
     for c in ix.client_order:
         if c.final is not None and c.final.digest is not None:
-            owners.setdefault(c.final.digest, []).append(c.req_id)
+            runs = owners.get(c.final.digest)
+            if runs is None:
+                owners[c.final.digest] = [[c.req_id, 1]]
+            elif runs[-1][0] == c.req_id:
+                runs[-1][1] += 1
+            else:
+                runs.append([c.req_id, 1])
     return owners
 
 
 def _whose(owners: dict, digest: str, req_id: str) -> str:
-    others = [r for r in owners.get(digest, ()) if r != req_id]
-    return f": those are the tokens of {', '.join(others[:3])}" if others else ""
+    others: list = []
+    for r, count in owners.get(digest, ()):  # runs alternate ids: at most 7 runs give 3 others
+        if r != req_id:
+            others += [r] * min(count, 3 - len(others))
+            if len(others) == 3:
+                break
+    return f": those are the tokens of {', '.join(others)}" if others else ""
+
+
+def _suffix_min(rewards: list) -> list:
+    """``[min(t_ns of rewards[i:]) for i]``, nondecreasing: the last reward (stream order) bound at or before
+    a time is then found by bisection, whatever order the times come in."""
+    mins, low = [0] * len(rewards), None
+    for i in range(len(rewards) - 1, -1, -1):
+        t = rewards[i].t_ns
+        low = t if low is None or t < low else low
+        mins[i] = low
+    return mins
 
 
 def reward_bound_to_own_tokens(ix, policy) -> list:
@@ -61,6 +87,7 @@ def consumed_sample_matches_binding(ix, policy) -> list:
         return NotCheckable("missing deliveries and rewards to compare consumed samples with")
     owners, out = _owners(ix), []
     for c in ix.client_order:
+        mins = _suffix_min(c.rewards) if len(c.rewards) > 8 and len(c.consumed) > 1 else None
         for tc, s in c.consumed:
             events = [ref(tc, s.req_id)]
             if s.digest is not None and c.final is not None and c.final.digest not in (None, s.digest):
@@ -68,10 +95,16 @@ def consumed_sample_matches_binding(ix, policy) -> list:
                     CONSUMED, f"train step {tc.train_step} trained {s.req_id} on tokens with digest {s.digest}, "
                     f"but {s.req_id} delivered digest {c.final.digest}{_whose(owners, s.digest, s.req_id)}",
                     s.req_id, events=[ref(c.final)] + events))
-            bound = [r for r in c.rewards if r.t_ns <= tc.t_ns]
-            if not bound:
-                continue
-            rw = bound[-1]
+            if mins is None:
+                bound = [r for r in c.rewards if r.t_ns <= tc.t_ns]
+                if not bound:
+                    continue
+                rw = bound[-1]
+            else:  # the last i with min(t_ns of rewards[i:]) <= tc.t_ns has rewards[i].t_ns <= tc.t_ns
+                i = bisect_right(mins, tc.t_ns)
+                if not i:
+                    continue
+                rw = c.rewards[i - 1]
             if s.reward is not None and abs(s.reward - rw.reward) > 1e-9 * max(1.0, abs(rw.reward)):
                 out.append(violation(
                     CONSUMED, f"train step {tc.train_step} used reward {s.reward} for {s.req_id}, but the reward "

@@ -3,7 +3,7 @@ version lag at consumption stays within the policy's bound."""
 
 from __future__ import annotations
 
-from tracesim.check.base import NotCheckable, produced_runs, ref, violation
+from tracesim.check.base import NotCheckable, ms, produced_runs, ref, violation
 
 LABEL = "tokens_from_labelled_version"
 LAG = "version_lag_within_bound"
@@ -50,20 +50,112 @@ def _production(ix, c) -> tuple:
     return [], False
 
 
+def _group(c):
+    return c.add.group_id if c.add is not None else None
+
+
 def _run_ref(run, req_id):
     return ref(run[4], req_id, step=run[3])
 
 
 def _span_conflict(c, runs):
-    """First (engine run, span) where the delivered spans name another version than the engine used."""
+    """First (engine run, span, position) where the delivered spans name another version than the engine used;
+    ``position``: the first output token where they disagree."""
+    if len(runs) * len(c.final.spans) > 256:  # many of both: find the run by a sweep, then scan for its span
+        run = _first_conflicting_run(runs, c.final.spans)
+        runs = [run] if run is not None else []
     for run in runs:
         v, a, b = run[0], run[1], run[2]
         if v is None:
             continue
         for sp in c.final.spans:
             if sp.start < b and sp.end > a and sp.version != v and sp.version >= 0:
-                return run, sp
+                return run, sp, max(a, sp.start)
     return None
+
+
+def _first_conflicting_run(runs, spans):
+    """The first run (by position; runs are ordered and disjoint) that some span with a known version other
+    than the run's overlaps, in O((runs + spans) log spans): spans are added in start order as the runs' ends
+    grow, keeping the longest-reaching span and the longest-reaching one of another version than it."""
+    spans = sorted((sp for sp in spans if sp.version >= 0), key=lambda sp: sp.start)
+    best = other = None  # (end, version): the span reaching furthest; the furthest of another version
+    k = 0
+    for run in runs:
+        v, a, b = run[0], run[1], run[2]
+        while k < len(spans) and spans[k].start < b:
+            e, ver = spans[k].end, spans[k].version
+            if best is None:
+                best = (e, ver)
+            elif ver == best[1]:
+                best = (max(e, best[0]), ver)
+            elif e > best[0]:
+                best, other = (e, ver), best
+            elif other is None or e > other[0]:
+                other = (e, ver)
+            k += 1
+        if v is None or best is None:
+            continue
+        if best[1] != v and best[0] > a:
+            return run
+        if best[1] == v and other is not None and other[0] > a:
+            return run
+    return None
+
+
+def _step_at(inc, position: int):
+    """(step, StepUpdated) that appended output token ``position`` to engine incarnation ``inc``."""
+    pos = 0
+    for step, sampled, upd in inc.outs:
+        if pos + sampled > position:
+            return step, upd
+        pos += sampled
+    return None, None
+
+
+def _client_pause_at(ix, t_ns: int):
+    """The client-side pause in progress at ``t_ns`` (requested at or before it, not yet resumed), or None."""
+    pause = None
+    for p in ix.pauses:
+        if p.side == "client" and p.t_ns <= t_ns:
+            pause = p
+    if pause is None:
+        return None
+    resumed = any(r.side == "client" and pause.t_ns <= r.t_ns <= t_ns for r in ix.resumes)
+    return None if resumed else pause
+
+
+def _update_to(ix, version):
+    return next((w for w in ix.weights if w.version == version), None)
+
+
+def _cause(ix, c, label, label_rec, produced) -> tuple:
+    """``(cause, records)``: what most likely made the sample's label disagree with the version ``produced``
+    (a sentence shared by every sample with the same cause, so reports can group them), and the records that
+    show it, the cause first. ``(None, [])`` when no known mechanism fits."""
+    add = c.add
+    if add is not None and add.version == label:
+        pause = _client_pause_at(ix, add.t_ns)
+        if pause is not None:
+            return (f"admitted during the {pause.mode or ''} pause at {ms(ix, pause.t_ns)} and labelled with "
+                    f"version {label}, the version before the update the pause was for".replace("  ", " "),
+                    [ref(pause), ref(add)])
+    if add is not None and add.version is not None and label_rec is not add and add.version != label:
+        w = _update_to(ix, label)
+        return (f"the label was read again at {label_rec.KIND} time, after the update to version {label}"
+                + (f" ({ms(ix, w.t_ns)})" if w is not None else "") + f"; admitted under version {add.version}",
+                ([ref(w)] if w is not None else []) + [ref(add), ref(label_rec, c.req_id)])
+    if type(produced) is int and type(label) is int and produced > label:
+        w = _update_to(ix, produced)
+        if w is not None and (add is None or add.t_ns <= w.t_ns):
+            return (f"the weights were updated to version {produced} at {ms(ix, w.t_ns)} while the sample was "
+                    "in flight, and its label was not", [ref(w)])
+    if type(produced) is int and type(label) is int and produced < label:
+        w = _update_to(ix, label)
+        if w is not None:
+            return (f"labelled with version {label} ({ms(ix, w.t_ns)}) although tokens were produced by the "
+                    "weights before that update", [ref(w), ref(label_rec, c.req_id)])
+    return None, []
 
 
 def tokens_from_labelled_version(ix, policy) -> list:
@@ -85,11 +177,14 @@ def tokens_from_labelled_version(ix, policy) -> list:
         if from_engine and c.final is not None and c.final.spans:
             conflict = _span_conflict(c, runs)
             if conflict is not None:
-                run, sp = conflict
+                run, sp, pos = conflict
+                step, upd = _step_at(c.engine, pos)
+                step, upd = (step, upd) if step is not None else (run[3], run[4])
+                end = min(run[2], sp.end)
                 out.append(violation(
-                    LABEL, f"the engine produced tokens {run[1]}..{run[2]} of {c.req_id} with version {run[0]} "
-                    f"(step {run[3]}), but the delivered spans say version {sp.version}", c.req_id,
-                    events=[_run_ref(run, c.req_id), ref(c.final)]))
+                    LABEL, f"the engine produced tokens {pos}..{end} of {c.req_id} with version {run[0]} "
+                    f"(from step {step}), but the delivered spans say version {sp.version}", c.req_id, step,
+                    events=[ref(upd, c.req_id, step=step), ref(c.final)], group_id=_group(c)))
                 continue
         versions = sorted({r[0] for r in runs if r[0] is not None}, key=str)
         if policy.allow_mixed_versions and len(versions) > 1:
@@ -99,15 +194,21 @@ def tokens_from_labelled_version(ix, policy) -> list:
             elif label not in versions:
                 msg = f"{c.req_id} is labelled with version {label}, which produced none of its tokens {versions}"
             if msg:
-                out.append(violation(LABEL, msg, c.req_id, events=[ref(label_rec, c.req_id)]))
+                out.append(violation(LABEL, msg, c.req_id, events=[ref(label_rec, c.req_id)], group_id=_group(c)))
             continue
         bad = next((r for r in runs if r[0] is not None and r[0] != label), None)
         if bad is not None:
+            cause, cause_refs = _cause(ix, c, label, label_rec, bad[0])
+            rest = cause_refs[1:] + [_run_ref(bad, c.req_id)]
+            if not any(e.kind == label_rec.KIND and e.t_ns == label_rec.t_ns for e in cause_refs):
+                rest.append(ref(label_rec, c.req_id))
+            # the cause record first, then the rest as it happened
+            events = cause_refs[:1] + sorted(rest, key=lambda e: e.t_ns)
             out.append(violation(
                 LABEL, f"tokens {bad[1]}..{bad[2]} of {c.req_id} were produced by version {bad[0]}"
                 + (f" at step {bad[3]}" if bad[3] is not None else "")
-                + f", but the sample is labelled with version {label}", c.req_id,
-                events=[_run_ref(bad, c.req_id), ref(label_rec, c.req_id)]))
+                + f", but the sample is labelled with version {label}", c.req_id, bad[3],
+                events=events, cause=cause, group_id=_group(c)))
     if not known:
         return NotCheckable("missing the versions that produced the tokens (no exec/upd versions, weight "
                             "updates or delivered version spans)")
@@ -123,13 +224,23 @@ def version_lag_within_bound(ix, policy) -> list:
         return NotCheckable("missing trainer versions (every TrainerConsumed.trainer_version is null)")
     bound, out = policy.max_version_lag, []
     for c in ix.client_order:
+        oldest = label = None
         for tc, s in c.consumed:
             tv = tc.trainer_version
             if tv is None:
                 continue
-            runs, _ = production_of(ix, c)
-            produced = [r[0] for r in runs if type(r[0]) is int and r[2] > r[1]]
-            v = min(produced) if produced else (s.version if s.version is not None else label_of(c)[0])
+            if oldest is None:  # once per sample, not per consumption (one sample may be consumed 100k times)
+                runs, _ = production_of(ix, c)
+                produced = [r[0] for r in runs if type(r[0]) is int and r[2] > r[1]]
+                oldest = [min(produced) if produced else None]
+            v = oldest[0]
+            if v is None:
+                if s.version is not None:
+                    v = s.version
+                else:
+                    if label is None:
+                        label = [label_of(c)[0]]
+                    v = label[0]
             if type(v) is not int:
                 continue
             lag = tv - v

@@ -22,7 +22,9 @@ class Violation:
     req_id: str | None = None  # the request / sample concerned
     step: int | None = None  # engine step, when one is involved
     t_ns: int | None = None  # time of the event that exposed the violation
-    events: tuple = ()  # tuple[EventRef, ...]
+    events: tuple = ()  # tuple[EventRef, ...], the cause first, the one that exposed the break last
+    cause: str | None = None  # the likely mechanism, one sentence shared by every violation it explains
+    group_id: str | None = None  # the sample's group, when it has one
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -1,12 +1,15 @@
 """``tracesim check TRACE [--policy FILE] [--json]``: check the binding invariants of a trace.
 
-Exit 0 when no invariant is violated, 1 with violations, 2 when the trace or policy cannot be read.
+Exit 0 when no invariant is violated, 1 with violations, 2 when the trace or policy cannot be read, 3 on an
+internal error, 4 when nothing is violated but the trace is incomplete: it ends inside a record (truncated: only
+the complete records before it were checked) or holds records of kinds this tracesim does not know (skipped).
 Invariants the trace lacks the records for are listed as "not checkable: missing ..." and do not fail.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 _PROGRESS_MIN_BYTES = 16 << 20  # show a progress bar when reading traces at least this large
@@ -20,7 +23,7 @@ def add_parser(sub) -> None:
                    help="check only this invariant (repeatable); see docs/checkers.md for names")
     p.add_argument("--json", action="store_true",
                    help='print {"violations": [...], "not_checkable": {...}, "checked": [...], "waived": {...}, '
-                   '"lost_records": N}')
+                   '"lost_records": N, "truncated": {"bytes": N, "offset": N} or null, "skipped_records": N}')
     p.set_defaults(run=run)
 
 
@@ -63,23 +66,38 @@ def run(args) -> int:
             raise UsageError(f"unknown invariant {unknown[0]!r}; known: {', '.join(INVARIANTS)}")
     trace = _read(args.trace)
     report = check_trace(trace, policy, only=args.only)
+    # A trace that ends inside a record was checked only up to its last complete record: never a plain pass.
+    offset = None
+    if report.truncated_bytes:
+        try:
+            offset = os.path.getsize(args.trace) - report.truncated_bytes
+        except OSError:
+            pass
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        data = report.to_json()
+        if data.get("truncated") is not None:
+            data["truncated"]["offset"] = offset
+        print(json.dumps(data, indent=2))
     else:
         _print_text(args.trace, trace, report)
-    return 1 if report.violations else 0
+        if report.truncated_bytes:
+            at = f" at byte {offset:,}" if offset is not None else ""
+            print(f"trace truncated: {args.trace} ends inside a record{at}: {report.truncated_bytes:,} byte(s) "
+                  f"dropped; only the {len(trace.records):,} complete record(s) before it were checked"
+                  + ("" if report.violations else " (exit 4)"))
+        if report.skipped_records:
+            print(f"records skipped: {report.skipped_records:,} record(s) of kinds this tracesim does not know "
+                  "(written by a newer format version) were not checked" + ("" if report.violations else " (exit 4)"))
+    if report.violations:
+        return 1
+    return 4 if report.truncated_bytes or report.skipped_records else 0
 
 
 def _print_text(path: str, trace, report) -> None:
-    for v in report.violations:
-        where = " ".join(p for p in (
-            f"req {v.req_id}" if v.req_id is not None else "", f"step {v.step}" if v.step is not None else "",
-            f"t_ns {v.t_ns}" if v.t_ns is not None else "") if p)
-        print(f"{v.invariant}: {where}: {v.message}")
-        for e in v.events:
-            bits = [f"{e.kind} t_ns={e.t_ns}"] + ([f"step={e.step}"] if e.step is not None else []) \
-                + ([f"req={e.req_id}"] if e.req_id is not None else [])
-            print(f"    {' '.join(bits)}")
+    from tracesim.check.text import violation_lines
+
+    for line in violation_lines(report):
+        print(line)
     for name, why in report.not_checkable.items():
         print(f"{name}: not checkable: {why}")
     for name, why in report.waived.items():
@@ -91,5 +109,8 @@ def _print_text(path: str, trace, report) -> None:
         counts[v.invariant] = counts.get(v.invariant, 0) + 1
     verdict = "ok" if not report.violations else \
         f"{len(report.violations)} violation(s) of " + ", ".join(f"{k} ({n})" for k, n in counts.items())
+    for proc, steps in report.in_flight_at_end.items():
+        print(f"note: engine process {proc}: the trace ends with step(s) {', '.join(map(str, steps[:8]))} scheduled "
+              "and never updated (the recording stopped there, or the engine died)")
     print(f"{path}: {verdict}; {len(report.checked)} invariant(s) checked, {len(report.not_checkable)} not "
           f"checkable, {len(report.waived)} waived ({len(trace.records):,} records)")

@@ -23,12 +23,19 @@ COMMANDS = ["info", "validate", "merge", "record", "replay", "simulate", "explor
             "export"]
 
 
+MAX_ERROR_LINE = 1000  # characters: an error line never echoes a whole hostile value (values: errors.MAX_ECHO)
+
+
+def _error_line(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_LINE else text[: MAX_ERROR_LINE - 3] + "..."
+
+
 class UsageError(InputError):
     """Bad arguments: exit code 2, one line (as for unusable scenario or policy files)."""
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"tracesim: warning: {message}", file=sys.stderr)
+    print(_error_line(f"tracesim: warning: {message}"), file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (TraceFormatError, InputError) as exc:
-        print(f"tracesim: error: {exc}", file=sys.stderr)
+        print(_error_line(f"tracesim: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tracesim: interrupted", file=sys.stderr)
@@ -59,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: still one line unless asked for more
         if os.environ.get("TRACESIM_DEBUG"):
             raise
-        print(f"tracesim: internal error: {type(exc).__name__}: {exc} (set TRACESIM_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(_error_line(f"tracesim: internal error: {type(exc).__name__}: {exc}") +
+              " (set TRACESIM_DEBUG=1 for a traceback)", file=sys.stderr)
         return 3
 
 

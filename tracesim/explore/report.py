@@ -230,6 +230,8 @@ def format_result(result, t0_of=None) -> str:
             lines.append(f"    fails with no perturbation (seed {spec.seed}): the base run itself breaks it")
         if f.violation is not None:
             lines.append(f"    {f.violation.message}")
+            if f.violation.cause:
+                lines.append(f"    cause: {f.violation.cause}")
             t0 = t0_of(spec) if t0_of is not None else 0
             for e in f.violation.events[:6]:
                 where = " ".join(x for x in (f"step {e.step}" if e.step is not None else "",

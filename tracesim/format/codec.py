@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from tracesim.format.errors import FieldError
-from tracesim.format.records import EVENT_KINDS, NESTED, Header
+from tracesim.format.errors import FieldError, short_repr
+from tracesim.format.records import (
+    EVENT_KINDS, NESTED, Aborted, Header, OutReq, RequestAdded, SampleDropped, StepScheduled,
+)
 
 # Bounds applied while unpacking: a hostile length prefix is refused before memory is allocated for it.
 MAX_STR_BYTES = 1 << 20
@@ -24,13 +26,34 @@ _TYPES = {
 }
 
 
+# Element type of every tuple field that holds scalars rather than nested entries (records.py says which in
+# each field's comment). The elements are checked on every read: a record's signature (its fields' types)
+# says nothing about what its tuples hold. A new tuple field of scalars must be listed here (checked at import).
+ELEMENT_TYPES: dict = {
+    RequestAdded: {"block_keys": "int"},
+    StepScheduled: {"preempted": "str", "finished": "str"},
+    OutReq: {"token_ids": "int32", "logprobs": "float"},  # token ids are digested as int32 (digest.py)
+    Aborted: {"req_ids": "str"},
+    SampleDropped: {"req_ids": "str"},
+}
+
+# Header.engine_config entries that the checkers and the simulator read, and the types they accept.
+ENGINE_CONFIG_TYPES: dict = {"weight_version": (int, str, type(None))}
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
 class _Spec(NamedTuple):
     cls: type
     required: int  # number of leading fields without a default
     defaults: tuple  # default of every field from `required` on
     checks: tuple  # (index, name, allowed types, nested entry spec or None)
     nested: tuple  # (index, name, nested entry spec) of the fields holding entries
-    good_signatures: set  # tuples of exact value types already seen to pass every check
+    # tuple of exact value types already seen to pass every check -> the ``elements`` entries whose value
+    # is a tuple in that signature (those are checked on every read; usually none)
+    good_signatures: dict
+    # (index, name, exact element types allowed, the types as named, (min, max) or None) of every tuple field
+    # of scalars
+    elements: tuple = ()
 
 
 def _field_types(annotation) -> tuple:
@@ -54,7 +77,18 @@ def _spec(cls: type) -> _Spec:
         (i, name, _field_types(cls.__annotations__[name]), _spec(nested[name]) if name in nested else None)
         for i, name in enumerate(names)
     )
-    return _Spec(cls, required, defaults, checks, tuple((i, n, sub) for i, n, _t, sub in checks if sub), set())
+    declared = ELEMENT_TYPES.get(cls, {})
+    elements = []
+    for i, name, types, sub in checks:
+        if tuple in types and sub is None:
+            if name not in declared:
+                raise TypeError(f"{cls.__name__}.{name} is a tuple of scalars: declare its element type in "
+                                "codec.ELEMENT_TYPES")
+            bounds = _INT32 if declared[name] == "int32" else None
+            allowed = _field_types("int" if bounds else declared[name])
+            elements.append((i, name, frozenset(allowed + ((bool,) if int in allowed else ())), allowed, bounds))
+    return _Spec(cls, required, defaults, checks, tuple((i, n, sub) for i, n, _t, sub in checks if sub), {},
+                 tuple(elements))
 
 
 SPECS: dict = {kind: _spec(cls) for kind, cls in EVENT_KINDS.items()}
@@ -77,12 +111,18 @@ def build(spec: _Spec, values, path: str):
             values = values[: len(names)]  # fields appended by a newer minor version
         else:
             values = values + spec.defaults[n - spec.required:]
-    # Fast path: a record whose exact field types were seen before needs no per-field checks.
+    # Fast path: a record whose exact field types were seen before needs no per-field checks, only those of
+    # the elements of its tuples of scalars (none when they are null, as token_ids and logprobs mostly are).
     signature = tuple(map(type, values))
-    if signature not in spec.good_signatures:
+    try:
+        elements = spec.good_signatures[signature]
+    except KeyError:
         _check_fields(spec, values, path)
+        elements = tuple(e for e in spec.elements if signature[e[0]] is tuple)
         if len(spec.good_signatures) < _MAX_SIGNATURES:
-            spec.good_signatures.add(signature)
+            spec.good_signatures[signature] = elements
+    if elements:
+        _check_elements(elements, values, path)
     for i, name, nested in spec.nested:
         value = values[i]
         if value:
@@ -97,6 +137,31 @@ def _check_fields(spec: _Spec, values: tuple, path: str) -> None:
     for i, name, types, _nested in spec.checks:
         if not isinstance(values[i], types):
             raise FieldError(f"{path}.{name}", f"expected {_type_names(types)}, got {type(values[i]).__name__}")
+
+
+def _check_elements(elements: tuple, values: tuple, path: str) -> None:
+    for i, name, allowed, named, bounds in elements:  # C-speed scans of each tuple
+        value = values[i]
+        if value:
+            if not allowed.issuperset(map(type, value)):
+                j = next(j for j, v in enumerate(value) if type(v) not in allowed)
+                raise FieldError(f"{path}.{name}[{j}]", f"expected {_type_names(named)}, got "
+                                 f"{type(value[j]).__name__}")
+            if bounds is not None and (min(value) < bounds[0] or max(value) > bounds[1]):
+                j = next(j for j, v in enumerate(value) if not bounds[0] <= v <= bounds[1])
+                raise FieldError(f"{path}.{name}[{j}]", f"expected an int32, got {short_repr(value[j])}")
+
+
+def build_header(fields, path: str = "header") -> Header:
+    """``Header`` built from a decoded array (see ``build``), with the engine_config entries that readers of
+    the trace use checked too (``ENGINE_CONFIG_TYPES``); raise FieldError."""
+    header = build(HEADER_SPEC, fields, path)
+    config = header.engine_config
+    for key, types in ENGINE_CONFIG_TYPES.items():
+        if key in config and not isinstance(config[key], types):
+            raise FieldError(f"{path}.engine_config.{key}", f"expected {_type_names(types)}, got "
+                             f"{type(config[key]).__name__}")
+    return header
 
 
 def _type_names(types: tuple) -> str:
@@ -117,7 +182,7 @@ def decode_frame(frame):
         return None  # a kind added by a newer minor version: skipped
     proc = frame[2] if len(frame) == 3 else 0
     if type(proc) is not int or proc < 0:
-        raise FieldError(f"{kind}.proc", f"expected a non-negative int, got {proc!r}")
+        raise FieldError(f"{kind}.proc", f"expected a non-negative int, got {short_repr(proc)}")
     return build(spec, frame[1], kind), proc
 
 

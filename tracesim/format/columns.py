@@ -76,6 +76,7 @@ def read_columns(path: str | os.PathLike) -> Columns:
         with cyclic_gc_paused():
             header, tables = _read_tables(path)
             _check_procs(tables, len(header.processes))
+            _check_elements(tables)
     except _ColumnError as exc:
         with warnings.catch_warnings():  # slow path, errors only; a truncated tail was already reported
             warnings.simplefilter("ignore", TruncatedTraceWarning)
@@ -109,6 +110,39 @@ def _check_procs(tables: dict, n_procs: int) -> None:
         if len(bad):
             raise _ColumnError(f"{kind}.proc", f"proc {procs[bad[0]]} is not in the header's {n_procs} processes",
                                int(table["index"][bad[0]]))
+
+
+def _check_elements(tables: dict) -> None:
+    """The elements of tuples of scalars (``req_ids``, ``block_keys``, ``token_ids``, ...) have the types the
+    record reader requires (``codec.ELEMENT_TYPES``): both columnizers keep those tuples whole in object
+    columns, so they are checked here, at C speed over all the tuples of a column at once."""
+    for kind, spec in SPECS.items():
+        _check_table_elements(tables, kind, spec)
+        for _i, name, nested in spec.nested:
+            _check_table_elements(tables, f"{kind}.{name}", nested, tables.get(kind))
+
+
+def _check_table_elements(tables: dict, path: str, spec, parent: dict | None = None) -> None:
+    table = tables.get(path)
+    if not table or not spec.elements:
+        return
+    for _i, name, allowed, named, bounds in spec.elements:
+        col = table[name].tolist()
+        filled = list(filter(None, col))  # the non-empty tuples (most are empty or null)
+        if not filled or allowed.issuperset(map(type, chain.from_iterable(filled))) and (
+                bounds is None or (min(chain.from_iterable(filled)) >= bounds[0]
+                                   and max(chain.from_iterable(filled)) <= bounds[1])):
+            continue
+        r, j, what = next((r, j, v) for r, value in enumerate(col) if value for j, v in enumerate(value)
+                          if type(v) not in allowed or (bounds is not None and not bounds[0] <= v <= bounds[1]))
+        message = (f"expected {' or '.join(sorted(t.__name__ for t in named))}, got {type(what).__name__}"
+                   if type(what) not in allowed else f"expected an int32, got {what!r}")
+        if parent is None:
+            raise _ColumnError(f"{path}.{name}[{j}]", message, int(table["index"][r]))
+        rows = table["row"]
+        entry = r - int(np.searchsorted(rows, rows[r]))  # position among its parent's entries
+        parent_path, field = path.rsplit(".", 1)
+        raise _ColumnError(f"{parent_path}.{field}[{entry}].{name}[{j}]", message, int(parent["index"][rows[r]]))
 
 
 _KIND_CODE = {kind: code for code, kind in enumerate(SPECS)}

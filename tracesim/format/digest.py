@@ -23,6 +23,23 @@ def token_digest(token_ids) -> str:
     return hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()
 
 
+def prefix_digests(token_ids, ends) -> list:
+    """``token_digest(token_ids[:end])`` for each ``end`` of ``ends``, hashing each id once when the ends
+    increase (one running BLAKE2b state, copied at each end) instead of once per prefix."""
+    h, done, out = hashlib.blake2b(digest_size=8), 0, []
+    for end in ends:
+        if end < done:
+            out.append(token_digest(token_ids[:end]))
+            continue
+        data = array("i", token_ids[done:end])
+        if _BIG_ENDIAN:  # pragma: no cover - big-endian hosts
+            data.byteswap()
+        h.update(data.tobytes())
+        done = end
+        out.append(h.copy().hexdigest())
+    return out
+
+
 def records_digest(records) -> str:
     """sha256 of ``records`` (a header included or not) as the trace writer frames and packs them: equal
     digests, byte-identical record streams. For comparing runs without writing files."""

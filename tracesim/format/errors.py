@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import reprlib
+
+MAX_ECHO = 80  # characters of a value from a trace that an error message may echo
+
+_echo = reprlib.Repr()
+_echo.maxlevel, _echo.maxstring, _echo.maxlong, _echo.maxother = 2, MAX_ECHO, MAX_ECHO, MAX_ECHO
+_echo.maxtuple = _echo.maxlist = _echo.maxdict = _echo.maxset = _echo.maxfrozenset = 6
+
+
+def short_repr(value, limit: int = MAX_ECHO) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters (ending in "..." when cut), built without ever
+    formatting the whole of a huge string or container: what error messages echo from hostile input."""
+    text = _echo.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class TraceFormatError(Exception):
     """A trace cannot be read. The message names the file, and the byte offset or field when known."""

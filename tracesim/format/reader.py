@@ -9,7 +9,7 @@ from pathlib import Path
 import msgpack
 
 from tracesim.format import codec
-from tracesim.format.errors import FieldError, TraceFormatError, TruncatedTraceWarning
+from tracesim.format.errors import FieldError, TraceFormatError, TruncatedTraceWarning, short_repr
 from tracesim.format.records import Header
 
 FORMAT_MAJOR = 1
@@ -49,7 +49,11 @@ class TraceReader:
         self._unpacker = _unpacker(self._file)
         self.truncated_bytes = 0
         self.skipped = 0
-        self.header = self._read_header()
+        try:
+            self.header = self._read_header()
+        except BaseException:
+            self._file.close()  # the caller never gets the reader to close
+            raise
 
     def _read_header(self) -> Header:
         frame = self._next_frame()
@@ -62,10 +66,10 @@ class TraceReader:
         if type(fields) is tuple and len(fields) >= 2 and fields[0] != FORMAT_MAJOR and type(fields[0]) is int:
             hint = "upgrade tracesim to read it" if fields[0] > FORMAT_MAJOR else "it predates this tracesim"
             raise TraceFormatError(
-                self.path, f"format version {fields[0]}.{fields[1]} is not supported: this tracesim reads "
-                f"format {FORMAT_MAJOR}.x ({hint})", field="header.format_major")
+                self.path, f"format version {fields[0]}.{short_repr(fields[1], 24)} is not supported: this "
+                f"tracesim reads format {FORMAT_MAJOR}.x ({hint})", field="header.format_major")
         try:
-            return codec.build(codec.HEADER_SPEC, fields, "header")
+            return codec.build_header(fields)
         except FieldError as exc:
             raise TraceFormatError(self.path, str(exc), offset=0, field=exc.field) from None
 
