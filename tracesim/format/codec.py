@@ -4,16 +4,27 @@ A frame is a msgpack array ``[kind, fields]`` or ``[kind, fields, proc]``: ``kin
 the record type (``Header.KIND``, ``StepScheduled.KIND``, ...), ``fields`` the record's fields in declaration
 order, ``proc`` the index of the writing process in the header (omitted when 0). Records are ``NamedTuple``s,
 which msgpack packs as arrays natively, so encoding costs no more than packing the same tuples by hand.
+
+Two decoders give the same records, checked against the same field annotations (records.py):
+
+* ``FrameDecoder`` (bulk): msgspec decodes many frames at once straight into the record types, validating
+  every field in C. It is what ``read_trace`` uses.
+* ``build`` / ``decode_frame`` (reference): one decoded frame at a time, in Python. It applies the evolution
+  rules msgspec does not (fields appended by a newer minor, kinds it does not know) and words the errors
+  (``sched.reqs[3].req_id: expected str, got int``); the bulk path hands it any frames it cannot take.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import struct
+import types as pytypes
+import typing
+from typing import Annotated, NamedTuple, Union
+
+import msgspec
 
 from tracesim.format.errors import FieldError, short_repr
-from tracesim.format.records import (
-    EVENT_KINDS, NESTED, Aborted, Header, OutReq, RequestAdded, SampleDropped, StepScheduled,
-)
+from tracesim.format.records import EVENT_KINDS, Header
 
 # Bounds applied while unpacking: a hostile length prefix is refused before memory is allocated for it.
 MAX_STR_BYTES = 1 << 20
@@ -21,25 +32,10 @@ MAX_ARRAY_LEN = 1 << 20
 MAX_MAP_LEN = 1 << 16
 MAX_FRAME_BYTES = 64 << 20
 
-_TYPES = {
-    "int": (int,), "str": (str,), "bool": (bool,), "float": (float, int), "tuple": (tuple,), "dict": (dict,),
-}
-
-
-# Element type of every tuple field that holds scalars rather than nested entries (records.py says which in
-# each field's comment). The elements are checked on every read: a record's signature (its fields' types)
-# says nothing about what its tuples hold. A new tuple field of scalars must be listed here (checked at import).
-ELEMENT_TYPES: dict = {
-    RequestAdded: {"block_keys": "int"},
-    StepScheduled: {"preempted": "str", "finished": "str"},
-    OutReq: {"token_ids": "int32", "logprobs": "float"},  # token ids are digested as int32 (digest.py)
-    Aborted: {"req_ids": "str"},
-    SampleDropped: {"req_ids": "str"},
-}
+_SCALARS = {int: (int,), str: (str,), bool: (bool,), float: (float, int), dict: (dict,), type(None): (type(None),)}
 
 # Header.engine_config entries that the checkers and the simulator read, and the types they accept.
 ENGINE_CONFIG_TYPES: dict = {"weight_version": (int, str, type(None))}
-_INT32 = (-(1 << 31), (1 << 31) - 1)
 
 
 class _Spec(NamedTuple):
@@ -54,41 +50,53 @@ class _Spec(NamedTuple):
     # (index, name, exact element types allowed, the types as named, (min, max) or None) of every tuple field
     # of scalars
     elements: tuple = ()
+    float_fields: tuple = ()  # indices of the float fields (an int there is taken as a float, as msgspec does)
 
 
-def _field_types(annotation) -> tuple:
-    annotation = getattr(annotation, "__forward_arg__", annotation)  # NamedTuple keeps postponed annotations
-    types: tuple = ()
-    for part in annotation.split("|"):
-        part = part.strip()
-        if part == "None":
-            types += (type(None),)
-        else:
-            types += _TYPES[part]
-    return types
+def _is_record(t) -> bool:
+    return isinstance(t, type) and issubclass(t, tuple) and hasattr(t, "_fields")
+
+
+def _union_parts(hint) -> tuple:
+    if typing.get_origin(hint) in (Union, pytypes.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _scalar(hint) -> tuple:
+    """(types isinstance accepts, (min, max) or None) of a scalar annotation (``Int32`` carries bounds)."""
+    if typing.get_origin(hint) is Annotated:
+        base, *metas = typing.get_args(hint)
+        bounds = next(((m.ge, m.le) for m in metas if isinstance(m, msgspec.Meta)), None)
+        return _SCALARS[base], bounds
+    return _SCALARS[hint], None
 
 
 def _spec(cls: type) -> _Spec:
+    """What ``build`` checks for ``cls``, derived from its annotations: every field's types, nested entries
+    (``tuple[Record, ...]``) and the element type of every tuple of scalars (``tuple[str, ...]``)."""
     names = cls._fields
+    hints = typing.get_type_hints(cls, include_extras=True)
     required = len(names) - len(cls._field_defaults)
     defaults = tuple(cls._field_defaults[n] for n in names[required:])
-    nested = NESTED.get(cls, {})
-    checks = tuple(
-        (i, name, _field_types(cls.__annotations__[name]), _spec(nested[name]) if name in nested else None)
-        for i, name in enumerate(names)
-    )
-    declared = ELEMENT_TYPES.get(cls, {})
-    elements = []
-    for i, name, types, sub in checks:
-        if tuple in types and sub is None:
-            if name not in declared:
-                raise TypeError(f"{cls.__name__}.{name} is a tuple of scalars: declare its element type in "
-                                "codec.ELEMENT_TYPES")
-            bounds = _INT32 if declared[name] == "int32" else None
-            allowed = _field_types("int" if bounds else declared[name])
-            elements.append((i, name, frozenset(allowed + ((bool,) if int in allowed else ())), allowed, bounds))
-    return _Spec(cls, required, defaults, checks, tuple((i, n, sub) for i, n, _t, sub in checks if sub), {},
-                 tuple(elements))
+    checks, elements = [], []
+    for i, name in enumerate(names):
+        allowed, sub = (), None
+        for part in _union_parts(hints[name]):
+            if typing.get_origin(part) is tuple:
+                allowed += (tuple,)
+                element = typing.get_args(part)[0]
+                if _is_record(element):
+                    sub = _spec(element)
+                else:
+                    named, bounds = _scalar(element)
+                    elements.append((i, name, frozenset(named), named, bounds))
+            else:
+                allowed += _scalar(part)[0]
+        checks.append((i, name, allowed, sub))
+    float_fields = tuple(i for i, _n, allowed, _s in checks if float in allowed)
+    return _Spec(cls, required, defaults, tuple(checks), tuple((i, n, sub) for i, n, _t, sub in checks if sub),
+                 {}, tuple(elements), float_fields)
 
 
 SPECS: dict = {kind: _spec(cls) for kind, cls in EVENT_KINDS.items()}
@@ -115,14 +123,17 @@ def build(spec: _Spec, values, path: str):
     # the elements of its tuples of scalars (none when they are null, as token_ids and logprobs mostly are).
     signature = tuple(map(type, values))
     try:
-        elements = spec.good_signatures[signature]
+        elements, int_floats = spec.good_signatures[signature]
     except KeyError:
         _check_fields(spec, values, path)
         elements = tuple(e for e in spec.elements if signature[e[0]] is tuple)
+        int_floats = tuple(i for i in spec.float_fields if signature[i] is int)
         if len(spec.good_signatures) < _MAX_SIGNATURES:
-            spec.good_signatures[signature] = elements
+            spec.good_signatures[signature] = elements, int_floats
+    if int_floats:
+        values = tuple(float(v) if i in int_floats else v for i, v in enumerate(values))
     if elements:
-        _check_elements(elements, values, path)
+        values = _check_elements(elements, values, path)
     for i, name, nested in spec.nested:
         value = values[i]
         if value:
@@ -135,21 +146,26 @@ def build(spec: _Spec, values, path: str):
 
 def _check_fields(spec: _Spec, values: tuple, path: str) -> None:
     for i, name, types, _nested in spec.checks:
-        if not isinstance(values[i], types):
+        if type(values[i]) not in types:  # exact types, as msgspec checks them: a bool is not an int
             raise FieldError(f"{path}.{name}", f"expected {_type_names(types)}, got {type(values[i]).__name__}")
 
 
-def _check_elements(elements: tuple, values: tuple, path: str) -> None:
-    for i, name, allowed, named, bounds in elements:  # C-speed scans of each tuple
+def _check_elements(elements: tuple, values: tuple, path: str) -> tuple:
+    """``values`` with each tuple of scalars checked (C-speed scans); ints in a tuple of floats become floats."""
+    for i, name, allowed, named, bounds in elements:
         value = values[i]
         if value:
-            if not allowed.issuperset(map(type, value)):
+            types = set(map(type, value))
+            if not allowed.issuperset(types):
                 j = next(j for j, v in enumerate(value) if type(v) not in allowed)
                 raise FieldError(f"{path}.{name}[{j}]", f"expected {_type_names(named)}, got "
                                  f"{type(value[j]).__name__}")
             if bounds is not None and (min(value) < bounds[0] or max(value) > bounds[1]):
                 j = next(j for j, v in enumerate(value) if not bounds[0] <= v <= bounds[1])
                 raise FieldError(f"{path}.{name}[{j}]", f"expected an int32, got {short_repr(value[j])}")
+            if int in types and float in allowed:
+                values = values[:i] + (tuple(map(float, value)),) + values[i + 1:]
+    return values
 
 
 def build_header(fields, path: str = "header") -> Header:
@@ -188,3 +204,40 @@ def decode_frame(frame):
 
 def encode_frame(record, proc: int = 0) -> tuple:
     return (record.KIND, record) if proc == 0 else (record.KIND, record, proc)
+
+
+# --- bulk decoding (msgspec) ----------------------------------------------------------------------------
+
+_PROC = Annotated[int, msgspec.Meta(ge=0)]
+_ARRAY32 = struct.Struct(">BI")  # msgpack array32 header: 0xdd, element count
+
+
+def _frame_type(cls: type) -> type:
+    # One array-like Struct per kind, tagged by the kind string in position 0: exactly the frame's layout
+    # ``[kind, fields(, proc)]``, so one Union of them decodes any frame and builds its record in C.
+    return msgspec.defstruct(f"{cls.__name__}Frame", [("record", cls), ("proc", _PROC, 0)], array_like=True,
+                             tag=cls.KIND, tag_field="kind", gc=False)
+
+
+FRAME_TYPES: tuple = tuple(_frame_type(cls) for cls in EVENT_KINDS.values())
+
+
+class FrameDecoder:
+    """Decodes ``count`` complete event frames lying back to back in a buffer, in one call into C.
+
+    Returns ``(records, procs)``, or ``None`` when any frame is outside what msgspec takes (a kind or a field
+    appended by a newer minor version, a field of the wrong type): the caller then decodes those frames with
+    the reference decoder, which applies the evolution rules or words the error.
+    """
+
+    def __init__(self):
+        self._decode = msgspec.msgpack.Decoder(list[Union[FRAME_TYPES]]).decode
+
+    def decode(self, body: bytes, count: int):
+        try:
+            # The frames are made one msgpack array by an array32 header in front (they are complete: the
+            # reader found each one's end with a bounded unpacker first).
+            frames = self._decode(_ARRAY32.pack(0xDD, count) + body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        return [f.record for f in frames], [f.proc for f in frames]

@@ -15,15 +15,21 @@ from tracesim.format.records import Header
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
 
+# read_all decodes this many frames (or bytes) per msgspec call: small chunks stay in the CPU cache (one
+# call over 64k frames decodes ~1.7x slower than 16 calls over 4k), and the copy of each stays small.
+_CHUNK_FRAMES = 1 << 12
+_CHUNK_BYTES = 1 << 20
+_SCAN_STRIDE = 256
+
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   msgpack.BufferFull)
 
 
-def _unpacker(fileobj) -> msgpack.Unpacker:
+def _unpacker(fileobj, max_buffer_size: int = codec.MAX_FRAME_BYTES) -> msgpack.Unpacker:
     # The max_* bounds refuse hostile length prefixes before allocating; the C unpacker's fixed stack refuses
     # deep nesting (StackError). Arrays decode as tuples, which is what records are built from.
     return msgpack.Unpacker(
-        fileobj, use_list=False, raw=False, strict_map_key=True, max_buffer_size=codec.MAX_FRAME_BYTES,
+        fileobj, use_list=False, raw=False, strict_map_key=True, max_buffer_size=max_buffer_size,
         max_str_len=codec.MAX_STR_BYTES, max_bin_len=codec.MAX_STR_BYTES, max_array_len=codec.MAX_ARRAY_LEN,
         max_map_len=codec.MAX_MAP_LEN, max_ext_len=codec.MAX_STR_BYTES, read_size=1 << 18,
     )
@@ -115,6 +121,89 @@ class TraceReader:
         self._finish(start, len(frames))
         return frames
 
+    def read_all(self, progress=None) -> tuple:
+        """Every event record, decoded in bulk: ``(records, procs, skipped)``. Same errors and warnings as
+        iterating; ``progress(n)`` is called with the number of records decoded after each chunk.
+
+        A bounded unpacker only finds where each frame ends (``skip``: no Python objects are built), which
+        also refuses hostile length prefixes and finds a truncated tail; each chunk of complete frames is then
+        decoded by msgspec in one call (``codec.FrameDecoder``). A chunk msgspec cannot take (a kind or field
+        of a newer minor version, a bad field) goes through the reference decoder, frame by frame, which
+        applies the evolution rules or raises the error with the frame's offset.
+        """
+        unpacker, decoder = self._unpacker, codec.FrameDecoder()
+        skip, tell = unpacker.skip, unpacker.tell
+        out: tuple = ([], [], [0])  # records, procs, skipped (boxed)
+        chunk_start = tell()
+        count = 0  # complete frames found in the current chunk
+        try:
+            while True:
+                # tell() only every _SCAN_STRIDE frames: the scan is then ~1/8 of the read.
+                for _ in range(_SCAN_STRIDE):
+                    skip()
+                    count += 1
+                end = tell()
+                if count >= _CHUNK_FRAMES or end - chunk_start >= _CHUNK_BYTES:
+                    self._decode_chunk(decoder, chunk_start, end, count, out, progress)
+                    chunk_start, count = end, 0
+        except msgpack.OutOfData:
+            error = None
+        except _UNPACK_ERRORS as exc:
+            error = exc
+        # The frame that ended the scan starts after the chunk's `count` complete frames.
+        start = self._offset_after(chunk_start, count)
+        if error is not None:
+            raise TraceFormatError(self.path, f"corrupted record: {error}", offset=start) from None
+        if count:
+            self._decode_chunk(decoder, chunk_start, start, count, out, progress)
+        self._finish(start, len(out[0]) + out[2][0])
+        return out[0], out[1], out[2][0]
+
+    def _offset_after(self, begin: int, count: int) -> int:
+        """Byte offset just after the ``count`` complete frames that start at ``begin`` (scanned again)."""
+        unpacker = _unpacker(self._file)
+        self._file.seek(begin)
+        for _ in range(count):
+            unpacker.skip()
+        return begin + unpacker.tell()
+
+    def _decode_chunk(self, decoder, begin: int, end: int, count: int, out: tuple, progress) -> None:
+        records, procs, skipped = out
+        body = os.pread(self._file.fileno(), end - begin, begin)
+        decoded = decoder.decode(body, count)
+        n_proc = len(self.header.processes)
+        if decoded is not None and max(decoded[1]) < max(n_proc, 1):
+            records += decoded[0]
+            procs += decoded[1]
+        else:  # the reference decoder, frame by frame: evolution rules, or the error at its offset
+            chunk = _unpacker(None, max(len(body), 1 << 18))  # not below the read size
+            chunk.feed(body)
+            for _ in range(count):
+                offset = begin + chunk.tell()
+                decoded = self._decode_one(chunk.unpack(), offset)
+                if decoded is None:
+                    skipped[0] += 1
+                else:
+                    procs.append(decoded[0])
+                    records.append(decoded[1])
+        if progress is not None:
+            progress(len(records))
+
+    def _decode_one(self, frame, offset: int):
+        """``(proc, record)`` of one raw frame, None for a kind this version does not know; raise
+        TraceFormatError naming the offset and field."""
+        try:
+            decoded = codec.decode_frame(frame)
+        except FieldError as exc:
+            raise TraceFormatError(self.path, str(exc), offset=offset, field=exc.field) from None
+        if decoded is None:
+            return None
+        record, proc = decoded
+        if proc >= len(self.header.processes) and proc:
+            raise TraceFormatError(self.path, f"proc {proc} is not in the header's {len(self.header.processes)}"
+                                   " processes", offset=offset, field=f"{record.KIND}.proc")
+        return proc, record
+
     def feed(self, consumer) -> None:
         """Hand every event frame to ``consumer.feed_from(unpacker)`` (the compiled columnizer), which decodes
         and takes them in one loop and, when the unpacker raises, leaves ``start`` (offset of the frame it
@@ -158,20 +247,12 @@ class TraceReader:
             yield record
 
     def iter_with_proc(self):
-        decode = codec.decode_frame
         for offset, frame in self.frames():
-            try:
-                decoded = decode(frame)
-            except FieldError as exc:
-                raise TraceFormatError(self.path, str(exc), offset=offset, field=exc.field) from None
+            decoded = self._decode_one(frame, offset)
             if decoded is None:
                 self.skipped += 1
-                continue
-            record, proc = decoded
-            if proc >= len(self.header.processes) and proc:
-                raise TraceFormatError(self.path, f"proc {proc} is not in the header's {len(self.header.processes)}"
-                                       " processes", offset=offset, field=f"{record.KIND}.proc")
-            yield proc, record
+            else:
+                yield decoded
 
     def close(self) -> None:
         self._file.close()

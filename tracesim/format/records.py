@@ -14,9 +14,13 @@ policy (weight) version. ``side`` says who observed a fact: ``"engine"`` (inside
 ``"client"`` (the RL loop around it).
 """
 
-from __future__ import annotations
+from typing import Annotated, NamedTuple
 
-from typing import NamedTuple
+import msgspec
+
+# Field types are real annotations: the reader validates every field against them (in C, by msgspec; see
+# codec.py). Int32: token ids, which the digests hash as int32 (digest.py).
+Int32 = Annotated[int, msgspec.Meta(ge=-(1 << 31), le=(1 << 31) - 1)]
 
 # Pause states, numbered as vLLM's ``PauseState`` (vllm/v1/core/sched/interface.py).
 UNPAUSED, PAUSED_NEW, PAUSED_ALL = 0, 1, 2
@@ -41,7 +45,7 @@ class Header(NamedTuple):
     format_minor: int  # readers accept newer minors, skipping fields and kinds they do not know
     tracesim_version: str  # version of the tracesim that wrote the file
     source: str  # "vllm" (recorded), "sim" (simulated) or "synthetic" (generated without an engine)
-    processes: tuple  # tuple[ProcessInfo, ...]; index = proc of each record
+    processes: tuple[ProcessInfo, ...]  # index = proc of each record
     engine_config: dict = {}  # settings of the engine that matter to timing and binding
     seed: int | None = None  # simulated traces: the seed of the run
     inputs: dict = {}  # simulated traces: base trace / scenario and perturbations that made it
@@ -76,8 +80,8 @@ class OutReq(NamedTuple):
     sampled: int  # tokens appended to the request by this output (0 in a prefill chunk)
     finish_reason: str | None = None  # "stop", "length", "abort", ... when the request finished here
     stale: bool = False  # the request was preempted or reset after this step scheduled it (see class doc)
-    token_ids: tuple | None = None  # optional (recorder flag): the sampled ids
-    logprobs: tuple | None = None  # optional (recorder flag): their logprobs
+    token_ids: tuple[Int32, ...] | None = None  # optional (recorder flag): the sampled ids
+    logprobs: tuple[float, ...] | None = None  # optional (recorder flag): their logprobs
 
 
 class VersionSpan(NamedTuple):
@@ -114,7 +118,7 @@ class RequestAdded(NamedTuple):
     logprobs: int | None = None  # number of logprobs requested (None: none)
     prompt_digest: str | None = None
     version: int | None = None  # client: policy version labelled at admission
-    block_keys: tuple | None = None  # engine: prefix-cache key of each full prompt block (int; equal = shared)
+    block_keys: tuple[int, ...] | None = None  # engine: prefix-cache key of each full prompt block (int; equal = shared)
 
 
 class StepScheduled(NamedTuple):
@@ -122,9 +126,9 @@ class StepScheduled(NamedTuple):
     t_ns: int  # schedule() entered
     end_ns: int  # schedule() returned
     step: int
-    reqs: tuple = ()  # tuple[SchedReq, ...], in the scheduler's batch order
-    preempted: tuple = ()  # req_ids preempted (KV freed, to be recomputed) by this schedule
-    finished: tuple = ()  # req_ids the scheduler reported finished since the previous step
+    reqs: tuple[SchedReq, ...] = ()  # in the scheduler's batch order
+    preempted: tuple[str, ...] = ()  # req_ids preempted (KV freed, to be recomputed) by this schedule
+    finished: tuple[str, ...] = ()  # req_ids the scheduler reported finished since the previous step
     waiting: int = 0  # requests waiting after this schedule
     running: int = 0  # requests running after this schedule
     queue_depth: int = 0  # steps scheduled and not yet updated, this one included
@@ -147,7 +151,7 @@ class StepUpdated(NamedTuple):
     t_ns: int  # update_from_output entered
     end_ns: int  # returned
     step: int  # the step whose output this is
-    outs: tuple = ()  # tuple[OutReq, ...]
+    outs: tuple[OutReq, ...] = ()
     version: int | None = None  # weight version stamped on these outputs
 
 
@@ -187,7 +191,7 @@ class WeightsUpdated(NamedTuple):
 class Aborted(NamedTuple):
     KIND = "abort"
     t_ns: int
-    req_ids: tuple
+    req_ids: tuple[str, ...]
     reason: str = ""
     side: str = "engine"
 
@@ -200,7 +204,7 @@ class OutputDelivered(NamedTuple):
     num_tokens: int
     finished: bool = False
     finish_reason: str | None = None
-    spans: tuple | None = None  # tuple[VersionSpan, ...] the engine reported; usually on the final frame
+    spans: tuple[VersionSpan, ...] | None = None  # the engine reported them; usually on the final frame
     digest: str | None = None  # token_digest of all output tokens so far; always on the final frame
 
 
@@ -219,7 +223,7 @@ class TrainerConsumed(NamedTuple):
     KIND = "consume"
     t_ns: int
     train_step: int
-    samples: tuple = ()  # tuple[ConsumedSample, ...]
+    samples: tuple[ConsumedSample, ...] = ()
     trainer_version: int | None = None  # policy version being trained when the batch was consumed
 
 
@@ -228,7 +232,7 @@ class SampleDropped(NamedTuple):
 
     KIND = "drop"
     t_ns: int
-    req_ids: tuple
+    req_ids: tuple[str, ...]
     reason: str = ""
     group_id: str | None = None
 
@@ -246,7 +250,7 @@ __all__ = [
     "UNPAUSED", "PAUSED_NEW", "PAUSED_ALL", "ProcessInfo", "Header", "SchedReq", "OutReq", "VersionSpan",
     "ConsumedSample", "RequestAdded", "StepScheduled", "StepExecuted", "StepUpdated", "Paused", "Resumed",
     "CacheReset", "WeightsUpdated", "Aborted", "OutputDelivered", "RewardBound", "TrainerConsumed",
-    "SampleDropped", "RecorderLost", "EVENT_TYPES", "EVENT_KINDS", "NESTED", "check_arity",
+    "SampleDropped", "RecorderLost", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
 ]
 
 def check_arity(cls, n: int) -> None:
@@ -262,12 +266,3 @@ EVENT_TYPES: tuple = (
     Aborted, OutputDelivered, RewardBound, TrainerConsumed, SampleDropped, RecorderLost,
 )
 EVENT_KINDS: dict = {cls.KIND: cls for cls in EVENT_TYPES}
-
-# Fields that hold nested records, per record type: field name -> entry type (a tuple of entries on the wire).
-NESTED: dict = {
-    Header: {"processes": ProcessInfo},
-    StepScheduled: {"reqs": SchedReq},
-    StepUpdated: {"outs": OutReq},
-    OutputDelivered: {"spans": VersionSpan},
-    TrainerConsumed: {"samples": ConsumedSample},
-}

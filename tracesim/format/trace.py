@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from tracesim.format import codec
-from tracesim.format.errors import FieldError, TraceFormatError
 from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.writer import TraceWriter
@@ -40,45 +38,16 @@ class Trace:
         return counts
 
 
-def read_trace(path: str | os.PathLike) -> Trace:
+def read_trace(path: str | os.PathLike, progress=None) -> Trace:
     """Read a whole trace; raises TraceFormatError, warns TruncatedTraceWarning (see TraceReader).
+    ``progress(n)``: called with the number of records read so far, every chunk of frames.
 
-    Bulk path: the file is unpacked in one C loop with the cyclic GC paused (millions of fresh tuples would
-    trigger collections that free nothing); byte offsets are only worked out again if a record is bad.
+    Bulk path (``TraceReader.read_all``): frames are decoded by msgspec in chunks, straight into records,
+    with the cyclic GC paused (millions of fresh tuples would trigger collections that free nothing).
     """
     with cyclic_gc_paused(), TraceReader(path) as reader:
-        frames = reader.raw_frames()
-        records, procs, skipped = _decode_all(reader, frames)
+        records, procs, skipped = reader.read_all(progress)
     return Trace(reader.header, records, procs if any(procs) else [], str(path), reader.truncated_bytes, skipped)
-
-
-def _decode_all(reader: TraceReader, frames: list) -> tuple:
-    decode, n_proc = codec.decode_frame, len(reader.header.processes)
-    records, procs, skipped = [], [], 0
-    for i, frame in enumerate(frames):
-        try:
-            decoded = decode(frame)
-        except FieldError as exc:
-            raise TraceFormatError(reader.path, str(exc), offset=_offset_of(reader.path, i), field=exc.field) from None
-        if decoded is None:
-            skipped += 1
-            continue
-        record, proc = decoded
-        if proc and proc >= n_proc:
-            raise TraceFormatError(reader.path, f"proc {proc} is not in the header's {n_proc} processes",
-                                   offset=_offset_of(reader.path, i), field=f"{record.KIND}.proc")
-        records.append(record)
-        procs.append(proc)
-    return records, procs, skipped
-
-
-def _offset_of(path: str, frame_index: int) -> int | None:
-    """Byte offset of the frame_index-th event frame (error path only: reads the file again)."""
-    with TraceReader(path) as reader:
-        for i, (offset, _frame) in enumerate(reader.frames()):
-            if i == frame_index:
-                return offset
-    return None
 
 
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:
