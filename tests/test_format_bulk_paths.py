@@ -165,3 +165,12 @@ def test_writer_bytes_equal_msgpack_python_packing_for_subclassed_scalars(tmp_pa
     assert path.read_bytes() == _packed(h, records)
     with TraceWriter(tmp_path / "x.msgpack", h) as w, pytest.raises(TypeError, match="cannot write a value"):
         w.append(RewardBound(1, "a", reward=object()))
+
+
+def test_progress_is_reported_per_chunk_up_to_every_record(small_chunks, tmp_path):
+    trace = synthetic_trace(waves=1, seed=3)
+    path = tmp_path / "t.msgpack"
+    write_trace(path, trace)
+    seen: list = []
+    assert read_trace(path, progress=seen.append).records == trace.records
+    assert len(seen) > 10 and seen == sorted(seen) and seen[-1] == len(trace.records)

@@ -31,7 +31,7 @@ def _read(path: str):
     """read_trace, with a tqdm bar on stderr for large files."""
     import os
 
-    from tracesim.format.trace import Trace, read_trace
+    from tracesim.format.trace import read_trace
 
     try:
         size = os.path.getsize(path)
@@ -41,18 +41,8 @@ def _read(path: str):
         return read_trace(path)
     from tqdm import tqdm
 
-    from tracesim.format.reader import TraceReader
-
-    procs, records = [], []
-    with TraceReader(path) as reader, tqdm(desc="reading", unit=" rec", unit_scale=True, file=sys.stderr,
-                                           leave=False) as bar:
-        for proc, record in reader.iter_with_proc():
-            procs.append(proc)
-            records.append(record)
-            if len(records) % 65536 == 0:
-                bar.update(65536)
-    return Trace(reader.header, records, procs if any(procs) else [], path, reader.truncated_bytes,
-                 reader.skipped)
+    with tqdm(desc="reading", unit=" rec", unit_scale=True, file=sys.stderr, leave=False) as bar:
+        return read_trace(path, progress=lambda n: bar.update(n - bar.n))
 
 
 def run(args) -> int:

@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", metavar="DIR", default="counterexamples",
                    help="where counterexamples are saved (default ./counterexamples)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, bulk=False)  # many short runs: each collects its own garbage (explore/runner.py)
 
 
 def add_loop_option(p) -> None:

@@ -50,6 +50,7 @@ def read_trace(path: str | os.PathLike, progress=None) -> Trace:
     return Trace(reader.header, records, procs if any(procs) else [], str(path), reader.truncated_bytes, skipped)
 
 
+@cyclic_gc_paused()  # the frames of each batch are acyclic temporaries (see tracesim/gcpause.py)
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:
     with TraceWriter(path, trace.header) as writer:
         writer.extend(trace.records, trace.procs or None)
