@@ -2,6 +2,7 @@
 processes the same number of events in the same process (the ratio is what to compare across machines).
 
     .venv/bin/python benchmarks/bench_replay.py [--steps 100000] [--batch 32] [--compare-plain] [--in-process]
+                                                [--cli] [--keep FILE]
 
 The input trace is made by the simulator itself (a long decode-heavy scenario whose KV cache never binds:
 ``--batch`` requests in flight, groups of up to 8 samples, 30-40 output tokens each) and written to a trace
@@ -14,6 +15,11 @@ sources; printed). ``--compare-plain`` also replays the file with the plain-Pyth
 (``TRACESIM_PURE_PYTHON=1``) and checks that both builds gave the same records. ``--in-process`` also
 replays in the generating process right after the generation, whose freed objects leave the heap fragmented
 (slower: shown for comparison).
+
+``--cli`` also runs ``tracesim replay TRACE -o OUT`` as a user does (target, issue 15: >= 10k steps/s end to
+end): wall time from process start to exit (imports, reading, loop-policy inference, the replay, writing the
+simulated trace and comparing it with the recording), and a breakdown of the same phases timed in one
+process. ``--keep FILE`` keeps the input trace there (and reuses it when it exists).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import time
 
 import simpy
 
-from tracesim.format import write_trace
+from tracesim.format import read_trace, write_trace
 from tracesim.format.digest import records_digest
 from tracesim.format.records import StepScheduled
 from tracesim.sim import _compiled
@@ -109,6 +115,44 @@ def report(label: str, r: dict, steps: int, req_steps: int) -> None:
           f"{r['records'] / r['bare_s']:,.0f} events/s; replay / bare SimPy time ratio: {s / r['bare_s']:.1f}x")
 
 
+_PHASES = r"""
+import json, sys, time
+from tracesim.gcpause import cyclic_gc_paused
+t = time.perf_counter()
+from tracesim.format import read_trace, write_trace
+from tracesim.sim.fidelity import compare
+from tracesim.sim.recorded_loop import resolve_loop_policy
+from tracesim.sim.replay import replay
+out = {}
+def lap(name):
+    global t
+    now = time.perf_counter(); out[name] = now - t; t = now
+lap("imports")
+with cyclic_gc_paused():  # as the CLI runs a command
+    trace = read_trace(sys.argv[1]); lap("read")
+    policy, _lines = resolve_loop_policy(trace, None); lap("loop policy")
+    sim = replay(trace, loop_policy=policy); lap("replay")
+    write_trace(sys.argv[2], sim); lap("write")
+    compare(trace, sim); lap("compare")
+print(json.dumps(out))
+"""
+
+
+def cli_replay(path: str, steps: int) -> None:
+    """``tracesim replay`` as a user runs it (wall time of the whole process), then its phases."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.msgpack")
+        exe = os.path.join(os.path.dirname(sys.executable), "tracesim")
+        t = time.perf_counter()
+        subprocess.run([exe, "replay", path, "-o", out, "--no-progress"], check=True, capture_output=True)
+        wall_s = time.perf_counter() - t
+        run = subprocess.run([sys.executable, "-c", _PHASES, path, out], check=True, capture_output=True, text=True)
+        phases = json.loads(run.stdout)
+    print(f"tracesim replay, process start to exit: {wall_s:.2f} s = {steps / wall_s:,.0f} steps/s "
+          f"(target >= 10,000)")
+    print("  phases (one process): " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=100_000, help="minimum steps of the input trace")
@@ -116,11 +160,18 @@ def main() -> None:
     ap.add_argument("--compare-plain", action="store_true",
                     help="also replay with the plain-Python build and compare speed and records")
     ap.add_argument("--in-process", action="store_true", help="also replay in the generating process")
+    ap.add_argument("--cli", action="store_true", help="also time `tracesim replay` end to end, with its phases")
+    ap.add_argument("--keep", help="keep the input trace in this file (reused when it exists)")
     args = ap.parse_args()
     print(f"simulator build here: {'compiled' if _compiled.STATUS.compiled else 'plain Python'} "
           f"({_compiled.STATUS.reason})")
     t = time.perf_counter()
-    trace = make_trace(args.steps, args.batch)
+    if args.keep and os.path.exists(args.keep):
+        trace = read_trace(args.keep)
+    else:
+        trace = make_trace(args.steps, args.batch)
+        if args.keep:
+            write_trace(args.keep, trace)
     gen_s = time.perf_counter() - t
     steps = trace.counts()["sched"]
     req_steps = sum(len(r.reqs) for r in trace.records if type(r) is StepScheduled)
@@ -130,6 +181,8 @@ def main() -> None:
         path = os.path.join(tmp, "input.msgpack")
         write_trace(path, trace)
         results = {"fresh process": replay_fresh(path, plain=False)}
+        if args.cli:
+            cli_replay(path, steps)
         if args.compare_plain:
             results["fresh process, plain-Python build"] = replay_fresh(path, plain=True)
     if args.in_process:
