@@ -19,10 +19,28 @@ class Trace:
     path: str | None = None  # the file it was read from, if any
     truncated_bytes: int = 0  # bytes of a partial final record dropped when reading
     skipped: int = 0  # records of kinds unknown to this version, skipped when reading
+    _by_type: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _by_type_key: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def of(self, *types) -> list:
-        """Records of the given record types, in stream order."""
-        return [r for r in self.records if isinstance(r, types)]
+        """Records of the given record types, in stream order (a new list each call)."""
+        if len(types) != 1:
+            return [r for r in self.records if isinstance(r, types)]
+        return list(self._kinds().get(types[0], ()))
+
+    def _kinds(self) -> dict:
+        """Records grouped by exact type, built in one pass on first use and rebuilt if ``records`` was
+        replaced or grew (readers call ``of`` several times on traces of millions of records)."""
+        key = (id(self.records), len(self.records))
+        if self._by_type_key != key:
+            by_type: dict = {}
+            for r in self.records:
+                bucket = by_type.get(type(r))
+                if bucket is None:
+                    by_type[type(r)] = bucket = []
+                bucket.append(r)
+            self._by_type, self._by_type_key = by_type, key
+        return self._by_type
 
     def with_procs(self):
         """Yield ``(proc, record)`` pairs."""
