@@ -148,3 +148,22 @@ def test_a_bad_loop_file_is_a_usage_error(tmp_path, capsys):
     assert main(["explore", "--scenario", str(REPO / "scenarios" / "default.toml"), "--loop", str(bad),
                  "--budget", "1"]) == 2
     assert "--loop applies to a recorded TRACE" in capsys.readouterr().err
+
+
+def test_the_recorded_loop_is_gathered_once_per_trace_for_inference_and_replay(monkeypatch):
+    # `tracesim replay` infers the loop policy, then replays the loop: one pass over the recording, not two;
+    # a trace whose records were replaced is gathered again.
+    from tracesim.sim import recorded_loop as rl
+
+    built = []
+    init = rl.Recorded.__init__
+    monkeypatch.setattr(rl.Recorded, "__init__", lambda self, *a: (built.append(1), init(self, *a))[1])
+    trace = read_trace(ABORT)
+    policy, _lines = resolve_loop_policy(trace)
+    first = replay(trace, loop_policy=policy)
+    assert len(built) == 1
+    assert records_digest(replay(trace, loop_policy=policy).records) == records_digest(first.records)
+    assert len(built) == 1
+    trace.records = list(trace.records)
+    resolve_loop_policy(trace)
+    assert len(built) == 2

@@ -131,9 +131,21 @@ class Recorded:
 
 
 def recorded_loop(trace) -> Recorded:
+    """The ``Recorded`` loop of ``trace``, built once per trace: inferring the loop policy (the CLI) and
+    replaying the loop both need it, and on a recording of millions of records it takes seconds. Rebuilt when
+    the trace's record list was replaced or grew."""
     from tracesim.sim.steptime import first_t_ns
 
-    return Recorded(trace.records, first_t_ns(trace.records) if trace.records else 0)
+    key = (id(trace.records), len(trace.records))
+    cached = getattr(trace, "_recorded_loop", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    rec = Recorded(trace.records, first_t_ns(trace.records) if trace.records else 0)
+    try:
+        trace._recorded_loop = (key, rec)
+    except AttributeError:  # not a Trace (a bare record holder): no cache
+        pass
+    return rec
 
 
 # --- inferring the loop policy --------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from collections import deque
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import ConsumedSample, RewardBound, SampleDropped, TrainerConsumed
-from tracesim.sim.recorded_loop import LOOP_TYPES, Recorded, infer_loop_policy
+from tracesim.sim.recorded_loop import LOOP_TYPES, Recorded, infer_loop_policy, recorded_loop
 from tracesim.sim.scenario import LoopPolicy
 
 
@@ -85,7 +85,7 @@ class ReplayLoop:
         """The loop of ``trace`` (its ``replay._Scan``), or None when it recorded no rewards or consumption."""
         if not any(type(r) is not SampleDropped for _i, r in scan.of_types(LOOP_TYPES)):
             return None
-        rec = Recorded(trace.records, scan.t0)
+        rec = recorded_loop(trace)  # the one the caller may have inferred the policy from
         reasons = []
         if policy is None:
             policy, reasons = infer_loop_policy(rec)
