@@ -29,34 +29,33 @@ class Recorded:
     """The recording's loop, gathered in one pass: rewards, consumptions, drops, client admissions, the final
     (and first) delivered frame of each request incarnation, and the engine's version label over time."""
 
-    def __init__(self, records, t0: int):
+    def __init__(self, records, t0: int, by_type: dict | None = None):
+        """``by_type``: the records grouped by type (``Trace._kinds()``), when the caller has them: each kind
+        is then taken as a whole, and only the deliveries are looped over."""
         self.t0 = t0
-        self.rewards, self.consumes, self.drops = [], [], []
         self.finals: dict = {}  # req_id -> [finished OutputDelivered, ...] per incarnation, in order
         self.firsts: dict = {}  # req_id -> [t_ns of the first frame of each incarnation]
         self.adds: dict = {}  # req_id -> [client RequestAdded, ...]
-        sets, open_ = [], set()
-        for r in records:
-            kind = type(r)
-            if kind is OutputDelivered:
-                rid = r.req_id
-                if rid not in open_:
-                    open_.add(rid)
-                    self.firsts.setdefault(rid, []).append(r.t_ns)
-                if r.finished:
-                    open_.discard(rid)
-                    self.finals.setdefault(rid, []).append(r)
-            elif kind is RewardBound:
-                self.rewards.append(r)
-            elif kind is TrainerConsumed:
-                self.consumes.append(r)
-            elif kind is SampleDropped:
-                self.drops.append(r)
-            elif kind is RequestAdded:
-                if r.side == "client":
-                    self.adds.setdefault(r.req_id, []).append(r)
-            elif kind is WeightsUpdated:
-                sets.append((r.set_ns if r.set_ns is not None else r.end_ns, r.version))
+        if by_type is None:
+            by_type = {}
+            for r in records:
+                by_type.setdefault(type(r), []).append(r)
+        self.rewards = list(by_type.get(RewardBound, ()))
+        self.consumes = list(by_type.get(TrainerConsumed, ()))
+        self.drops = list(by_type.get(SampleDropped, ()))
+        for r in by_type.get(RequestAdded, ()):
+            if r.side == "client":
+                self.adds.setdefault(r.req_id, []).append(r)
+        sets = [(r.set_ns if r.set_ns is not None else r.end_ns, r.version) for r in by_type.get(WeightsUpdated, ())]
+        firsts, finals, open_ = self.firsts, self.finals, set()
+        for r in by_type.get(OutputDelivered, ()):
+            rid = r.req_id
+            if rid not in open_:
+                open_.add(rid)
+                firsts.setdefault(rid, []).append(r.t_ns)
+            if r.finished:
+                open_.discard(rid)
+                finals.setdefault(rid, []).append(r)
         sets.sort(key=lambda x: x[0])
         self._set_t = [t for t, _ in sets]
         self._set_v = [v for _, v in sets]
@@ -140,7 +139,9 @@ def recorded_loop(trace) -> Recorded:
     cached = getattr(trace, "_recorded_loop", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    rec = Recorded(trace.records, first_t_ns(trace.records) if trace.records else 0)
+    kinds = getattr(trace, "_kinds", None)
+    rec = Recorded(trace.records, first_t_ns(trace.records) if trace.records else 0,
+                   kinds() if kinds is not None else None)
     try:
         trace._recorded_loop = (key, rec)
     except AttributeError:  # not a Trace (a bare record holder): no cache
