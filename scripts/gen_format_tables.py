@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 from tracesim.format import records as R
-from tracesim.format.engine_settings import ALIASES, FIELDS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "trace-format.md"
 BEGIN, END = "<!-- BEGIN generated record tables -->", "<!-- END generated record tables -->"
@@ -63,25 +62,8 @@ def section(cls, title: str) -> str:
     return f"### {title}\n\n{doc}{table(cls)}\n"
 
 
-def engine_settings() -> str:
-    """The known keys of Header.engine_config (format/engine_settings.py), with the old names read as each."""
-    old = {}
-    for alias, name in ALIASES.items():
-        old.setdefault(name, []).append(alias)
-    rows = ["| key | type | meaning | older name |", "|---|---|---|---|"]
-    for key, (types, meaning) in FIELDS.items():
-        kind = " \\| ".join(sorted({"null" if t is type(None) else t.__name__ for t in types}))
-        rows.append(f"| `{key}` | `{kind}` | {meaning.replace('|', chr(92) + '|')} | "
-                    f"{', '.join(f'`{a}`' for a in old.get(key, []))} |")
-    return ("### Engine settings — `Header.engine_config`\n\n"
-            "A map on disk; read as an `EngineSettings` (an immutable mapping with a named attribute per key). "
-            "Older names are read as the current one; unknown keys are kept. Any key may be absent or null.\n\n"
-            + "\n".join(rows) + "\n")
-
-
 def generate() -> str:
-    parts = ["## Header\n", section(R.Header, "Header — kind `header`"), section(R.ProcessInfo, "ProcessInfo"),
-             engine_settings()]
+    parts = ["## Header\n", section(R.Header, "Header — kind `header`"), section(R.ProcessInfo, "ProcessInfo")]
     parts.append("## Event records\n")
     parts += [section(cls, f"{cls.__name__} — kind `{cls.KIND}`") for cls in R.EVENT_TYPES]
     parts.append("## Nested entries\n")

@@ -38,7 +38,7 @@ def engine_config_of(scheduler, is_async: bool) -> dict:
         sc, cc = vc.scheduler_config, vc.cache_config
         cfg.update(
             max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
-            enable_chunked_prefill=bool(sc.enable_chunked_prefill), enable_prefix_caching=bool(cc.enable_prefix_caching),
+            chunked_prefill=bool(sc.enable_chunked_prefill), enable_prefix_caching=bool(cc.enable_prefix_caching),
             block_size=cc.block_size, num_gpu_blocks=cc.num_gpu_blocks, model=str(vc.model_config.model),
             max_model_len=vc.model_config.max_model_len, max_concurrent_batches=vc.max_concurrent_batches,
             data_parallel_size=vc.parallel_config.data_parallel_size,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import simpy
 from simpy.events import URGENT, Event
 
-from tracesim.format.engine_settings import EngineSettings
 from tracesim.format.records import (
     PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepExecuted,
     StepScheduled, StepUpdated, WeightsUpdated, check_arity,
@@ -49,20 +48,17 @@ NEVER = 1 << 40  # a stop length no request reaches
 check_arity(OutReq, 6)  # _arrivals unpacks them
 
 
-# EngineConfig field -> the header setting it is read from (the header's vocabulary: format/engine_settings.py)
-_FROM_HEADER = {"max_num_batched_tokens": "max_num_batched_tokens", "max_num_seqs": "max_num_seqs",
-                "block_size": "block_size", "num_gpu_blocks": "num_gpu_blocks",
-                "enable_chunked_prefill": "enable_chunked_prefill", "enable_prefix_caching": "enable_prefix_caching",
-                "async_scheduling": "async_scheduling", "long_prefill_token_threshold": "long_prefill_token_threshold",
-                "reserve_full_sequence": "scheduler_reserve_full_isl", "watermark": "watermark"}
-
-
 def engine_config_from(header) -> EngineConfig:
-    """EngineConfig from a header's engine settings (settings the header lacks keep their defaults)."""
-    settings = EngineSettings(header.engine_config)  # a header built in code may hold a plain dict, old names
+    """EngineConfig from a recorded header's engine_config (recorder keys; missing ones keep defaults)."""
+    ec = dict(header.engine_config or {})
+    keys = {"max_num_batched_tokens": "max_num_batched_tokens", "max_num_seqs": "max_num_seqs",
+            "block_size": "block_size", "num_gpu_blocks": "num_gpu_blocks",
+            "enable_chunked_prefill": "chunked_prefill", "enable_prefix_caching": "enable_prefix_caching",
+            "async_scheduling": "async_scheduling", "long_prefill_token_threshold": "long_prefill_token_threshold",
+            "reserve_full_sequence": "scheduler_reserve_full_isl", "watermark": "watermark"}
     values = {}
-    for field_name, key in _FROM_HEADER.items():
-        v = settings.get(key)
+    for field_name, key in keys.items():
+        v = ec.get(key, ec.get(field_name))
         if v is not None:
             values[field_name] = type(getattr(EngineConfig, field_name))(v)
     return EngineConfig(**values)
