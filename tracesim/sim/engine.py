@@ -48,7 +48,7 @@ class Engine:
 
     def __init__(self, env, cfg, timing, emit, on_output, progress=None):
         self.env, self.cfg, self.timing, self.emit, self.on_output = env, cfg, timing, emit, on_output
-        self.sched = make_scheduler(cfg)  # native model, or vLLM's own scheduler
+        self.sched = make_scheduler(cfg)  # a SchedulerInterface: the native model, or vLLM's own scheduler
         self.version = 0
         self.weights_version = 0
         self.step = 0
@@ -107,16 +107,9 @@ class Engine:
         self.sched.add(req)
 
     def _on_abort(self, req_ids) -> None:
-        live = [r for r in (self.sched.requests.get(i) for i in req_ids) if r is not None]
+        live = self.sched.abort_requests(req_ids)
         if not live:
             return
-        for req in live:
-            req.incarnation += 1
-            if req in self.sched.running:
-                self.sched.running.remove(req)
-            elif req in self.sched.waiting:
-                self.sched.waiting.remove(req)
-            self.sched._finish(req, "abort")
         self.emit(Aborted(self.env.now, tuple(r.req_id for r in live), "client", "engine"))
         self.on_output(None, [_frame(r, 0, "abort") for r in live])
 
@@ -128,7 +121,7 @@ class Engine:
                 self.emit(Aborted(self.env.now, tuple(r.req_id for r in aborted), "pause", "engine"))
                 self.on_output(None, [_frame(r, 0, "abort") for r in aborted])
         state = PAUSED_ALL if mode == "keep" else PAUSED_NEW
-        self.sched.pause_state = state
+        self.sched.set_pause_state(state)
         self.emit(Paused(self.env.now, "engine", mode, clear_cache, state))
         self.pause = (mode, clear_cache, done)
         if self.hooks is not None:
@@ -139,7 +132,7 @@ class Engine:
         if self.pause is None or self.queue:
             return
         mode, clear_cache, done = self.pause
-        if mode != "keep" and self.sched.running:
+        if mode != "keep" and self.sched.num_running():
             return
         self.pause = None
         if clear_cache:
@@ -147,11 +140,11 @@ class Engine:
         done.succeed(self.env.now)
 
     def _on_resume(self, payload) -> None:
-        self.sched.pause_state = UNPAUSED
+        self.sched.set_pause_state(UNPAUSED)
         self.emit(Resumed(self.env.now, "engine"))
 
     def _on_reset(self, reset_running) -> None:
-        had_running = bool(self.sched.running)
+        had_running = self.sched.num_running() > 0
         ok, _ = self.sched.reset_prefix_cache(bool(reset_running))
         self.emit(CacheReset(self.env.now, ok, "engine", bool(reset_running) and had_running))
 
@@ -186,7 +179,7 @@ class Engine:
                 t0 = env.now
                 planned, preempted = self.sched.schedule()
                 # An empty schedule() is only a step when it reports finished requests (as in vLLM).
-                if planned or self.sched.finished_since:
+                if planned or self.sched.has_finished():
                     dur = self.timing.sched_ns(self.step)
                     if dur:
                         yield env.timeout(dur)
@@ -225,11 +218,11 @@ class Engine:
         self.step += 1
         self.actions += 1
         waiting, running = self.sched.counts()
-        finished, self.sched.finished_since = tuple(self.sched.finished_since), []
+        finished = self.sched.take_finished()
         reqs = sched_reqs(planned)
         self.emit(tuplenew.new_tuple(StepScheduled, (t0, env.now, step, reqs, preempted, finished, waiting, running,
                                                      len(self.queue) + 1, self.sched.pause_state,
-                                                     round(self.sched.pool.usage(), 6))))
+                                                     round(self.sched.kv_usage(), 6))))
         flight = InFlight(step, planned, env.event())
         self._launch(flight, reqs)
         self.queue.append(flight)
@@ -297,7 +290,7 @@ class Engine:
     def _can_schedule(self) -> bool:
         # vLLM's Scheduler.has_requests(): unfinished work, or finished ids not reported yet; the latter holds in
         # PAUSED_ALL too, so a keep-mode pause still makes an empty schedule() that reports them.
-        return self.sched.has_work() or bool(self.sched.finished_since)
+        return self.sched.has_work() or self.sched.has_finished()
 
 
 def _frame(req, sampled: int, reason) -> tuple:

@@ -34,7 +34,7 @@ from tracesim.sim.engine import Engine
 from tracesim.sim.feed import Feed, FeedItem
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
-from tracesim.sim.rollout import Rollout, Sample
+from tracesim.sim.rollout import Rollout
 from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
@@ -249,12 +249,11 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     records: list = []
     emit = records.append
     engine = Engine(env, cfg, hooks.timing(model), emit, None, progress)
-    client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None)
-    client.latency_ns = scen.engine.output_latency_us * 1000
-    client._untracked = lambda req_id: client.samples.setdefault(req_id, Sample(req_id, None, 0, 0, 0))
-    client.client_records = False
-    # the replay client tracks every request it hears of (its adds are the recording's)
-    client._finished = lambda sample, reason, digest: client.samples.pop(sample.req_id, None)
+    # the stand-in client tracks every request it hears of (its adds are the recording's); a recorded RL loop
+    # follows its first and final frames
+    client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None, stand_in=True,
+                     on_first_frame=None if loop is None else loop.first_frame,
+                     on_final_frame=None if loop is None else loop.final_frame)
     if hooks:
         hooks.install(env, engine, client, loop=loop, engine_always=True)
     if loop is not None:

@@ -94,19 +94,9 @@ class ReplayLoop:
     # --- wiring --------------------------------------------------------------------------------------------
 
     def attach(self, env, engine, client, emit) -> None:
-        """Follow the replay client's deliveries and schedule the recorded drops and consumptions."""
+        """Schedule the recorded drops and consumptions. ``client`` is the replay's stand-in ``Rollout``,
+        made with ``on_first_frame=self.first_frame`` and ``on_final_frame=self.final_frame``."""
         self.env, self.engine, self.client, self.emit = env, engine, client, emit
-        untracked, finished = client._untracked, client._finished
-
-        def first_frame(req_id):  # the client's first frame of a request incarnation
-            self._first[req_id] = engine.version
-            return untracked(req_id)
-
-        def final_frame(sample, reason, digest):
-            self._final(sample, reason, digest)
-            finished(sample, reason, digest)
-
-        client._untracked, client._finished = first_frame, final_frame
         t0 = self.t0
         for d in self.rec.drops:
             ev = env.timeout(max(0, d.t_ns - t0), d._replace(t_ns=max(0, d.t_ns - t0)))
@@ -118,6 +108,15 @@ class ReplayLoop:
         for c in self.rec.consumes:
             prev = env.process(self._consume(c, prev))
             self._events.append(prev)
+
+    def first_frame(self, req_id) -> None:
+        """The stand-in client's first frame of a request incarnation (``Rollout(on_first_frame=...)``): the
+        engine's version then labels it."""
+        self._first[req_id] = self.engine.version
+
+    def final_frame(self, sample, reason, digest) -> None:
+        """The stand-in client's final frame of a request (``Rollout(on_final_frame=...)``)."""
+        self._final(sample, reason, digest)
 
     def finish(self) -> None:
         """The engine is done: no more final deliveries. Run until every reward, consumption and drop is out."""

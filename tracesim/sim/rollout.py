@@ -48,9 +48,23 @@ class Group:
 
 
 class Rollout:
-    """Closed-loop client: keeps ``concurrency`` groups generating until ``num_prompts`` were submitted."""
+    """Closed-loop client: keeps ``concurrency`` groups generating until ``num_prompts`` were submitted.
 
-    def __init__(self, env, scenario, engine, emit, rng: random.Random, on_finished, on_group_dropped):
+    ``on_finished(sample)``: a sample finished (not aborted); ``on_group_dropped(group)``: a group was dropped.
+    Replay's options (keywords):
+
+    * ``stand_in``: replay's stand-in for the recorded client. It submits nothing itself (the recording's adds
+      reach the engine), tracks every request it hears of (a ``Sample`` without a group, made at the request's
+      first frame), forgets a request at its final frame (no client policy applies), and writes no client
+      records: the recording holds the client's own.
+    * ``on_first_frame(req_id)``: called when a frame arrives for a request the client does not track yet
+      (for the stand-in, the first frame of each request incarnation), before the client handles it.
+    * ``on_final_frame(sample, reason, digest)``: called at a request's final frame (finish or abort), with
+      the tokens' digest, before the client handles it.
+    """
+
+    def __init__(self, env, scenario, engine, emit, rng: random.Random | None, on_finished, on_group_dropped, *,
+                 stand_in: bool = False, on_first_frame=None, on_final_frame=None):
         self.env, self.wl, self.policy, self.engine, self.emit = env, scenario.workload, scenario.loop, engine, emit
         self.latency_ns = scenario.engine.output_latency_us * 1000
         self.add_latency_ns = scenario.engine.add_latency_us * 1000
@@ -61,7 +75,9 @@ class Rollout:
         self.groups: list = []
         self.generating = 0  # groups with samples still generating
         self.submitted = 0
-        self.client_records = True  # False for replay's stand-in client: the recording has the client's records
+        self.stand_in = stand_in
+        self.client_records = not stand_in  # the stand-in writes none: the recording has the client's records
+        self.on_first_frame, self.on_final_frame = on_first_frame, on_final_frame
         self._slot = env.event()
         engine.on_output = self.send
 
@@ -116,13 +132,24 @@ class Rollout:
         self.deliver(ev._value)
 
     def _untracked(self, req_id: str):
-        """The Sample for a frame of a request the client does not track: None (the frame is ignored)."""
+        """The Sample for a frame of a request the client does not track: a new stand-in Sample, or None (the
+        frame is ignored)."""
+        if self.on_first_frame is not None:
+            self.on_first_frame(req_id)
+        if self.stand_in:
+            sample = self.samples[req_id] = Sample(req_id, None, 0, 0, 0)
+            return sample
         return None
 
     def deliver(self, batch) -> None:
         _deliver(self, batch)
 
     def _finished(self, sample: Sample, reason: str, digest: str) -> None:
+        if self.on_final_frame is not None:
+            self.on_final_frame(sample, reason, digest)
+        if self.stand_in:
+            self.samples.pop(sample.req_id, None)
+            return
         del self.samples[sample.req_id]
         sample.finished, sample.reason, sample.digest = True, reason, digest
         if reason == "abort":

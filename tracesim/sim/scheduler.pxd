@@ -56,6 +56,13 @@ cdef class Scheduler:
     cdef public list finished_since
 
     cpdef _finish(self, SimReq req, str reason)
+    @cython.locals(live=list, req=SimReq)
+    cpdef list abort_requests(self, req_ids)
+    cpdef set_pause_state(self, long long state)
+    cpdef bint has_finished(self)
+    cpdef tuple take_finished(self)
+    cpdef Py_ssize_t num_running(self)
+    cpdef double kv_usage(self)
     cpdef preempt(self, SimReq req, bint drop_inflight)
     @cython.locals(running=list, budget=cython.longlong, threshold=cython.longlong, bs=cython.longlong,
                    async_sched=bint, planned=list, preempted=list, req=SimReq, victim=SimReq,

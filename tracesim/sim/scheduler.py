@@ -134,6 +134,8 @@ def sched_reqs(planned) -> tuple:
 
 
 class Scheduler:
+    """The native scheduling backend (``interface.SchedulerInterface``; see the module docstring)."""
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
@@ -163,6 +165,22 @@ class Scheduler:
         self.requests.pop(req.req_id, None)
         self.finished_since.append(req.req_id)
 
+    def abort_requests(self, req_ids) -> list:
+        """Finish the live requests among ``req_ids`` with reason "abort" (``SchedulerInterface``)."""
+        live = []
+        for req_id in req_ids:
+            req = self.requests.get(req_id)
+            if req is not None:
+                live.append(req)
+        for req in live:
+            req.incarnation += 1
+            if req in self.running:
+                self.running.remove(req)
+            elif req in self.waiting:
+                self.waiting.remove(req)
+            self._finish(req, "abort")
+        return live
+
     def abort_all(self) -> list:
         """Finish every live request with reason "abort"; return them (in admission order)."""
         reqs = list(self.requests.values())
@@ -172,6 +190,22 @@ class Scheduler:
         self.running.clear()
         self.waiting.clear()
         return reqs
+
+    def set_pause_state(self, state: int) -> None:
+        self.pause_state = state
+
+    def has_finished(self) -> bool:
+        return bool(self.finished_since)
+
+    def take_finished(self) -> tuple:
+        finished, self.finished_since = tuple(self.finished_since), []
+        return finished
+
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def kv_usage(self) -> float:
+        return self.pool.usage()
 
     def preempt(self, req: SimReq, drop_inflight: bool) -> None:
         self.pool.release(req.blocks)
