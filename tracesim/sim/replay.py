@@ -27,7 +27,7 @@ from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
     PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepExecuted,
-    StepScheduled, StepUpdated, WeightsUpdated, check_arity,
+    StepScheduled, StepUpdated, WeightsUpdated,
 )
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
@@ -45,7 +45,12 @@ from tracesim.sim.timing import ModelTiming, RecordedTiming
 
 NEVER = 1 << 40  # a stop length no request reaches
 
-check_arity(OutReq, 6)  # _arrivals unpacks them
+# Where OutReq's fields lie, by name (C integers where compiled, replay.pxd): _arrivals reads them in place with
+# ``tuplenew.item`` for every request and step of the recording (an attribute of a NamedTuple is a descriptor call).
+OUT_REQ_ID = OutReq._fields.index("req_id")
+OUT_SAMPLED = OutReq._fields.index("sampled")
+OUT_FINISH_REASON = OutReq._fields.index("finish_reason")
+OUT_TOKEN_IDS = OutReq._fields.index("token_ids")
 
 
 def engine_config_from(header) -> EngineConfig:
@@ -135,9 +140,9 @@ def _arrivals(scan: _Scan) -> list:
             continue
         if type(r) is not StepUpdated:
             continue
-        for o in r.outs:  # OutReq fields by position (tuplenew.item: fast where compiled)
-            req_id, sampled = tuplenew.item(o, 0), tuplenew.item(o, 1)
-            reason, token_ids = tuplenew.item(o, 2), tuplenew.item(o, 4)
+        for o in r.outs:
+            req_id, sampled = tuplenew.item(o, OUT_REQ_ID), tuplenew.item(o, OUT_SAMPLED)
+            reason, token_ids = tuplenew.item(o, OUT_FINISH_REASON), tuplenew.item(o, OUT_TOKEN_IDS)
             a = current.get(req_id)
             if a is None or a.reason is not None:
                 continue

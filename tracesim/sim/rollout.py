@@ -11,11 +11,9 @@ import random
 import zlib
 
 from tracesim.format.digest import token_digest
-from tracesim.format.records import Aborted, OutputDelivered, RequestAdded, SampleDropped, VersionSpan, check_arity
-import tracesim.sim.tuplenew as tuplenew
+from tracesim.format.records import Aborted, RequestAdded, SampleDropped, VersionSpan
+from tracesim.sim.records_hot import output_delivered
 from tracesim.sim.scheduler import SimReq, token_id
-
-check_arity(OutputDelivered, 8)
 
 
 def spans_of(versions: list) -> tuple:
@@ -250,11 +248,12 @@ class Rollout:
 
 
 def _deliver(client: Rollout, batch) -> None:
-    """The client receives one update's frames (``Rollout.deliver``): one ``OutputDelivered`` per frame.
-    Runs once per output frame: locals, and records built with tuplenew.new_tuple."""
+    """The client receives one update's frames (``Rollout.deliver``; ``engine.Frame``): one ``OutputDelivered``
+    per frame. Runs once per output frame: locals, and records built with ``records_hot``."""
     samples, emit, now = client.samples, client.emit, client.env.now
     first_token = client.policy.version_label == "first_token"
-    for req_id, sampled, tokens, stamps, reason in batch:  # frames: see engine._frame
+    for frame in batch:
+        req_id, sampled, tokens, reason = frame.req_id, frame.sampled, frame.tokens, frame.finish_reason
         sample = samples.get(req_id)
         if sample is None:
             sample = client._untracked(req_id)
@@ -266,14 +265,16 @@ def _deliver(client: Rollout, batch) -> None:
             sample.label = client.version
         if sampled == 1:
             sample_tokens.append(tokens)
-            sample.stamps.append(stamps)
+            sample.stamps.append(frame.stamps)
         elif sampled:
             sample_tokens += tokens
-            sample.stamps += stamps
+            sample.stamps += frame.stamps
         if reason is None:
-            emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, sampled, False, None, None, None)))
+            emit(output_delivered(t_ns=now, req_id=req_id, start_idx=start, num_tokens=sampled, finished=False,
+                                  finish_reason=None, spans=None, digest=None))
             continue
         spans = spans_of(sample.stamps)
         digest = token_digest(sample_tokens)
-        emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, sampled, True, reason, spans, digest)))
+        emit(output_delivered(t_ns=now, req_id=req_id, start_idx=start, num_tokens=sampled, finished=True,
+                              finish_reason=reason, spans=spans, digest=digest))
         client._finished(sample, reason, digest)
