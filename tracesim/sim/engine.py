@@ -81,6 +81,21 @@ def new_frame(req_id, sampled, tokens, stamps, finish_reason):
     return f
 
 
+class Pause:
+    """A pause as the engine core takes it (the "pause" input) and holds it until it completes.
+
+    * ``mode``: "abort", "wait" or "keep" (DESIGN §3);
+    * ``clear_cache``: reset the prefix cache when the pause completes;
+    * ``done``: the SimPy event fired when it completes (the engine drained);
+    * ``abort_all``: finish every live request when it is taken (mode "abort"; replay passes False: it replays
+      the recorded aborts itself)."""
+
+    __slots__ = ("mode", "clear_cache", "done", "abort_all")
+
+    def __init__(self, mode: str, clear_cache: bool, done, abort_all: bool):
+        self.mode, self.clear_cache, self.done, self.abort_all = mode, clear_cache, done, abort_all
+
+
 class Engine:
     """``emit(record)`` receives every engine-side record; ``on_output(step, frames)`` the output path: the
     ``Frame`` list of one update, or of aborts (step None)."""
@@ -93,7 +108,7 @@ class Engine:
         self.step = 0
         self.inputs: deque = deque()  # (kind, payload) delivered to the core, applied between actions
         self.queue: deque = deque()  # batch queue of InFlight
-        self.pause = None  # (mode, clear_cache, done event) while a pause has not completed
+        self.pause = None  # the Pause taken, until it completes
         self.gpu_free_ns = 0  # when the GPU finishes the last submitted forward pass
         self.progress = progress
         self.feed = None  # exact replay: a Feed of recorded inputs, each due before a given action
@@ -113,7 +128,8 @@ class Engine:
         """Queue a pause; the returned event fires when the engine has drained (DESIGN §3). ``abort_all``
         defaults to ``mode == "abort"`` (replay passes False: it replays the recorded aborts itself)."""
         done = self.env.event()
-        self.submit("pause", (mode, clear_cache, done, mode == "abort" if abort_all is None else abort_all))
+        self.submit("pause", Pause(mode=mode, clear_cache=clear_cache, done=done,
+                                   abort_all=mode == "abort" if abort_all is None else abort_all))
         return done
 
     def _take_inputs(self):
@@ -150,20 +166,20 @@ class Engine:
         live = self.sched.abort_requests(req_ids)
         if not live:
             return
-        self.emit(Aborted(self.env.now, tuple(r.req_id for r in live), "client", "engine"))
+        self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(r.req_id for r in live), reason="client", side="engine"))
         self.on_output(None, [_frame(r, 0, "abort") for r in live])
 
-    def _on_pause(self, payload) -> None:
-        mode, clear_cache, done, abort_all = payload
-        if abort_all:
+    def _on_pause(self, pause) -> None:
+        if pause.abort_all:
             aborted = self.sched.abort_all()
             if aborted:
-                self.emit(Aborted(self.env.now, tuple(r.req_id for r in aborted), "pause", "engine"))
+                self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(r.req_id for r in aborted), reason="pause",
+                                   side="engine"))
                 self.on_output(None, [_frame(r, 0, "abort") for r in aborted])
-        state = PAUSED_ALL if mode == "keep" else PAUSED_NEW
+        state = PAUSED_ALL if pause.mode == "keep" else PAUSED_NEW
         self.sched.set_pause_state(state)
-        self.emit(Paused(self.env.now, "engine", mode, clear_cache, state))
-        self.pause = (mode, clear_cache, done)
+        self.emit(Paused(t_ns=self.env.now, side="engine", mode=pause.mode, clear_cache=pause.clear_cache, state=state))
+        self.pause = pause
         if self.hooks is not None:
             self.hooks.action(self, "pause", 0)
         self._maybe_finish_pause()
@@ -171,22 +187,23 @@ class Engine:
     def _maybe_finish_pause(self) -> None:
         if self.pause is None or self.queue:
             return
-        mode, clear_cache, done = self.pause
-        if mode != "keep" and self.sched.num_running():
+        pause = self.pause
+        if pause.mode != "keep" and self.sched.num_running():
             return
         self.pause = None
-        if clear_cache:
+        if pause.clear_cache:
             self._on_reset(True)
-        done.succeed(self.env.now)
+        pause.done.succeed(self.env.now)
 
     def _on_resume(self, payload) -> None:
         self.sched.set_pause_state(UNPAUSED)
-        self.emit(Resumed(self.env.now, "engine"))
+        self.emit(Resumed(t_ns=self.env.now, side="engine"))
 
     def _on_reset(self, reset_running) -> None:
         had_running = self.sched.num_running() > 0
         ok, _ = self.sched.reset_prefix_cache(bool(reset_running))
-        self.emit(CacheReset(self.env.now, ok, "engine", bool(reset_running) and had_running))
+        self.emit(CacheReset(t_ns=self.env.now, ok=ok, side="engine",
+                             reset_running=bool(reset_running) and had_running))
 
     # --- the busy loop -----------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from tracesim.format.records import (
     StepScheduled, StepUpdated, WeightsUpdated,
 )
 from tracesim.format.trace import Trace
-from tracesim.sim.engine import Engine
+from tracesim.sim.engine import Engine, Pause
 from tracesim.sim.feed import Feed, FeedItem
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
@@ -171,7 +171,7 @@ def _controls(scan: _Scan, t0: int) -> list:
             mode = r.mode or client_mode or ("keep" if r.state == PAUSED_ALL else "wait")
             if mode == "abort":
                 mode = "wait"  # its aborts are replayed from the recorded Aborted records
-            out.append((r.t_ns - t0, i, "pause", (mode, False)))
+            out.append((r.t_ns - t0, i, "pause", mode))
         elif kind is Resumed and r.side == "engine":
             out.append((r.t_ns - t0, i, "resume", None))
         elif kind is CacheReset and r.side == "engine":
@@ -323,14 +323,14 @@ def _set_version(env, engine, emit, version, write_ns, pauses):
     give_up = env.now + DRAIN_WAIT_NS
     while (hooks.pauses < pauses or engine.pause is not None) and env.now < give_up:
         if engine.pause is not None:
-            yield engine.pause[2]
+            yield engine.pause.done
         else:
             yield env.timeout(100_000)  # the pause is still on its way to the engine
     t_write = env.now
     if write_ns:
         yield env.timeout(write_ns)
     engine.weights_version = engine.version = version
-    emit(WeightsUpdated(t_write, env.now, version, "client", env.now))
+    emit(WeightsUpdated(t_ns=t_write, end_ns=env.now, version=version, side="client", set_ns=env.now))
     hooks.hold_resumes = False
     for item in hooks.take_held_resumes():
         engine.submit(*item)
@@ -350,7 +350,7 @@ def _to_engine(kind, payload, engine) -> tuple:
             req.known_output = tuple(payload.token_ids)
         return "add", req
     if kind == "pause":  # replay's aborts are the recorded ones, so the pause itself aborts nothing
-        return "pause", (payload[0], payload[1], engine.env.event(), False)
+        return "pause", Pause(mode=payload, clear_cache=False, done=engine.env.event(), abort_all=False)
     return kind, payload
 
 

@@ -190,7 +190,8 @@ class ReplayLoop:
             label = st.label = self.engine.version
         add = self.rec.admission(owner)
         group = add.group_id if add is not None and add.group_id is not None else r.group_id
-        self.emit(RewardBound(self.env.now, owner, self._digest_now(scored), label, r.reward, group, r.worker))
+        self.emit(RewardBound(t_ns=self.env.now, req_id=owner, digest=self._digest_now(scored), version=label,
+                                  reward=r.reward, group_id=group, worker=r.worker))
         st.bound.append((self.env.now, label, r.reward))
         if st.pending:
             st.pending -= 1

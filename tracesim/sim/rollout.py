@@ -21,7 +21,7 @@ def spans_of(versions: list) -> tuple:
     spans, start = [], 0
     for i in range(1, len(versions) + 1):
         if i == len(versions) or versions[i] != versions[start]:
-            spans.append(VersionSpan(versions[start], start, i))
+            spans.append(VersionSpan(version=versions[start], start=start, end=i))
             start = i
     return tuple(spans)
 
@@ -109,8 +109,9 @@ class Rollout:
         sample.req_id = req_id
         self.samples[req_id] = sample
         prompt_key = group.prompt_digest
-        self.emit(RequestAdded(self.env.now, req_id, "client", group.group_id, sample.idx, wl.group_size,
-                               group.prompt_len, wl.max_tokens, None, prompt_key, self.version))
+        self.emit(RequestAdded(t_ns=self.env.now, req_id=req_id, side="client", group_id=group.group_id,
+                               sample_idx=sample.idx, group_size=wl.group_size, prompt_len=group.prompt_len,
+                               max_tokens=wl.max_tokens, prompt_digest=prompt_key, version=self.version))
         req = SimReq(req_id, group.prompt_len, wl.max_tokens, sample.stop_len, prompt_key, group.group_id,
                      sample.idx, wl.group_size)
         self._later(self.add_latency_ns, lambda: self.engine.submit("add", req))
@@ -182,7 +183,8 @@ class Rollout:
         live = [s.req_id for s in group.samples if not s.finished and s.req_id in self.samples]
         if live:
             self.engine.submit("abort", tuple(live))
-        self.emit(SampleDropped(self.env.now, tuple(s.req_id for s in group.samples), reason, group.group_id))
+        self.emit(SampleDropped(t_ns=self.env.now, req_ids=tuple(s.req_id for s in group.samples), reason=reason,
+                                group_id=group.group_id))
         for s in group.samples:
             s.finished = True
             self.samples.pop(s.req_id, None)
@@ -211,7 +213,7 @@ class Rollout:
                 if req is not None and req.group_id is not None:
                     ids = [r.req_id for r in self.engine.sched.requests.values() if r.group_id == req.group_id]
         if self.client_records:
-            self.emit(Aborted(self.env.now, tuple(ids), "client", "client"))
+            self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(ids), reason="client", side="client"))
         self.control("abort", tuple(ids))
 
     def retry(self, req_id: str) -> None:
@@ -224,7 +226,7 @@ class Rollout:
             return
         if sample is None or sample.finished:
             return
-        self.emit(Aborted(self.env.now, (req_id,), "retry", "client"))
+        self.emit(Aborted(t_ns=self.env.now, req_ids=(req_id,), reason="retry", side="client"))
         self.control("abort", (req_id,))
         del self.samples[req_id]
         sample.retries += 1
