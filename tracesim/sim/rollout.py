@@ -51,8 +51,8 @@ class Rollout:
     ``on_finished(sample)``: a sample finished (not aborted); ``on_group_dropped(group)``: a group was dropped.
     Replay's options (keywords):
 
-    * ``stand_in``: replay's stand-in for the recorded client. It submits nothing itself (the recording's adds
-      reach the engine), tracks every request it hears of (a ``Sample`` without a group, made at the request's
+    * ``stand_in``: replay's stand-in for the recorded client (replay does not start its ``run``: the
+      recording's adds reach the engine). It tracks every request it hears of (a ``Sample`` without a group, made at the request's
       first frame), forgets a request at its final frame (no client policy applies), and writes no client
       records: the recording holds the client's own.
     * ``on_first_frame(req_id)``: called when a frame arrives for a request the client does not track yet

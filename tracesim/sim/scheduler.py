@@ -453,5 +453,5 @@ class Scheduler:
         return len(self.waiting), len(self.running)
 
 
-__all__ = ["Scheduler", "SimReq", "Planned", "new_planned", "sched_reqs", "token_id", "WAITING", "RUNNING", "FINISHED",
+__all__ = ["Scheduler", "SimReq", "Planned", "sched_reqs", "token_id", "WAITING", "RUNNING", "FINISHED",
            "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]

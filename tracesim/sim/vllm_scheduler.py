@@ -12,8 +12,9 @@ built on the CPU without a model by ``tracesim.record.standalone`` (as vLLM's ow
 * ``update``: a fake ``ModelRunnerOutput`` with one sampled token for each request that finished its
   prefill chunk when scheduled: the native model's pseudo token id, or a reserved stop token at the sample's
   stop length (vLLM's own stop check finishes it), then vLLM's ``update_from_output``.
-* aborts (``abort_requests``): ``finish_requests(FINISHED_ABORTED)`` one id at a time (vLLM turns a list into a set, whose order
-  would depend on the hash seed); pauses: ``set_pause_state``; cache resets: ``reset_prefix_cache``.
+* aborts (``abort_requests``): ``finish_requests(FINISHED_ABORTED)`` one id at a time (vLLM turns a list into a
+  set, whose order would depend on the hash seed); pauses: ``set_pause_state``; cache resets:
+  ``reset_prefix_cache``.
 
 Stale frames are vLLM's: output of a request preempted by KV pressure is delivered, output of an aborted
 request or of one preempted by a cache reset is dropped (``OutReq.stale``). ``discard_stale_frames=false``
