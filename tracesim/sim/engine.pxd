@@ -3,7 +3,23 @@
 cimport cython
 
 cimport tracesim.sim.tuplenew as tuplenew
-from tracesim.sim.scheduler cimport SimReq
+from tracesim.sim.records_hot cimport step_executed, step_scheduled, step_updated
+from tracesim.sim.scheduler cimport Planned, SimReq
+
+cdef Py_ssize_t OUT_REQ_ID, OUT_SAMPLED, OUT_FINISH_REASON, OUT_STALE
+
+
+@cython.final
+@cython.freelist(256)
+cdef class Frame:
+    cdef public str req_id
+    cdef public Py_ssize_t sampled
+    cdef public object tokens
+    cdef public object stamps
+    cdef public object finish_reason
+
+@cython.locals(f=Frame)
+cdef Frame new_frame(str req_id, Py_ssize_t sampled, tokens, stamps, finish_reason)
 
 
 cdef class InFlight:
@@ -45,7 +61,7 @@ cdef class Engine:
     cpdef _maybe_finish_pause(self)
 
 
-cpdef tuple _frame(SimReq req, Py_ssize_t sampled, reason)
+cpdef Frame _frame(SimReq req, Py_ssize_t sampled, reason)
 
-@cython.locals(frames=list, req=SimReq, discard_stale=bint)
+@cython.locals(frames=list, req=SimReq, discard_stale=bint, p=Planned)
 cpdef list _frames(planned, outs, discard_stale)

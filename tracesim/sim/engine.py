@@ -18,17 +18,19 @@ from collections import deque
 from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
-    PAUSED_ALL, PAUSED_NEW, UNPAUSED, Aborted, CacheReset, Paused, RequestAdded, Resumed, StepExecuted,
-    StepScheduled, StepUpdated, check_arity,
+    PAUSED_ALL, PAUSED_NEW, UNPAUSED, Aborted, CacheReset, OutReq, Paused, RequestAdded, Resumed,
 )
-import tracesim.sim.tuplenew as tuplenew  # new_tuple: a record from all its values (hot paths)
+from tracesim.sim.records_hot import step_executed, step_scheduled, step_updated
+import tracesim.sim.tuplenew as tuplenew  # item: a NamedTuple's field read in place where compiled
 from tracesim.sim.scheduler import sched_reqs
 from tracesim.sim.vllm_scheduler import make_scheduler
 
-check_arity(RequestAdded, 12)
-check_arity(StepScheduled, 11)
-check_arity(StepExecuted, 4)
-check_arity(StepUpdated, 5)
+# Where OutReq's fields lie, by name (C integers where compiled, engine.pxd): _frames reads them in place with
+# ``tuplenew.item`` once per request and step (an attribute of a NamedTuple is a descriptor call).
+OUT_REQ_ID = OutReq._fields.index("req_id")
+OUT_SAMPLED = OutReq._fields.index("sampled")
+OUT_FINISH_REASON = OutReq._fields.index("finish_reason")
+OUT_STALE = OutReq._fields.index("stale")
 
 
 class InFlight:
@@ -42,19 +44,71 @@ class InFlight:
         self.forward = False  # whether it runs one (an empty schedule does not)
 
 
+class Frame:
+    """One output frame as the engine core sends it to the client: one request's share of an update (or its
+    abort). Made once per request and step: a C struct with a free list in the compiled build (``engine.pxd``).
+
+    * ``req_id``;
+    * ``sampled``: tokens this update appended to the request (0 for an abort or a stale frame);
+    * ``tokens`` / ``stamps``: the token ids appended and their version stamps, copied when the frame is made
+      (later updates append to the request's lists): the id and the stamp themselves when ``sampled`` is 1,
+      the usual case, else tuples of them (a tuple per frame and field would double the objects made per
+      request and step);
+    * ``finish_reason``: "stop", "length", "abort", ... when the request finished here, else None."""
+
+    __slots__ = ("req_id", "sampled", "tokens", "stamps", "finish_reason")
+
+    def __init__(self, req_id: str, sampled: int, tokens, stamps, finish_reason):
+        self.req_id = req_id
+        self.sampled = sampled
+        self.tokens = tokens
+        self.stamps = stamps
+        self.finish_reason = finish_reason
+
+    def __repr__(self) -> str:
+        return (f"Frame({self.req_id!r}, sampled={self.sampled}, tokens={self.tokens!r}, stamps={self.stamps!r}, "
+                f"finish_reason={self.finish_reason!r})")
+
+
+def new_frame(req_id, sampled, tokens, stamps, finish_reason):
+    """A ``Frame`` from all its fields, without ``__init__``'s argument parsing (a C call where compiled)."""
+    f = Frame.__new__(Frame)
+    f.req_id = req_id
+    f.sampled = sampled
+    f.tokens = tokens
+    f.stamps = stamps
+    f.finish_reason = finish_reason
+    return f
+
+
+class Pause:
+    """A pause as the engine core takes it (the "pause" input) and holds it until it completes.
+
+    * ``mode``: "abort", "wait" or "keep" (DESIGN §3);
+    * ``clear_cache``: reset the prefix cache when the pause completes;
+    * ``done``: the SimPy event fired when it completes (the engine drained);
+    * ``abort_all``: finish every live request when it is taken (mode "abort"; replay passes False: it replays
+      the recorded aborts itself)."""
+
+    __slots__ = ("mode", "clear_cache", "done", "abort_all")
+
+    def __init__(self, mode: str, clear_cache: bool, done, abort_all: bool):
+        self.mode, self.clear_cache, self.done, self.abort_all = mode, clear_cache, done, abort_all
+
+
 class Engine:
     """``emit(record)`` receives every engine-side record; ``on_output(step, frames)`` the output path: the
-    output frames of one update (``_frame``), or of aborts (step None)."""
+    ``Frame`` list of one update, or of aborts (step None)."""
 
     def __init__(self, env, cfg, timing, emit, on_output, progress=None):
         self.env, self.cfg, self.timing, self.emit, self.on_output = env, cfg, timing, emit, on_output
-        self.sched = make_scheduler(cfg)  # native model, or vLLM's own scheduler
+        self.sched = make_scheduler(cfg)  # a SchedulerInterface: the native model, or vLLM's own scheduler
         self.version = 0
         self.weights_version = 0
         self.step = 0
         self.inputs: deque = deque()  # (kind, payload) delivered to the core, applied between actions
         self.queue: deque = deque()  # batch queue of InFlight
-        self.pause = None  # (mode, clear_cache, done event) while a pause has not completed
+        self.pause = None  # the Pause taken, until it completes
         self.gpu_free_ns = 0  # when the GPU finishes the last submitted forward pass
         self.progress = progress
         self.feed = None  # exact replay: a Feed of recorded inputs, each due before a given action
@@ -74,7 +128,8 @@ class Engine:
         """Queue a pause; the returned event fires when the engine has drained (DESIGN §3). ``abort_all``
         defaults to ``mode == "abort"`` (replay passes False: it replays the recorded aborts itself)."""
         done = self.env.event()
-        self.submit("pause", (mode, clear_cache, done, mode == "abort" if abort_all is None else abort_all))
+        self.submit("pause", Pause(mode=mode, clear_cache=clear_cache, done=done,
+                                   abort_all=mode == "abort" if abort_all is None else abort_all))
         return done
 
     def _take_inputs(self):
@@ -101,36 +156,30 @@ class Engine:
         # vLLM 0.32 queues adds in the scheduler's waiting queue in every pause state; the scheduler admits
         # nothing from it until resume (``Scheduler.has_work`` / ``_admit``).
         t_ns = self.env.now if req.arrival_ns is None else min(req.arrival_ns, self.env.now)
-        self.emit(tuplenew.new_tuple(RequestAdded, (t_ns, req.req_id, "engine", req.group_id, req.sample_idx,
-                                                    req.group_size, req.prompt_len, req.max_tokens, None,
-                                                    req.prompt_key, None, req.prompt_block_keys)))
+        self.emit(RequestAdded(t_ns=t_ns, req_id=req.req_id, side="engine", group_id=req.group_id,
+                               sample_idx=req.sample_idx, group_size=req.group_size, prompt_len=req.prompt_len,
+                               max_tokens=req.max_tokens, prompt_digest=req.prompt_key,
+                               block_keys=req.prompt_block_keys))
         self.sched.add(req)
 
     def _on_abort(self, req_ids) -> None:
-        live = [r for r in (self.sched.requests.get(i) for i in req_ids) if r is not None]
+        live = self.sched.abort_requests(req_ids)
         if not live:
             return
-        for req in live:
-            req.incarnation += 1
-            if req in self.sched.running:
-                self.sched.running.remove(req)
-            elif req in self.sched.waiting:
-                self.sched.waiting.remove(req)
-            self.sched._finish(req, "abort")
-        self.emit(Aborted(self.env.now, tuple(r.req_id for r in live), "client", "engine"))
+        self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(r.req_id for r in live), reason="client", side="engine"))
         self.on_output(None, [_frame(r, 0, "abort") for r in live])
 
-    def _on_pause(self, payload) -> None:
-        mode, clear_cache, done, abort_all = payload
-        if abort_all:
+    def _on_pause(self, pause) -> None:
+        if pause.abort_all:
             aborted = self.sched.abort_all()
             if aborted:
-                self.emit(Aborted(self.env.now, tuple(r.req_id for r in aborted), "pause", "engine"))
+                self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(r.req_id for r in aborted), reason="pause",
+                                   side="engine"))
                 self.on_output(None, [_frame(r, 0, "abort") for r in aborted])
-        state = PAUSED_ALL if mode == "keep" else PAUSED_NEW
-        self.sched.pause_state = state
-        self.emit(Paused(self.env.now, "engine", mode, clear_cache, state))
-        self.pause = (mode, clear_cache, done)
+        state = PAUSED_ALL if pause.mode == "keep" else PAUSED_NEW
+        self.sched.set_pause_state(state)
+        self.emit(Paused(t_ns=self.env.now, side="engine", mode=pause.mode, clear_cache=pause.clear_cache, state=state))
+        self.pause = pause
         if self.hooks is not None:
             self.hooks.action(self, "pause", 0)
         self._maybe_finish_pause()
@@ -138,22 +187,23 @@ class Engine:
     def _maybe_finish_pause(self) -> None:
         if self.pause is None or self.queue:
             return
-        mode, clear_cache, done = self.pause
-        if mode != "keep" and self.sched.running:
+        pause = self.pause
+        if pause.mode != "keep" and self.sched.num_running():
             return
         self.pause = None
-        if clear_cache:
+        if pause.clear_cache:
             self._on_reset(True)
-        done.succeed(self.env.now)
+        pause.done.succeed(self.env.now)
 
     def _on_resume(self, payload) -> None:
-        self.sched.pause_state = UNPAUSED
-        self.emit(Resumed(self.env.now, "engine"))
+        self.sched.set_pause_state(UNPAUSED)
+        self.emit(Resumed(t_ns=self.env.now, side="engine"))
 
     def _on_reset(self, reset_running) -> None:
-        had_running = bool(self.sched.running)
+        had_running = self.sched.num_running() > 0
         ok, _ = self.sched.reset_prefix_cache(bool(reset_running))
-        self.emit(CacheReset(self.env.now, ok, "engine", bool(reset_running) and had_running))
+        self.emit(CacheReset(t_ns=self.env.now, ok=ok, side="engine",
+                             reset_running=bool(reset_running) and had_running))
 
     # --- the busy loop -----------------------------------------------------------------------------------
 
@@ -186,7 +236,7 @@ class Engine:
                 t0 = env.now
                 planned, preempted = self.sched.schedule()
                 # An empty schedule() is only a step when it reports finished requests (as in vLLM).
-                if planned or self.sched.finished_since:
+                if planned or self.sched.has_finished():
                     dur = self.timing.sched_ns(self.step)
                     if dur:
                         yield env.timeout(dur)
@@ -225,11 +275,11 @@ class Engine:
         self.step += 1
         self.actions += 1
         waiting, running = self.sched.counts()
-        finished, self.sched.finished_since = tuple(self.sched.finished_since), []
+        finished = self.sched.take_finished()
         reqs = sched_reqs(planned)
-        self.emit(tuplenew.new_tuple(StepScheduled, (t0, env.now, step, reqs, preempted, finished, waiting, running,
-                                                     len(self.queue) + 1, self.sched.pause_state,
-                                                     round(self.sched.pool.usage(), 6))))
+        self.emit(step_scheduled(t_ns=t0, end_ns=env.now, step=step, reqs=reqs, preempted=preempted,
+                                 finished=finished, waiting=waiting, running=running, queue_depth=len(self.queue) + 1,
+                                 pause_state=self.sched.pause_state, kv_usage=round(self.sched.kv_usage(), 6)))
         flight = InFlight(step, planned, env.event())
         self._launch(flight, reqs)
         self.queue.append(flight)
@@ -276,8 +326,8 @@ class Engine:
     def _exec_end(self, ev) -> None:
         flight = ev._value
         if flight.forward:
-            self.emit(tuplenew.new_tuple(StepExecuted, (flight.start_ns, flight.end_ns, flight.step,
-                                                        flight.exec_version)))
+            self.emit(step_executed(t_ns=flight.start_ns, end_ns=flight.end_ns, step=flight.step,
+                                    version=flight.exec_version))
         flight.done.succeed()
 
     def _apply_output(self, flight, t0) -> None:
@@ -286,7 +336,7 @@ class Engine:
         self.queue.popleft()
         self.actions += 1
         outs = self.sched.update(flight.planned, flight.exec_version, self.version)
-        self.emit(tuplenew.new_tuple(StepUpdated, (t0, self.env.now, flight.step, tuple(outs), self.version)))
+        self.emit(step_updated(t_ns=t0, end_ns=self.env.now, step=flight.step, outs=tuple(outs), version=self.version))
         frames = _frames(flight.planned, outs, self.cfg.discard_stale_frames)
         if frames:
             self.on_output(flight.step, frames)
@@ -297,20 +347,18 @@ class Engine:
     def _can_schedule(self) -> bool:
         # vLLM's Scheduler.has_requests(): unfinished work, or finished ids not reported yet; the latter holds in
         # PAUSED_ALL too, so a keep-mode pause still makes an empty schedule() that reports them.
-        return self.sched.has_work() or bool(self.sched.finished_since)
+        return self.sched.has_work() or self.sched.has_finished()
 
 
-def _frame(req, sampled: int, reason) -> tuple:
-    """One output frame as the engine core sends it: ``(req_id, tokens sampled, token ids this update appended,
-    their version stamps, finish reason)``; the ids and stamps are copied now (later updates append to the
-    request's lists). One sampled token, the usual case, travels as the id and the stamp themselves, more as
-    tuples of them (a tuple per frame and field would double the objects made per request and step)."""
+def _frame(req, sampled: int, reason) -> Frame:
+    """The ``Frame`` of ``req`` after an update that appended ``sampled`` tokens (or an abort: 0)."""
     if sampled == 1:
-        return (req.req_id, 1, req.out_tokens[-1], req.stamp_versions[-1], reason)
+        return new_frame(req_id=req.req_id, sampled=1, tokens=req.out_tokens[-1], stamps=req.stamp_versions[-1],
+                         finish_reason=reason)
     if sampled:
-        return (req.req_id, sampled, tuple(req.out_tokens[-sampled:]), tuple(req.stamp_versions[-sampled:]),
-                reason)
-    return (req.req_id, 0, (), (), reason)
+        return new_frame(req_id=req.req_id, sampled=sampled, tokens=tuple(req.out_tokens[-sampled:]),
+                         stamps=tuple(req.stamp_versions[-sampled:]), finish_reason=reason)
+    return new_frame(req_id=req.req_id, sampled=0, tokens=(), stamps=(), finish_reason=reason)
 
 
 def _frames(planned, outs, discard_stale: bool) -> list:
@@ -318,10 +366,10 @@ def _frames(planned, outs, discard_stale: bool) -> list:
     the stale ones the engine discards."""
     frames = []
     if len(planned) == len(outs):  # the usual case, one out per planned entry in order: one loop
-        for p, o in zip(planned, outs):  # fields by position (tuplenew.item: fast where compiled)
-            req = tuplenew.item(p, 0)  # Planned.req
-            req_id, sampled = tuplenew.item(o, 0), tuplenew.item(o, 1)  # OutReq fields
-            reason, stale = tuplenew.item(o, 2), tuplenew.item(o, 3)
+        for p, o in zip(planned, outs):
+            req = p.req
+            req_id, sampled = tuplenew.item(o, OUT_REQ_ID), tuplenew.item(o, OUT_SAMPLED)
+            reason, stale = tuplenew.item(o, OUT_FINISH_REASON), tuplenew.item(o, OUT_STALE)
             if req.req_id != req_id:
                 break
             if (sampled or reason) and not (stale and discard_stale):
@@ -331,7 +379,7 @@ def _frames(planned, outs, discard_stale: bool) -> list:
         frames = []
     for p, o in zip(_applied(planned, outs), outs):
         if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
-            frames.append(_frame(tuplenew.item(p, 0), o.sampled, o.finish_reason))  # Planned.req
+            frames.append(_frame(p.req, o.sampled, o.finish_reason))
     return frames
 
 
@@ -339,5 +387,5 @@ def _applied(planned, outs):
     """The Planned entries that produced ``outs`` (update skips requests finished while in flight)."""
     by_id = {}
     for p in planned:
-        by_id.setdefault(tuplenew.item(p, 0).req_id, p)  # Planned.req
+        by_id.setdefault(p.req.req_id, p)
     return [by_id[o.req_id] for o in outs]

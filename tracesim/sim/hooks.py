@@ -235,7 +235,7 @@ class Hooks:
         base = env.now + client.latency_ns
         batches: dict = {}
         for frame in frames:
-            req_id = frame[0]
+            req_id = frame.req_id
             at = max(base + every + delays.get(req_id, 0), last.get(req_id, 0))
             last[req_id] = at
             batches.setdefault(at, []).append(frame)

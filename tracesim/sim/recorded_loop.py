@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+from typing import NamedTuple
 
 from tracesim.format.records import (
     OutputDelivered, RequestAdded, RewardBound, SampleDropped, TrainerConsumed, WeightsUpdated,
@@ -19,6 +20,22 @@ from tracesim.sim.scenario import _CHOICES, _PARTS, LoopPolicy, ScenarioError, _
 
 LOOP_TYPES = frozenset((RewardBound, TrainerConsumed, SampleDropped))
 LABEL_SOURCES = ("admission", "first_token", "finish", "spans")
+
+
+class LabelSeen(NamedTuple):
+    """One recorded version label (on a reward, or on a consumed sample) and what could have produced it."""
+
+    label: int  # the label recorded
+    sources: dict  # {label source: the label it would give (None: unknown)}
+    at_final: int | None  # the engine's version label at the sample's final delivery
+    at_read: int | None  # the engine's version label when the label was read (reward time)
+
+
+class Fit(NamedTuple):
+    """How far one label source explains the recorded labels."""
+
+    matched: int  # labels it gives exactly
+    known: int  # labels it gives at all
 APPLIED_FIELDS = ("version_label", "version_read", "reward_match")  # the LoopPolicy fields a replay uses
 
 
@@ -158,13 +175,14 @@ def infer_loop_policy(trace) -> tuple:
     ``Recorded``. Settings a recording cannot show (pause mode, retries, ...) keep LoopPolicy's defaults;
     a replay does not use them."""
     rec = trace if isinstance(trace, Recorded) else recorded_loop(trace)
-    obs = []  # (recorded label, {source: label}, version at final delivery, version at reward)
+    obs = []  # LabelSeen
     for r in rec.rewards:
         if r.version is None:
             continue
         k, fin = rec.final_before(r.req_id, r.t_ns)
-        obs.append((r.version, rec.sources(r.req_id, k, fin),
-                    rec.version_at(fin.t_ns) if fin is not None else None, rec.version_at(r.t_ns)))
+        obs.append(LabelSeen(label=r.version, sources=rec.sources(r.req_id, k, fin),
+                             at_final=rec.version_at(fin.t_ns) if fin is not None else None,
+                             at_read=rec.version_at(r.t_ns)))
     n_rewards = len(obs)
     for c in rec.consumes:
         for s in c.samples:
@@ -172,9 +190,9 @@ def infer_loop_policy(trace) -> tuple:
                 continue
             k, fin = rec.final_before(s.req_id, c.t_ns)
             rw_t = rec.last_reward_before(s.req_id, c.t_ns)
-            obs.append((s.version, rec.sources(s.req_id, k, fin),
-                        rec.version_at(fin.t_ns) if fin is not None else None,
-                        rec.version_at(rw_t) if rw_t is not None else None))
+            obs.append(LabelSeen(label=s.version, sources=rec.sources(s.req_id, k, fin),
+                                 at_final=rec.version_at(fin.t_ns) if fin is not None else None,
+                                 at_read=rec.version_at(rw_t) if rw_t is not None else None))
     what = f"{len(obs)} recorded labels ({n_rewards} on rewards, {len(obs) - n_rewards} on consumed samples)"
     label, read, reasons = _infer_label(obs, what)
     match, why_match = _infer_match(rec)
@@ -189,22 +207,23 @@ def _infer_label(obs: list, what: str) -> tuple:
                                  "version_read = once: no labels recorded; assumed once"]
     fit = {}
     for src in LABEL_SOURCES:
-        known = [(label, vals[src]) for label, vals, _vf, _vb in obs if vals[src] is not None]
-        fit[src] = (sum(1 for label, v in known if label == v), len(known))
-    fitting = [s for s in LABEL_SOURCES if fit[s][1] and fit[s][0] == fit[s][1]]
-    crossing = [o for o in obs if o[2] is not None and o[3] is not None and o[2] != o[3]]
-    late_known = [o for o in obs if o[3] is not None]
-    late_fits = bool(late_known) and all(o[0] == o[3] for o in late_known)
+        known = [(o.label, o.sources[src]) for o in obs if o.sources[src] is not None]
+        fit[src] = Fit(matched=sum(1 for label, v in known if label == v), known=len(known))
+    fitting = [s for s in LABEL_SOURCES if fit[s].known and fit[s].matched == fit[s].known]
+    crossing = [o for o in obs if o.at_final is not None and o.at_read is not None and o.at_final != o.at_read]
+    late_known = [o for o in obs if o.at_read is not None]
+    late_fits = bool(late_known) and all(o.label == o.at_read for o in late_known)
     if fitting:
         label = "spans" if "spans" in fitting else fitting[0]
         if len(fitting) > 1:
             why = f"ambiguous, assumed {label}: the {what} fit {', '.join(fitting)} alike"
         else:
-            others = ", ".join(f"{s} {fit[s][0]}/{fit[s][1]}" for s in LABEL_SOURCES if s != label and fit[s][1])
+            others = ", ".join(f"{s} {fit[s].matched}/{fit[s].known}" for s in LABEL_SOURCES
+                               if s != label and fit[s].known)
             why = f"the {what} all equal the {_SOURCE_WORDS[label]}" + \
                 (f" (other sources match: {others})" if others else "")
         if crossing:
-            kept = sum(1 for o in crossing if o[0] != o[3])
+            kept = sum(1 for o in crossing if o.label != o.at_read)
             read_why = (f"{len(crossing)} label(s) were read after the version changed since the final delivery; "
                         f"{kept} of them kept the older value") if kept else \
                 (f"{len(crossing)} label(s) read after a version change fit both; assumed once")
@@ -213,8 +232,8 @@ def _infer_label(obs: list, what: str) -> tuple:
         return label, "once", [f"version_label = {label}: {why}", f"version_read = once: {read_why}"]
     if late_fits and crossing:
         rest = [o for o in obs if o not in crossing]
-        fit_rest = {s: all(o[0] == o[1][s] for o in rest if o[1][s] is not None) and
-                    any(o[1][s] is not None for o in rest) for s in LABEL_SOURCES}
+        fit_rest = {s: all(o.label == o.sources[s] for o in rest if o.sources[s] is not None) and
+                    any(o.sources[s] is not None for o in rest) for s in LABEL_SOURCES}
         label = "spans" if fit_rest["spans"] or not any(fit_rest.values()) else \
             next(s for s in LABEL_SOURCES if fit_rest[s])
         return label, "late", [
@@ -222,10 +241,11 @@ def _infer_label(obs: list, what: str) -> tuple:
             f"{', '.join(s for s in LABEL_SOURCES if fit_rest[s]) or 'no source'}; assumed {label}",
             f"version_read = late: {len(crossing)} label(s) equal the version at reward time, which had changed "
             f"since the sample's final delivery"]
-    best = max(LABEL_SOURCES, key=lambda s: (fit[s][0] / fit[s][1] if fit[s][1] else -1, s == "spans"))
+    best = max(LABEL_SOURCES, key=lambda s: (fit[s].matched / fit[s].known if fit[s].known else -1, s == "spans"))
     return best, "once", [
         f"version_label = {best}: no source fits every one of the {what}; best {best} "
-        f"({fit[best][0]} of {fit[best][1]}: " + ", ".join(f"{s} {fit[s][0]}/{fit[s][1]}" for s in LABEL_SOURCES)
+        f"({fit[best].matched} of {fit[best].known}: "
+        + ", ".join(f"{s} {fit[s].matched}/{fit[s].known}" for s in LABEL_SOURCES)
         + ")",
         "version_read = once: the version at reward time does not explain the labels either; assumed once"]
 

@@ -27,14 +27,14 @@ from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
     PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepExecuted,
-    StepScheduled, StepUpdated, WeightsUpdated, check_arity,
+    StepScheduled, StepUpdated, WeightsUpdated,
 )
 from tracesim.format.trace import Trace
-from tracesim.sim.engine import Engine
+from tracesim.sim.engine import Engine, Pause
 from tracesim.sim.feed import Feed, FeedItem
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
-from tracesim.sim.rollout import Rollout, Sample
+from tracesim.sim.rollout import Rollout
 from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
@@ -45,7 +45,12 @@ from tracesim.sim.timing import ModelTiming, RecordedTiming
 
 NEVER = 1 << 40  # a stop length no request reaches
 
-check_arity(OutReq, 6)  # _arrivals unpacks them
+# Where OutReq's fields lie, by name (C integers where compiled, replay.pxd): _arrivals reads them in place with
+# ``tuplenew.item`` for every request and step of the recording (an attribute of a NamedTuple is a descriptor call).
+OUT_REQ_ID = OutReq._fields.index("req_id")
+OUT_SAMPLED = OutReq._fields.index("sampled")
+OUT_FINISH_REASON = OutReq._fields.index("finish_reason")
+OUT_TOKEN_IDS = OutReq._fields.index("token_ids")
 
 
 def engine_config_from(header) -> EngineConfig:
@@ -135,9 +140,9 @@ def _arrivals(scan: _Scan) -> list:
             continue
         if type(r) is not StepUpdated:
             continue
-        for o in r.outs:  # OutReq fields by position (tuplenew.item: fast where compiled)
-            req_id, sampled = tuplenew.item(o, 0), tuplenew.item(o, 1)
-            reason, token_ids = tuplenew.item(o, 2), tuplenew.item(o, 4)
+        for o in r.outs:
+            req_id, sampled = tuplenew.item(o, OUT_REQ_ID), tuplenew.item(o, OUT_SAMPLED)
+            reason, token_ids = tuplenew.item(o, OUT_FINISH_REASON), tuplenew.item(o, OUT_TOKEN_IDS)
             a = current.get(req_id)
             if a is None or a.reason is not None:
                 continue
@@ -166,7 +171,7 @@ def _controls(scan: _Scan, t0: int) -> list:
             mode = r.mode or client_mode or ("keep" if r.state == PAUSED_ALL else "wait")
             if mode == "abort":
                 mode = "wait"  # its aborts are replayed from the recorded Aborted records
-            out.append((r.t_ns - t0, i, "pause", (mode, False)))
+            out.append((r.t_ns - t0, i, "pause", mode))
         elif kind is Resumed and r.side == "engine":
             out.append((r.t_ns - t0, i, "resume", None))
         elif kind is CacheReset and r.side == "engine":
@@ -249,12 +254,11 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     records: list = []
     emit = records.append
     engine = Engine(env, cfg, hooks.timing(model), emit, None, progress)
-    client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None)
-    client.latency_ns = scen.engine.output_latency_us * 1000
-    client._untracked = lambda req_id: client.samples.setdefault(req_id, Sample(req_id, None, 0, 0, 0))
-    client.client_records = False
-    # the replay client tracks every request it hears of (its adds are the recording's)
-    client._finished = lambda sample, reason, digest: client.samples.pop(sample.req_id, None)
+    # the stand-in client tracks every request it hears of (its adds are the recording's); a recorded RL loop
+    # follows its first and final frames
+    client = Rollout(env, scen, engine, emit, None, lambda s: None, lambda g: None, stand_in=True,
+                     on_first_frame=None if loop is None else loop.first_frame,
+                     on_final_frame=None if loop is None else loop.final_frame)
     if hooks:
         hooks.install(env, engine, client, loop=loop, engine_always=True)
     if loop is not None:
@@ -319,14 +323,14 @@ def _set_version(env, engine, emit, version, write_ns, pauses):
     give_up = env.now + DRAIN_WAIT_NS
     while (hooks.pauses < pauses or engine.pause is not None) and env.now < give_up:
         if engine.pause is not None:
-            yield engine.pause[2]
+            yield engine.pause.done
         else:
             yield env.timeout(100_000)  # the pause is still on its way to the engine
     t_write = env.now
     if write_ns:
         yield env.timeout(write_ns)
     engine.weights_version = engine.version = version
-    emit(WeightsUpdated(t_write, env.now, version, "client", env.now))
+    emit(WeightsUpdated(t_ns=t_write, end_ns=env.now, version=version, side="client", set_ns=env.now))
     hooks.hold_resumes = False
     for item in hooks.take_held_resumes():
         engine.submit(*item)
@@ -346,7 +350,7 @@ def _to_engine(kind, payload, engine) -> tuple:
             req.known_output = tuple(payload.token_ids)
         return "add", req
     if kind == "pause":  # replay's aborts are the recorded ones, so the pause itself aborts nothing
-        return "pause", (payload[0], payload[1], engine.env.event(), False)
+        return "pause", Pause(mode=payload, clear_cache=False, done=engine.env.event(), abort_all=False)
     return kind, payload
 
 

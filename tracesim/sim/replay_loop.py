@@ -28,6 +28,7 @@ inferred ones) or inferred from the recording (``infer_loop_policy``).
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import ConsumedSample, RewardBound, SampleDropped, TrainerConsumed
@@ -38,6 +39,14 @@ from tracesim.sim.scenario import LoopPolicy
 # --- the loop in a replay -------------------------------------------------------------------------------------
 
 
+class Bound(NamedTuple):
+    """A reward the replay bound to a sample."""
+
+    t_ns: int  # when (virtual ns)
+    label: int | None  # the version label it carried
+    reward: float
+
+
 class _Sample:
     """What the replayed loop knows of one request id."""
 
@@ -46,7 +55,7 @@ class _Sample:
     def __init__(self):
         self.digest = None  # digest of its last final frame in the replay
         self.label = None  # its version label (set at its final delivery; again at bind with a late read)
-        self.bound = []  # (t, label, reward) of every reward the replay bound to it
+        self.bound = []  # the Bound of every reward the replay bound to it
         self.pending = 0  # rewards scheduled that will be bound to it
         self.idle = False  # no reward can come for it now (until it is scheduled one again)
         self.waiters = []  # (rewards needed, event) of consumptions waiting for it
@@ -94,19 +103,9 @@ class ReplayLoop:
     # --- wiring --------------------------------------------------------------------------------------------
 
     def attach(self, env, engine, client, emit) -> None:
-        """Follow the replay client's deliveries and schedule the recorded drops and consumptions."""
+        """Schedule the recorded drops and consumptions. ``client`` is the replay's stand-in ``Rollout``,
+        made with ``on_first_frame=self.first_frame`` and ``on_final_frame=self.final_frame``."""
         self.env, self.engine, self.client, self.emit = env, engine, client, emit
-        untracked, finished = client._untracked, client._finished
-
-        def first_frame(req_id):  # the client's first frame of a request incarnation
-            self._first[req_id] = engine.version
-            return untracked(req_id)
-
-        def final_frame(sample, reason, digest):
-            self._final(sample, reason, digest)
-            finished(sample, reason, digest)
-
-        client._untracked, client._finished = first_frame, final_frame
         t0 = self.t0
         for d in self.rec.drops:
             ev = env.timeout(max(0, d.t_ns - t0), d._replace(t_ns=max(0, d.t_ns - t0)))
@@ -118,6 +117,15 @@ class ReplayLoop:
         for c in self.rec.consumes:
             prev = env.process(self._consume(c, prev))
             self._events.append(prev)
+
+    def first_frame(self, req_id) -> None:
+        """The stand-in client's first frame of a request incarnation (``Rollout(on_first_frame=...)``): the
+        engine's version then labels it."""
+        self._first[req_id] = self.engine.version
+
+    def final_frame(self, sample, reason, digest) -> None:
+        """The stand-in client's final frame of a request (``Rollout(on_final_frame=...)``)."""
+        self._final(sample, reason, digest)
 
     def finish(self) -> None:
         """The engine is done: no more final deliveries. Run until every reward, consumption and drop is out."""
@@ -191,8 +199,9 @@ class ReplayLoop:
             label = st.label = self.engine.version
         add = self.rec.admission(owner)
         group = add.group_id if add is not None and add.group_id is not None else r.group_id
-        self.emit(RewardBound(self.env.now, owner, self._digest_now(scored), label, r.reward, group, r.worker))
-        st.bound.append((self.env.now, label, r.reward))
+        self.emit(RewardBound(t_ns=self.env.now, req_id=owner, digest=self._digest_now(scored), version=label,
+                                  reward=r.reward, group_id=group, worker=r.worker))
+        st.bound.append(Bound(t_ns=self.env.now, label=label, reward=r.reward))
         if st.pending:
             st.pending -= 1
         if not st.pending:
@@ -265,14 +274,14 @@ class ReplayLoop:
             rw_t = rec.last_reward_before(s.req_id, c.t_ns)
             st = self._samples.get(s.req_id)
             if rw_t is not None and st is not None and st.bound:
-                t = max(t, st.bound[-1][0] + (c.t_ns - rw_t))
+                t = max(t, st.bound[-1].t_ns + (c.t_ns - rw_t))
         if t > env.now:
             yield env.timeout(t - env.now)
         out = []
         for s in c.samples:
             st = self._samples.get(s.req_id)
             label = st.label if st is not None and st.label is not None else self._fallback_label(s)
-            reward = st.bound[-1][2] if st is not None and st.bound else s.reward
+            reward = st.bound[-1].reward if st is not None and st.bound else s.reward
             out.append(ConsumedSample(s.req_id, s.group_id, label, self._digest_now(s.req_id), reward))
         self.emit(TrainerConsumed(env.now, c.train_step, tuple(out), c.trainer_version))
 

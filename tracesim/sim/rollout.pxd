@@ -2,7 +2,8 @@
 # source and runs as plain Python where the build is missing or stale (tracesim/sim/_compiled.py).
 cimport cython
 
-cimport tracesim.sim.tuplenew as tuplenew
+from tracesim.sim.engine cimport Frame
+from tracesim.sim.records_hot cimport output_delivered
 
 
 
@@ -24,5 +25,5 @@ cdef class Sample:
 cpdef tuple spans_of(list versions)
 
 @cython.locals(first_token=bint, sample=Sample, sample_tokens=list, start=Py_ssize_t, sampled=Py_ssize_t,
-               samples=dict)
+               samples=dict, frame=Frame)
 cpdef _deliver(client, batch)

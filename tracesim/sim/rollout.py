@@ -11,11 +11,9 @@ import random
 import zlib
 
 from tracesim.format.digest import token_digest
-from tracesim.format.records import Aborted, OutputDelivered, RequestAdded, SampleDropped, VersionSpan, check_arity
-import tracesim.sim.tuplenew as tuplenew
+from tracesim.format.records import Aborted, RequestAdded, SampleDropped, VersionSpan
+from tracesim.sim.records_hot import output_delivered
 from tracesim.sim.scheduler import SimReq, token_id
-
-check_arity(OutputDelivered, 8)
 
 
 def spans_of(versions: list) -> tuple:
@@ -23,7 +21,7 @@ def spans_of(versions: list) -> tuple:
     spans, start = [], 0
     for i in range(1, len(versions) + 1):
         if i == len(versions) or versions[i] != versions[start]:
-            spans.append(VersionSpan(versions[start], start, i))
+            spans.append(VersionSpan(version=versions[start], start=start, end=i))
             start = i
     return tuple(spans)
 
@@ -48,9 +46,23 @@ class Group:
 
 
 class Rollout:
-    """Closed-loop client: keeps ``concurrency`` groups generating until ``num_prompts`` were submitted."""
+    """Closed-loop client: keeps ``concurrency`` groups generating until ``num_prompts`` were submitted.
 
-    def __init__(self, env, scenario, engine, emit, rng: random.Random, on_finished, on_group_dropped):
+    ``on_finished(sample)``: a sample finished (not aborted); ``on_group_dropped(group)``: a group was dropped.
+    Replay's options (keywords):
+
+    * ``stand_in``: replay's stand-in for the recorded client (replay does not start its ``run``: the
+      recording's adds reach the engine). It tracks every request it hears of (a ``Sample`` without a group, made at the request's
+      first frame), forgets a request at its final frame (no client policy applies), and writes no client
+      records: the recording holds the client's own.
+    * ``on_first_frame(req_id)``: called when a frame arrives for a request the client does not track yet
+      (for the stand-in, the first frame of each request incarnation), before the client handles it.
+    * ``on_final_frame(sample, reason, digest)``: called at a request's final frame (finish or abort), with
+      the tokens' digest, before the client handles it.
+    """
+
+    def __init__(self, env, scenario, engine, emit, rng: random.Random | None, on_finished, on_group_dropped, *,
+                 stand_in: bool = False, on_first_frame=None, on_final_frame=None):
         self.env, self.wl, self.policy, self.engine, self.emit = env, scenario.workload, scenario.loop, engine, emit
         self.latency_ns = scenario.engine.output_latency_us * 1000
         self.add_latency_ns = scenario.engine.add_latency_us * 1000
@@ -61,7 +73,9 @@ class Rollout:
         self.groups: list = []
         self.generating = 0  # groups with samples still generating
         self.submitted = 0
-        self.client_records = True  # False for replay's stand-in client: the recording has the client's records
+        self.stand_in = stand_in
+        self.client_records = not stand_in  # the stand-in writes none: the recording has the client's records
+        self.on_first_frame, self.on_final_frame = on_first_frame, on_final_frame
         self._slot = env.event()
         engine.on_output = self.send
 
@@ -95,8 +109,9 @@ class Rollout:
         sample.req_id = req_id
         self.samples[req_id] = sample
         prompt_key = group.prompt_digest
-        self.emit(RequestAdded(self.env.now, req_id, "client", group.group_id, sample.idx, wl.group_size,
-                               group.prompt_len, wl.max_tokens, None, prompt_key, self.version))
+        self.emit(RequestAdded(t_ns=self.env.now, req_id=req_id, side="client", group_id=group.group_id,
+                               sample_idx=sample.idx, group_size=wl.group_size, prompt_len=group.prompt_len,
+                               max_tokens=wl.max_tokens, prompt_digest=prompt_key, version=self.version))
         req = SimReq(req_id, group.prompt_len, wl.max_tokens, sample.stop_len, prompt_key, group.group_id,
                      sample.idx, wl.group_size)
         self._later(self.add_latency_ns, lambda: self.engine.submit("add", req))
@@ -116,13 +131,24 @@ class Rollout:
         self.deliver(ev._value)
 
     def _untracked(self, req_id: str):
-        """The Sample for a frame of a request the client does not track: None (the frame is ignored)."""
+        """The Sample for a frame of a request the client does not track: a new stand-in Sample, or None (the
+        frame is ignored)."""
+        if self.on_first_frame is not None:
+            self.on_first_frame(req_id)
+        if self.stand_in:
+            sample = self.samples[req_id] = Sample(req_id, None, 0, 0, 0)
+            return sample
         return None
 
     def deliver(self, batch) -> None:
         _deliver(self, batch)
 
     def _finished(self, sample: Sample, reason: str, digest: str) -> None:
+        if self.on_final_frame is not None:
+            self.on_final_frame(sample, reason, digest)
+        if self.stand_in:
+            self.samples.pop(sample.req_id, None)
+            return
         del self.samples[sample.req_id]
         sample.finished, sample.reason, sample.digest = True, reason, digest
         if reason == "abort":
@@ -157,7 +183,8 @@ class Rollout:
         live = [s.req_id for s in group.samples if not s.finished and s.req_id in self.samples]
         if live:
             self.engine.submit("abort", tuple(live))
-        self.emit(SampleDropped(self.env.now, tuple(s.req_id for s in group.samples), reason, group.group_id))
+        self.emit(SampleDropped(t_ns=self.env.now, req_ids=tuple(s.req_id for s in group.samples), reason=reason,
+                                group_id=group.group_id))
         for s in group.samples:
             s.finished = True
             self.samples.pop(s.req_id, None)
@@ -186,7 +213,7 @@ class Rollout:
                 if req is not None and req.group_id is not None:
                     ids = [r.req_id for r in self.engine.sched.requests.values() if r.group_id == req.group_id]
         if self.client_records:
-            self.emit(Aborted(self.env.now, tuple(ids), "client", "client"))
+            self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(ids), reason="client", side="client"))
         self.control("abort", tuple(ids))
 
     def retry(self, req_id: str) -> None:
@@ -199,7 +226,7 @@ class Rollout:
             return
         if sample is None or sample.finished:
             return
-        self.emit(Aborted(self.env.now, (req_id,), "retry", "client"))
+        self.emit(Aborted(t_ns=self.env.now, req_ids=(req_id,), reason="retry", side="client"))
         self.control("abort", (req_id,))
         del self.samples[req_id]
         sample.retries += 1
@@ -223,11 +250,12 @@ class Rollout:
 
 
 def _deliver(client: Rollout, batch) -> None:
-    """The client receives one update's frames (``Rollout.deliver``): one ``OutputDelivered`` per frame.
-    Runs once per output frame: locals, and records built with tuplenew.new_tuple."""
+    """The client receives one update's frames (``Rollout.deliver``; ``engine.Frame``): one ``OutputDelivered``
+    per frame. Runs once per output frame: locals, and records built with ``records_hot``."""
     samples, emit, now = client.samples, client.emit, client.env.now
     first_token = client.policy.version_label == "first_token"
-    for req_id, sampled, tokens, stamps, reason in batch:  # frames: see engine._frame
+    for frame in batch:
+        req_id, sampled, tokens, reason = frame.req_id, frame.sampled, frame.tokens, frame.finish_reason
         sample = samples.get(req_id)
         if sample is None:
             sample = client._untracked(req_id)
@@ -239,14 +267,16 @@ def _deliver(client: Rollout, batch) -> None:
             sample.label = client.version
         if sampled == 1:
             sample_tokens.append(tokens)
-            sample.stamps.append(stamps)
+            sample.stamps.append(frame.stamps)
         elif sampled:
             sample_tokens += tokens
-            sample.stamps += stamps
+            sample.stamps += frame.stamps
         if reason is None:
-            emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, sampled, False, None, None, None)))
+            emit(output_delivered(t_ns=now, req_id=req_id, start_idx=start, num_tokens=sampled, finished=False,
+                                  finish_reason=None, spans=None, digest=None))
             continue
         spans = spans_of(sample.stamps)
         digest = token_digest(sample_tokens)
-        emit(tuplenew.new_tuple(OutputDelivered, (now, req_id, start, sampled, True, reason, spans, digest)))
+        emit(output_delivered(t_ns=now, req_id=req_id, start_idx=start, num_tokens=sampled, finished=True,
+                              finish_reason=reason, spans=spans, digest=digest))
         client._finished(sample, reason, digest)

@@ -3,9 +3,8 @@
 # (tracesim/sim/_compiled.py). Fields a recording may leave unset (None) stay Python objects.
 cimport cython
 
-cimport tracesim.sim.tuplenew as tuplenew
-
 from tracesim.sim.kvcache cimport BlockPool
+from tracesim.sim.records_hot cimport out_req, sched_req
 
 
 cdef class SimReq:
@@ -41,7 +40,24 @@ cdef class SimReq:
     cpdef list block_keys(self, Py_ssize_t upto, Py_ssize_t block_size)
 
 
-@cython.locals(req=SimReq, n=cython.longlong, before=cython.longlong, decode=cython.longlong, out=list)
+@cython.final
+@cython.freelist(256)
+cdef class Planned:
+    cdef public SimReq req
+    cdef public long long num_tokens
+    cdef public long long computed_before
+    cdef public bint resumed
+    cdef public long long cached
+    cdef public long long incarnation
+    cdef public bint samples
+    cdef public bint admitted
+
+
+@cython.locals(p=Planned)
+cdef Planned new_planned(SimReq req, long long num_tokens, long long computed_before, bint resumed, long long cached,
+                         long long incarnation, bint samples, bint admitted)
+
+@cython.locals(p=Planned, req=SimReq, n=cython.longlong, before=cython.longlong, decode=cython.longlong, out=list)
 cpdef tuple sched_reqs(planned)
 
 
@@ -56,6 +72,13 @@ cdef class Scheduler:
     cdef public list finished_since
 
     cpdef _finish(self, SimReq req, str reason)
+    @cython.locals(live=list, req=SimReq)
+    cpdef list abort_requests(self, req_ids)
+    cpdef set_pause_state(self, long long state)
+    cpdef bint has_finished(self)
+    cpdef tuple take_finished(self)
+    cpdef Py_ssize_t num_running(self)
+    cpdef double kv_usage(self)
     cpdef preempt(self, SimReq req, bint drop_inflight)
     @cython.locals(running=list, budget=cython.longlong, threshold=cython.longlong, bs=cython.longlong,
                    async_sched=bint, planned=list, preempted=list, req=SimReq, victim=SimReq,
@@ -70,9 +93,9 @@ cdef class Scheduler:
     cpdef bint _allocate(self, SimReq req, long long n, list hits, long long reserve=*)
     @cython.locals(bs=cython.longlong, full=cython.longlong, i=cython.longlong)
     cpdef _commit(self, SimReq req, long long upto)
-    @cython.locals(req=SimReq, n=cython.longlong, samples=bint)
-    cpdef _after_schedule(self, p)
+    @cython.locals(req=SimReq)
+    cpdef _after_schedule(self, Planned p)
     @cython.locals(discard=bint, async_sched=bint, bs=cython.longlong, version_term=cython.longlong, outs=list,
                    req=SimReq, stale=bint, status=cython.longlong, out_tokens=list, n_out=cython.longlong,
-                   upto=cython.longlong, incarnation=cython.longlong, samples=bint)
+                   upto=cython.longlong, incarnation=cython.longlong, samples=bint, p=Planned)
     cpdef list update(self, list planned, long long exec_version, long long stamp_version)

@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from typing import NamedTuple
 
-from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, UNPAUSED, OutReq, SchedReq, check_arity
-import tracesim.sim.tuplenew as tuplenew  # new_tuple: a record from all its values (hot paths)
+from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, UNPAUSED
 from tracesim.sim.kvcache import BlockPool
+from tracesim.sim.records_hot import out_req, sched_req
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
-
-
-check_arity(SchedReq, 8)
-check_arity(OutReq, 6)
 
 
 def token_id(req_hash: int, pos: int, version: int) -> int:
@@ -70,7 +65,8 @@ class SimReq:
         self.hash = zlib.crc32(req_id.encode())
         # The OutReq of an update that sampled one token and did not finish it: the same at every decode step,
         # so one immutable instance serves them all (an update makes one OutReq per request per step).
-        self.sampled_out = tuplenew.new_tuple(OutReq, (req_id, 1, None, False, None, None))
+        self.sampled_out = out_req(req_id=req_id, sampled=1, finish_reason=None, stale=False, token_ids=None,
+                                   logprobs=None)
 
     def __repr__(self) -> str:
         return f"SimReq({self.req_id!r}, status={self.status}, computed={self.num_computed})"
@@ -103,20 +99,52 @@ class SimReq:
         return [self.block_key(i, block_size) for i in range(upto // block_size)]
 
 
-class Planned(NamedTuple):
-    """One request's share of a schedule, before it becomes a ``SchedReq``: the fields of an entry of
-    ``Scheduler.schedule()``'s list. The native scheduler makes one per request per step as a plain tuple in
-    this field order (CPython reuses freed plain tuples; a tuple subclass takes fresh memory each time), so
-    consumers read entries by position (``tuplenew.item``); vLLM's backend makes Planned instances."""
+class Planned:
+    """One request's share of a schedule (an entry of ``SchedulerInterface.schedule()``'s list), before it
+    becomes a ``SchedReq``. Made once per request per step: a C struct with a free list in the compiled build
+    (``scheduler.pxd``), read by field there.
 
-    req: SimReq
-    num_tokens: int
-    computed_before: int
-    resumed: bool
-    cached: int
-    incarnation: int
-    samples: bool  # the step samples a token for it (not a prefill chunk)
-    admitted: bool = False  # admitted from the waiting queue by this schedule (new or resumed)
+    * ``req``: the SimReq;
+    * ``num_tokens``: tokens scheduled for it in this step;
+    * ``computed_before``: its ``num_computed`` before this step;
+    * ``resumed``: re-admitted after a preemption by this schedule;
+    * ``cached``: prefix-cache hit tokens, when this schedule admitted it (else 0);
+    * ``incarnation``: its incarnation when scheduled (an update for an older one is stale);
+    * ``samples``: the step samples a token for it (not a prefill chunk);
+    * ``admitted``: admitted from the waiting queue by this schedule (new or resumed)."""
+
+    __slots__ = ("req", "num_tokens", "computed_before", "resumed", "cached", "incarnation", "samples", "admitted")
+
+    def __init__(self, req: SimReq, num_tokens: int, computed_before: int, resumed: bool, cached: int,
+                 incarnation: int, samples: bool, admitted: bool = False):
+        self.req = req
+        self.num_tokens = num_tokens
+        self.computed_before = computed_before
+        self.resumed = resumed
+        self.cached = cached
+        self.incarnation = incarnation
+        self.samples = samples
+        self.admitted = admitted
+
+    def __repr__(self) -> str:
+        return (f"Planned({self.req.req_id!r}, num_tokens={self.num_tokens}, computed_before={self.computed_before}, "
+                f"resumed={self.resumed}, cached={self.cached}, incarnation={self.incarnation}, "
+                f"samples={self.samples}, admitted={self.admitted})")
+
+
+def new_planned(req, num_tokens, computed_before, resumed, cached, incarnation, samples, admitted):
+    """A ``Planned`` from all its fields, without ``__init__``'s argument parsing (a C call in the compiled
+    build: the native scheduler makes one per request per step)."""
+    p = Planned.__new__(Planned)
+    p.req = req
+    p.num_tokens = num_tokens
+    p.computed_before = computed_before
+    p.resumed = resumed
+    p.cached = cached
+    p.incarnation = incarnation
+    p.samples = samples
+    p.admitted = admitted
+    return p
 
 
 def sched_reqs(planned) -> tuple:
@@ -124,16 +152,18 @@ def sched_reqs(planned) -> tuple:
     one fed token of a running request past its prompt is a decode; new, resumed and multi-token shares are
     prefill."""
     out = []
-    for p in planned:  # Planned fields by position (tuplenew.item: fast where compiled)
-        req, n, before = tuplenew.item(p, 0), tuplenew.item(p, 1), tuplenew.item(p, 2)
-        resumed, cached, admitted = tuplenew.item(p, 3), tuplenew.item(p, 4), tuplenew.item(p, 7)
-        decode = 1 if (n == 1 and not admitted and before >= req.prompt_len) else 0
-        out.append(tuplenew.new_tuple(SchedReq, (req.req_id, n - decode, decode, resumed, cached, 0, before,
-                                                 req.placeholders)))
+    for p in planned:
+        req, n, before = p.req, p.num_tokens, p.computed_before
+        decode = 1 if (n == 1 and not p.admitted and before >= req.prompt_len) else 0
+        out.append(sched_req(req_id=req.req_id, prefill_tokens=n - decode, decode_tokens=decode, resumed=p.resumed,
+                             cached_tokens=p.cached, spec_tokens=0, computed_tokens=before,
+                             placeholders=req.placeholders))
     return tuple(out)
 
 
 class Scheduler:
+    """The native scheduling backend (``interface.SchedulerInterface``; see the module docstring)."""
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
@@ -163,6 +193,22 @@ class Scheduler:
         self.requests.pop(req.req_id, None)
         self.finished_since.append(req.req_id)
 
+    def abort_requests(self, req_ids) -> list:
+        """Finish the live requests among ``req_ids`` with reason "abort" (``SchedulerInterface``)."""
+        live = []
+        for req_id in req_ids:
+            req = self.requests.get(req_id)
+            if req is not None:
+                live.append(req)
+        for req in live:
+            req.incarnation += 1
+            if req in self.running:
+                self.running.remove(req)
+            elif req in self.waiting:
+                self.waiting.remove(req)
+            self._finish(req, "abort")
+        return live
+
     def abort_all(self) -> list:
         """Finish every live request with reason "abort"; return them (in admission order)."""
         reqs = list(self.requests.values())
@@ -172,6 +218,22 @@ class Scheduler:
         self.running.clear()
         self.waiting.clear()
         return reqs
+
+    def set_pause_state(self, state: int) -> None:
+        self.pause_state = state
+
+    def has_finished(self) -> bool:
+        return bool(self.finished_since)
+
+    def take_finished(self) -> tuple:
+        finished, self.finished_since = tuple(self.finished_since), []
+        return finished
+
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def kv_usage(self) -> float:
+        return self.pool.usage()
 
     def preempt(self, req: SimReq, drop_inflight: bool) -> None:
         self.pool.release(req.blocks)
@@ -239,7 +301,8 @@ class Scheduler:
                 if req.status != RUNNING:
                     break
             samples = total >= num_tokens + ph
-            planned.append((req, n, computed, False, 0, req.incarnation, samples, False))  # a Planned's fields
+            planned.append(new_planned(req=req, num_tokens=n, computed_before=computed, resumed=False, cached=0,
+                                       incarnation=req.incarnation, samples=samples, admitted=False))
             # _after_schedule, inlined (nothing later in this schedule reads these fields of a running request)
             req.num_computed = total
             req.inflight += 1
@@ -313,17 +376,17 @@ class Scheduler:
             self.pool.commit(req.blocks[i], req.block_key(i, bs), 0)
         req.committed = max(req.committed, full)
 
-    def _plan(self, req: SimReq, n: int, resumed: bool, cached: int, admitted: bool = False) -> tuple:
-        """A Planned's fields, as a plain tuple (see Planned)."""
+    def _plan(self, req: SimReq, n: int, resumed: bool, cached: int, admitted: bool = False) -> Planned:
         before = req.num_computed
-        samples = before + n >= req.num_tokens + req.placeholders
-        return (req, n, before, resumed, cached, req.incarnation, samples, admitted)
+        return new_planned(req=req, num_tokens=n, computed_before=before, resumed=resumed, cached=cached,
+                           incarnation=req.incarnation, samples=before + n >= req.num_tokens + req.placeholders,
+                           admitted=admitted)
 
-    def _after_schedule(self, p: tuple) -> None:
-        req, n, samples = tuplenew.item(p, 0), tuplenew.item(p, 1), tuplenew.item(p, 6)  # Planned fields
-        req.num_computed += n
+    def _after_schedule(self, p: Planned) -> None:
+        req = p.req
+        req.num_computed += p.num_tokens
         req.inflight += 1
-        if samples and self.cfg.async_scheduling:
+        if p.samples and self.cfg.async_scheduling:
             req.placeholders += 1
 
     # --- update ------------------------------------------------------------------------------------------
@@ -334,19 +397,22 @@ class Scheduler:
         discard, async_sched, bs = cfg.discard_stale_frames, cfg.async_scheduling, cfg.block_size
         version_term = exec_version * 104_729  # token_id(), inlined below
         outs = []
-        for p in planned:  # Planned .req, .incarnation, .samples by position (tuplenew.item: fast where compiled)
-            req, incarnation, samples = tuplenew.item(p, 0), tuplenew.item(p, 5), tuplenew.item(p, 6)
+        for p in planned:
+            req, incarnation, samples = p.req, p.incarnation, p.samples
             req.inflight -= 1
             stale = incarnation != req.incarnation
             status = req.status
             if status == FINISHED and not stale:  # finished while in flight (async)
-                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))
+                outs.append(out_req(req_id=req.req_id, sampled=0, finish_reason=None, stale=False, token_ids=None,
+                                    logprobs=None))
                 continue
             if stale and discard:
-                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, True, None, None)))
+                outs.append(out_req(req_id=req.req_id, sampled=0, finish_reason=None, stale=True, token_ids=None,
+                                    logprobs=None))
                 continue
             if not samples:
-                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 0, None, False, None, None)))
+                outs.append(out_req(req_id=req.req_id, sampled=0, finish_reason=None, stale=False, token_ids=None,
+                                    logprobs=None))
                 continue
             if stale and status == FINISHED:
                 continue
@@ -367,7 +433,8 @@ class Scheduler:
             elif n_out >= req.max_tokens:
                 reason = "length"
             elif stale:
-                outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 1, None, True, None, None)))
+                outs.append(out_req(req_id=req.req_id, sampled=1, finish_reason=None, stale=True, token_ids=None,
+                                    logprobs=None))
                 continue
             else:
                 outs.append(req.sampled_out)  # the usual entry: one shared immutable OutReq per request
@@ -378,7 +445,8 @@ class Scheduler:
                 elif req in self.waiting:
                     self.waiting.remove(req)
                 self._finish(req, reason)
-            outs.append(tuplenew.new_tuple(OutReq, (req.req_id, 1, reason, stale, None, None)))
+            outs.append(out_req(req_id=req.req_id, sampled=1, finish_reason=reason, stale=stale, token_ids=None,
+                                logprobs=None))
         return outs
 
     def counts(self) -> tuple:

@@ -1,6 +1,6 @@
 """vLLM's own scheduler as the simulator's scheduling backend, driven in virtual time.
 
-``VllmScheduler`` has the interface ``engine.py`` uses on the native ``Scheduler`` (``scheduler.py``), but
+``VllmScheduler`` implements ``interface.SchedulerInterface`` as the native ``Scheduler`` does, but
 every decision is made by a real vLLM ``Scheduler`` (``AsyncScheduler`` when ``async_scheduling`` is on),
 built on the CPU without a model by ``tracesim.record.standalone`` (as vLLM's own scheduler tests do):
 
@@ -12,8 +12,9 @@ built on the CPU without a model by ``tracesim.record.standalone`` (as vLLM's ow
 * ``update``: a fake ``ModelRunnerOutput`` with one sampled token for each request that finished its
   prefill chunk when scheduled: the native model's pseudo token id, or a reserved stop token at the sample's
   stop length (vLLM's own stop check finishes it), then vLLM's ``update_from_output``.
-* aborts: ``finish_requests(FINISHED_ABORTED)`` one id at a time (vLLM turns a list into a set, whose order
-  would depend on the hash seed); pauses: ``set_pause_state``; cache resets: ``reset_prefix_cache``.
+* aborts (``abort_requests``): ``finish_requests(FINISHED_ABORTED)`` one id at a time (vLLM turns a list into a
+  set, whose order would depend on the hash seed); pauses: ``set_pause_state``; cache resets:
+  ``reset_prefix_cache``.
 
 Stale frames are vLLM's: output of a request preempted by KV pressure is delivered, output of an aborted
 request or of one preempted by a cache reset is dropped (``OutReq.stale``). ``discard_stale_frames=false``
@@ -28,6 +29,7 @@ import hashlib
 import zlib
 
 from tracesim.format.records import OutReq
+from tracesim.sim.interface import SchedulerInterface
 from tracesim.sim.scheduler import FINISHED, Planned, Scheduler, token_id
 
 MAX_MODEL_LEN = 2048  # the tiny model config's max_position_embeddings (tracesim/record/tinymodel.py)
@@ -60,24 +62,14 @@ def _hash(key) -> bytes:
     return hashlib.sha256(repr(key).encode()).digest()
 
 
-class _Pool:
-    """What the engine reads of the native ``BlockPool``: KV usage."""
-
-    def __init__(self, scheduler):
-        self._scheduler = scheduler
-
-    def usage(self) -> float:
-        return float(self._scheduler.get_kv_cache_usage())
-
-
 class _Batch(list):
     """A schedule's ``Planned`` list, carrying vLLM's ``SchedulerOutput`` for the update."""
 
     out = None
 
 
-class VllmScheduler:
-    """A real vLLM scheduler behind the native ``Scheduler`` interface (see the module docstring).
+class VllmScheduler(SchedulerInterface):
+    """A real vLLM scheduler behind ``SchedulerInterface`` (see the module docstring).
 
     ``cfg``: an ``EngineConfig``. Raises ValueError if vLLM changed the configuration while validating it."""
 
@@ -104,7 +96,6 @@ class VllmScheduler:
                 cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.enable_chunked_prefill):
             raise ValueError("vLLM changed the engine configuration while validating it: "
                              f"{sc.max_num_batched_tokens=}, {sc.max_num_seqs=}, {sc.enable_chunked_prefill=}")
-        self.pool = _Pool(self.v)
         self.requests: dict = {}  # req_id -> SimReq, live ones (insertion ordered, as the native model)
         self.finished_since: list = []  # req_ids finished since the previous schedule (vLLM's finished_req_ids)
 
@@ -112,27 +103,40 @@ class VllmScheduler:
 
     @property
     def running(self) -> list:
-        """SimReqs of vLLM's running queue (a fresh list: removing from it changes nothing)."""
+        """SimReqs of vLLM's running queue, in its order (a fresh list: for reading)."""
         return [self.requests[r.request_id] for r in self.v.running]
 
     @property
     def waiting(self) -> list:
+        """SimReqs of vLLM's waiting queue, in its order (a fresh list: for reading)."""
         return [self.requests[r.request_id] for r in self.v.waiting]
 
     @property
     def pause_state(self) -> int:
         return int(self.v.pause_state)
 
-    @pause_state.setter
-    def pause_state(self, state: int) -> None:
+    def set_pause_state(self, state: int) -> None:
         self.v.set_pause_state(self._PauseState(state))
 
     def has_work(self) -> bool:
         return self.v.get_num_unfinished_requests() > 0
 
+    def has_finished(self) -> bool:
+        return bool(self.finished_since)
+
+    def take_finished(self) -> tuple:
+        finished, self.finished_since = tuple(self.finished_since), []
+        return finished
+
     def counts(self) -> tuple:
         running, waiting = self.v.get_request_counts()
         return waiting, running
+
+    def num_running(self) -> int:
+        return len(self.v.running)
+
+    def kv_usage(self) -> float:
+        return float(self.v.get_kv_cache_usage())
 
     # --- requests ------------------------------------------------------------------------------------------
 
@@ -162,17 +166,26 @@ class VllmScheduler:
         self.requests.pop(req.req_id, None)
         self.finished_since.append(req.req_id)
 
-    def _finish(self, req, reason: str) -> None:
-        """Finish a live request from outside the scheduler (the engine's abort path)."""
+    def _abort(self, req) -> None:
+        """Finish a live request from outside vLLM's scheduler: vLLM takes it out of its queues and frees its
+        blocks; its in-flight output is stale."""
+        req.incarnation += 1
         self.v.finish_requests(req.req_id, self._ABORTED)
-        self._finished(req, reason)
+        self._finished(req, "abort")
+
+    def abort_requests(self, req_ids) -> list:
+        """Finish the live requests among ``req_ids`` with reason "abort", one id at a time (vLLM turns a list
+        into a set, whose order would depend on the hash seed)."""
+        live = [r for r in (self.requests.get(i) for i in req_ids) if r is not None]
+        for req in live:
+            self._abort(req)
+        return live
 
     def abort_all(self) -> list:
         """Finish every live request with reason "abort"; return them (in admission order)."""
         reqs = list(self.requests.values())
         for req in reqs:
-            req.incarnation += 1
-            self._finish(req, "abort")
+            self._abort(req)
         return reqs
 
     def reset_prefix_cache(self, reset_running: bool) -> tuple:
