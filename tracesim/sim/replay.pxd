@@ -22,8 +22,8 @@ cdef class _Scan:
     cdef public list picked
     cdef public dict before
 
-    @cython.locals(i=Py_ssize_t, actions=Py_ssize_t, t=cython.longlong, t0=cython.longlong)
-    cpdef object _scan(self, records, bint find_t0)
+    @cython.locals(i=Py_ssize_t, actions=Py_ssize_t)
+    cpdef object _scan(self, records)
 
 
 @cython.locals(a=_Arrival, current=dict)

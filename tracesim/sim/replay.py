@@ -26,8 +26,8 @@ import simpy
 from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
-    PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepExecuted,
-    StepScheduled, StepUpdated, WeightsUpdated, check_arity,
+    PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepScheduled,
+    StepUpdated, WeightsUpdated, check_arity,
 )
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
@@ -39,7 +39,7 @@ from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
 from tracesim.sim.scheduler import SimReq
-from tracesim.sim.steptime import costs_of_steps, first_t_ns
+from tracesim.sim.steptime import costs_of_steps, exec_ns_of
 import tracesim.sim.tuplenew as tuplenew
 from tracesim.sim.timing import ModelTiming, RecordedTiming
 
@@ -79,46 +79,37 @@ class _Scan:
     """What replay reads from a recording, gathered in one pass over its records: a long trace's records
     are mostly steps and output frames, and walking them once per question took a fifth of a replay.
 
-    ``t0``: the first t_ns; ``scheds`` / ``upds``: step -> StepScheduled / StepUpdated (last in stream order);
-    ``execs``: step -> forward-pass ns of its StepExecuted; ``picked``: (stream index, record) of every
-    StepUpdated and input / control record, in stream order; ``before``: stream index of each picked
-    non-step record -> engine actions (sched / upd records) that preceded it (``feed.engine_actions_before``)."""
+    ``t0``: the trace start (the earliest t_ns); ``scheds`` / ``upds``: step -> StepScheduled / StepUpdated
+    (last in stream order) and ``execs``: step -> forward-pass ns of its StepExecuted, of the first engine
+    process: all three from the trace's index (``Trace.index()``, which pairs steps once per trace);
+    ``picked``: (stream index, record) of every StepUpdated and input / control record, in stream order;
+    ``before``: stream index of each picked non-step record -> engine actions (sched / upd records) that
+    preceded it (``feed.engine_actions_before``)."""
 
     def __init__(self, trace):
-        try:
-            self.t0 = self._scan(trace.records, True)
-        except (TypeError, OverflowError):  # a t_ns that is no int64 (the compiled build types it): again, without
-            self._scan(trace.records, False)
-            self.t0 = first_t_ns(trace.records)
+        ix = trace.index()
+        self.t0 = ix.start_ns
+        _proc, self.scheds, execs, self.upds = ix.engine_steps()
+        self.execs = exec_ns_of(execs)
+        self._scan(trace.records)
 
-    def _scan(self, records, find_t0: bool) -> int:
-        """Fill the tables from ``records``; with ``find_t0`` return the earliest t_ns (every event record has
-        it first), else 0."""
-        self.scheds, self.upds, self.execs, self.picked, self.before = {}, {}, {}, [], {}
-        scheds, upds, execs, picked, before = self.scheds, self.upds, self.execs, self.picked, self.before
+    def _scan(self, records) -> None:
+        """Fill ``picked`` and ``before`` from ``records``."""
+        self.picked, self.before = [], {}
+        picked, before = self.picked, self.before
         actions = 0
-        t0 = records[0][0] if find_t0 and records else 0
         for i, r in enumerate(records):
-            if find_t0:
-                t = tuplenew.item(r, 0)  # t_ns
-                if t < t0:
-                    t0 = t
             kind = type(r)
             if kind is OutputDelivered:  # most records: skipped first
                 continue
             if kind is StepScheduled:
-                scheds[r.step] = r
                 actions += 1
             elif kind is StepUpdated:
-                upds[r.step] = r
                 picked.append((i, r))
                 actions += 1
-            elif kind is StepExecuted:
-                execs[r.step] = r.end_ns - r.t_ns
             elif kind in _INPUT_TYPES:
                 picked.append((i, r))
                 before[i] = actions
-        return t0
 
     def of_types(self, types) -> list:
         return [(i, r) for i, r in self.picked if type(r) in types]
