@@ -15,7 +15,7 @@ see what they saw when each paired records itself (``last_records``).
 
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import compress, repeat
 from operator import itemgetter
 
 from tracesim.format.records import EVENT_TYPES, StepExecuted, StepScheduled, StepUpdated
@@ -64,11 +64,12 @@ class TraceIndex:
     ``n_exec`` / ``n_upd``: StepExecuted / StepUpdated records, taken or not.
     """
 
-    __slots__ = ("start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end", "extras",
-                 "n_exec", "n_upd", "_last", "_engine_steps")
+    __slots__ = ("_records", "_start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end",
+                 "extras", "n_exec", "n_upd", "_last", "_engine_steps")
 
-    def __init__(self):
-        self.start_ns = 0
+    def __init__(self, records=()):
+        self._records = records  # kept for the trace start, computed on first use (check never asks)
+        self._start_ns: int | None = None
         self.first_ns: int | None = None
         self.steps: dict = {}
         self.step_order: list = []
@@ -78,6 +79,12 @@ class TraceIndex:
         self.n_exec = self.n_upd = 0
         self._last = None
         self._engine_steps = None
+
+    @property
+    def start_ns(self) -> int:
+        if self._start_ns is None:
+            self._start_ns, self._records = start_of(self._records), ()
+        return self._start_ns
 
     def last_records(self) -> tuple:
         """``(sched, execs, upds)``: dicts (proc, step) -> the *last* StepScheduled / StepExecuted /
@@ -121,18 +128,23 @@ class TraceIndex:
         return self._engine_steps
 
 
+_STEP_TYPES = frozenset((StepScheduled, StepExecuted, StepUpdated))
+
+
 def index_trace(trace) -> TraceIndex:
     """Index ``trace`` (a ``Trace``: ``records`` and ``procs``) in one pass; never raises on odd content.
     Use ``trace.index()``, which builds it once per trace."""
-    ix = TraceIndex()
     records = trace.records
-    ix.start_ns = start_of(records)
+    ix = TraceIndex(records)
     ix.first_ns = next((r.t_ns for r in records if type(getattr(r, "t_ns", None)) is int), None)
     steps, order, faults, extras = ix.steps, ix.step_order, ix.step_faults, ix.extras
     last_sched: dict = {}  # proc -> highest scheduled step
     last_upd: dict = {}  # proc -> last updated step
     n_exec = n_upd = 0
-    for proc, rec in zip(trace.procs or repeat(0), records):
+    # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
+    taken = compress(zip(trace.procs, records) if trace.procs else zip(repeat(0), records),
+                     map(_STEP_TYPES.__contains__, map(type, records)))
+    for proc, rec in taken:
         kind = type(rec)
         if kind is StepScheduled:
             key = (proc, rec.step)
