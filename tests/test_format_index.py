@@ -135,3 +135,19 @@ def test_the_index_is_built_once_per_trace_and_shared_by_check_plots_and_the_fit
     trace.records.append(OutputDelivered(t_ns=ix.start_ns - 5, req_id="x", start_idx=0, num_tokens=1))
     rebuilt = trace.index()  # the records grew: a new index
     assert rebuilt is not ix and rebuilt.start_ns == ix.start_ns - 5
+
+
+def test_replays_scan_hands_the_index_the_same_step_records_and_start():
+    from tracesim.format.index import index_trace
+    from tracesim.sim.replay import _Scan
+
+    a = Trace(header(role="engine-core", pid=1), [sched(10, 0, "a"), execd(12, 0), upd(14, 0, "a"), upd(15, 3)])
+    b = Trace(header(role="client", pid=2), [RequestAdded(t_ns=3, req_id="a", side="client")])
+    for trace in (simulated(num_prompts=24), merge_traces([a, b])):
+        fresh = index_trace(trace)
+        scan = _Scan(trace)  # builds trace.index() from its own walk
+        ix = trace.index()
+        assert scan.t0 == ix.start_ns == fresh.start_ns and ix.first_ns == fresh.first_ns
+        assert ix.last_records() == fresh.last_records() == naive_last(trace)
+        assert [f[0] for f in ix.step_faults] == [f[0] for f in fresh.step_faults]
+        assert ix.in_flight_at_end == fresh.in_flight_at_end and ix.n_upd == fresh.n_upd

@@ -123,7 +123,17 @@ class TraceIndex:
         replay read; a trace from several engines is one engine's timing per process)."""
         if self._engine_steps is None:
             proc = self.step_order[0].proc if self.step_order else 0
-            sched, execs, upds = ({k[1]: r for k, r in d.items() if k[0] == proc} for d in self.last_records())
+            if not self.extras and all(st.proc == proc for st in self.step_order):  # one engine, well formed
+                sched, execs, upds = {}, {}, {}
+                for st in self.step_order:
+                    k = st.sched.step
+                    sched[k] = st.sched
+                    if st.exec is not None:
+                        execs[k] = st.exec
+                    if st.upd is not None:
+                        upds[k] = st.upd
+            else:
+                sched, execs, upds = ({k[1]: r for k, r in d.items() if k[0] == proc} for d in self.last_records())
             self._engine_steps = (proc, sched, execs, upds)
         return self._engine_steps
 
@@ -135,49 +145,60 @@ def index_trace(trace) -> TraceIndex:
     """Index ``trace`` (a ``Trace``: ``records`` and ``procs``) in one pass; never raises on odd content.
     Use ``trace.index()``, which builds it once per trace."""
     records = trace.records
+    # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
+    taken = compress(zip(trace.procs, records) if trace.procs else zip(repeat(0), records),
+                     map(_STEP_TYPES.__contains__, map(type, records)))
+    return index_steps(taken, records)
+
+
+def index_steps(step_records, records, start_ns: int | None = None) -> TraceIndex:
+    """The index of ``records`` from ``step_records``: ``(proc, record)`` for each of its StepScheduled /
+    StepExecuted / StepUpdated, in stream order. For a reader that walks every record anyway (replay's
+    compiled scan) and hands over what it saw, with the trace start if it found it (else found on first use)."""
     ix = TraceIndex(records)
+    ix._start_ns = start_ns
     ix.first_ns = next((r.t_ns for r in records if type(getattr(r, "t_ns", None)) is int), None)
     steps, order, faults, extras = ix.steps, ix.step_order, ix.step_faults, ix.extras
     last_sched: dict = {}  # proc -> highest scheduled step
     last_upd: dict = {}  # proc -> last updated step
     n_exec = n_upd = 0
-    # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
-    taken = compress(zip(trace.procs, records) if trace.procs else zip(repeat(0), records),
-                     map(_STEP_TYPES.__contains__, map(type, records)))
-    for proc, rec in taken:
+    get, add_fault, add_extra = steps.get, faults.append, extras.append
+    for proc, rec in step_records:
         kind = type(rec)
         if kind is StepScheduled:
-            key = (proc, rec.step)
-            st = steps.get(key)
+            s = rec.step
+            key = (proc, s)
+            st = get(key)
             if st is not None:
-                faults.append(("sched_twice", st, rec))
-                extras.append((proc, rec, True))
+                add_fault(("sched_twice", st, rec))
+                add_extra((proc, rec, True))
                 continue
-            s, last = rec.step, last_sched.get(proc)
+            last = last_sched.get(proc)
             if last is not None and s != last + 1:
-                faults.append(("sched_order", None, rec, last))
+                add_fault(("sched_order", None, rec, last))
             last_sched[proc] = s if last is None or s > last else last
             steps[key] = st = Step(proc, rec)
             order.append(st)
         elif kind is StepExecuted:
             n_exec += 1
-            st = steps.get((proc, rec.step))
+            st = get((proc, rec.step))
             if st is None or st.exec is not None or st.upd is not None:
-                faults.append(("exec_unscheduled" if st is None else "exec_twice", st, rec))
-                extras.append((proc, rec, st is not None))
+                add_fault(("exec_unscheduled" if st is None else "exec_twice", st, rec))
+                add_extra((proc, rec, st is not None))
                 continue
             st.exec = rec
-        elif kind is StepUpdated:
+        else:  # StepUpdated
             n_upd += 1
-            st = steps.get((proc, rec.step))
+            s = rec.step
+            st = get((proc, s))
             if st is None or st.upd is not None:
-                faults.append(("upd_unscheduled" if st is None else "upd_twice", st, rec))
-                extras.append((proc, rec, st is not None))
+                add_fault(("upd_unscheduled" if st is None else "upd_twice", st, rec))
+                add_extra((proc, rec, st is not None))
                 continue
             last = last_upd.get(proc)
-            if last is not None and rec.step <= last:
-                faults.append(("upd_order", st, rec, last))
-            last_upd[proc] = rec.step
+            if last is not None and s <= last:
+                add_fault(("upd_order", st, rec, last))
+            last_upd[proc] = s
             st.upd = rec
     ix.n_exec, ix.n_upd = n_exec, n_upd
     # Steps never updated: skipped if a later step of their process was updated, else still in flight when

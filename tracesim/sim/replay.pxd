@@ -21,9 +21,10 @@ cdef class _Scan:
     cdef public dict execs
     cdef public list picked
     cdef public dict before
+    cdef public list steprecs
 
-    @cython.locals(i=Py_ssize_t, actions=Py_ssize_t)
-    cpdef object _scan(self, records)
+    @cython.locals(i=Py_ssize_t, actions=Py_ssize_t, t=cython.longlong, t0=cython.longlong)
+    cpdef object _scan(self, records, procs, bint find_t0)
 
 
 @cython.locals(a=_Arrival, current=dict)

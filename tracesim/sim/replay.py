@@ -26,8 +26,8 @@ import simpy
 from simpy.events import URGENT, Event
 
 from tracesim.format.records import (
-    PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepScheduled,
-    StepUpdated, WeightsUpdated, check_arity,
+    PAUSED_ALL, Aborted, CacheReset, OutputDelivered, OutReq, Paused, RequestAdded, Resumed, StepExecuted,
+    StepScheduled, StepUpdated, WeightsUpdated, check_arity,
 )
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine
@@ -87,29 +87,46 @@ class _Scan:
     preceded it (``feed.engine_actions_before``)."""
 
     def __init__(self, trace):
-        ix = trace.index()
+        try:
+            t0 = self._scan(trace.records, trace.procs, True)
+        except (TypeError, OverflowError):  # a t_ns that is no int64 (the compiled build types it): again, without
+            t0 = self._scan(trace.records, trace.procs, False)  # None: the index finds the start
+        # This pass sees every record anyway: it hands the step records and the start to the trace's index,
+        # which pairs them (shared with checks and plots of the same trace) instead of a second walk.
+        ix = trace.index(self.steprecs, t0)
+        self.steprecs = None
         self.t0 = ix.start_ns
         _proc, self.scheds, execs, self.upds = ix.engine_steps()
         self.execs = exec_ns_of(execs)
-        self._scan(trace.records)
 
-    def _scan(self, records) -> None:
-        """Fill ``picked`` and ``before`` from ``records``."""
-        self.picked, self.before = [], {}
-        picked, before = self.picked, self.before
+    def _scan(self, records, procs, find_t0: bool):
+        """Fill ``picked``, ``before`` and ``steprecs`` ((proc, record) of each step record) from ``records``;
+        with ``find_t0`` return the earliest t_ns (every event record has it first), else None."""
+        self.picked, self.before, self.steprecs = [], {}, []
+        picked, before, steprecs = self.picked, self.before, self.steprecs
         actions = 0
+        t0 = records[0][0] if find_t0 and records else 0
         for i, r in enumerate(records):
+            if find_t0:
+                t = tuplenew.item(r, 0)  # t_ns
+                if t < t0:
+                    t0 = t
             kind = type(r)
             if kind is OutputDelivered:  # most records: skipped first
                 continue
             if kind is StepScheduled:
+                steprecs.append((procs[i] if procs else 0, r))
                 actions += 1
             elif kind is StepUpdated:
+                steprecs.append((procs[i] if procs else 0, r))
                 picked.append((i, r))
                 actions += 1
+            elif kind is StepExecuted:
+                steprecs.append((procs[i] if procs else 0, r))
             elif kind in _INPUT_TYPES:
                 picked.append((i, r))
                 before[i] = actions
+        return t0 if find_t0 else None
 
     def of_types(self, types) -> list:
         return [(i, r) for i, r in self.picked if type(r) in types]
