@@ -3,8 +3,9 @@
 Checkers share this index instead of re-scanning the records: per-request state for the engine side (one
 ``EngineInc`` per incarnation, i.e. per engine ``RequestAdded`` of an id) and the client side (one ``ClientInc``
 per client ``RequestAdded``), the steps by ``(proc, step)`` (paired once per trace by ``Trace.index()``,
-format/index.py, with their faults and the trace start), and the few facts that depend on the interleaving of events (which incarnation
-scheduled an output frame). The index records facts; the invariant modules judge them and word the violations.
+format/index.py, with their faults and the trace start), and the few facts that depend on the interleaving of
+events (which incarnation scheduled an output frame). The index records facts; the invariant modules judge
+them and word the violations.
 
 Stream order is the order of facts: a merged trace is sorted by time, a single-process trace is written in the
 order things happened.

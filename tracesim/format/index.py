@@ -36,7 +36,8 @@ class Step:
         self.upd: StepUpdated | None = None
 
     def __repr__(self) -> str:
-        return f"Step(proc={self.proc}, step={self.sched.step}, exec={self.exec is not None}, upd={self.upd is not None})"
+        return (f"Step(proc={self.proc}, step={self.sched.step}, exec={self.exec is not None}, "
+                f"upd={self.upd is not None})")
 
 
 def start_of(records) -> int:
