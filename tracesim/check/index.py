@@ -2,9 +2,10 @@
 
 Checkers share this index instead of re-scanning the records: per-request state for the engine side (one
 ``EngineInc`` per incarnation, i.e. per engine ``RequestAdded`` of an id) and the client side (one ``ClientInc``
-per client ``RequestAdded``), the steps by ``(proc, step)``, and the few facts that depend on the interleaving
-of events (which incarnation scheduled an output frame, which steps were out of order). The index records
-facts; the invariant modules judge them and word the violations.
+per client ``RequestAdded``), the steps by ``(proc, step)`` (paired once per trace by ``Trace.index()``,
+format/index.py, with their faults and the trace start), and the few facts that depend on the interleaving of
+events (which incarnation scheduled an output frame). The index records facts; the invariant modules judge
+them and word the violations.
 
 Stream order is the order of facts: a merged trace is sorted by time, a single-process trace is written in the
 order things happened.
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tracesim.format.index import Step, index_trace  # noqa: F401 - Step: re-exported for checkers
 from tracesim.format.records import (
     Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
-    SampleDropped, StepExecuted, StepScheduled, StepUpdated, TrainerConsumed, WeightsUpdated,
+    SampleDropped, StepScheduled, StepUpdated, TrainerConsumed, WeightsUpdated,
 )
 
 
@@ -57,17 +59,9 @@ class ClientInc:
 
 
 @dataclass
-class Step:
-    proc: int
-    sched: StepScheduled
-    exec: StepExecuted | None = None
-    upd: StepUpdated | None = None
-
-
-@dataclass
 class Index:
     header: object
-    steps: dict = field(default_factory=dict)  # (proc, step) -> Step
+    steps: dict = field(default_factory=dict)  # (proc, step) -> Step (the trace index's)
     step_order: list = field(default_factory=list)  # Steps in schedule order
     engine: dict = field(default_factory=dict)  # req_id -> [EngineInc, ...]
     client: dict = field(default_factory=dict)  # req_id -> [ClientInc, ...]
@@ -100,17 +94,20 @@ class Index:
 
 
 def build_index(trace) -> Index:
-    """Index ``trace`` (a ``tracesim.format.Trace``) in one pass; never raises on odd content."""
-    ix = Index(trace.header)
+    """Index ``trace`` (a ``tracesim.format.Trace``) in one pass; never raises on odd content. The steps come
+    from ``trace.index()`` (built once per trace, shared with plots)."""
+    tix = trace.index() if hasattr(trace, "index") else index_trace(trace)
+    ix = Index(trace.header, steps=tix.steps, step_order=tix.step_order, step_faults=tix.step_faults,
+               in_flight_at_end=tix.in_flight_at_end, t0_ns=tix.first_ns)
+    ix.n_exec, ix.n_upd = tix.n_exec, tix.n_upd
     scan = _Scanner(ix)
     handlers = {
-        StepScheduled: scan.sched, StepExecuted: scan.exec, StepUpdated: scan.upd, RequestAdded: scan.add,
+        StepScheduled: scan.sched, StepUpdated: scan.upd, RequestAdded: scan.add,
         OutputDelivered: scan.deliver, RewardBound: scan.reward, TrainerConsumed: scan.consume,
         SampleDropped: scan.drop, Aborted: scan.abort, WeightsUpdated: scan.weights, CacheReset: scan.reset,
         Paused: ix.pauses.append, Resumed: ix.resumes.append, RecorderLost: ix.lost.append,
     }
     get = handlers.get
-    ix.t0_ns = next((r.t_ns for r in trace.records if type(getattr(r, "t_ns", None)) is int), None)
     if trace.procs:
         for proc, rec in zip(trace.procs, trace.records):
             h = get(type(rec))
@@ -130,11 +127,12 @@ class _Scanner:
     def __init__(self, ix: Index):
         self.ix = ix
         self.proc = 0
-        self.pending: dict = {}  # (proc, step) -> ({req_id: EngineInc}, resets) until its update arrives
+        # (proc, step) -> ({req_id: EngineInc}, resets) from the schedule the trace index took until the update
+        # it took: the records it did not take (repeats, out of order) are its faults and change nothing here
+        self.pending: dict = {}
+        self.scheduled: set = set()  # keys whose taken schedule was seen (the first of the key in the stream)
         self.resets = 0  # effective cache resets that preempted running requests (their in-flight output is void)
         self.last_reset = None
-        self.last_sched: dict = {}  # proc -> last scheduled step
-        self.last_upd: dict = {}  # proc -> last updated step
         self.adopted: set = set()  # ClientIncs replaced by the admission they preceded: out of client_order
         # group id -> members a group-wide drop still applies to (not superseded, dropped fewer than
         # MAX_GROUP_DROPS times): each drop walks these only, so 100k drops of a big group stay linear
@@ -151,18 +149,11 @@ class _Scanner:
         return incs[-1]
 
     def sched(self, rec: StepScheduled) -> None:
-        ix, proc, s = self.ix, self.proc, rec.step
-        key = (proc, s)
-        last = self.last_sched.get(proc)
-        if key in ix.steps:
-            ix.step_faults.append(("sched_twice", ix.steps[key], rec))
+        ix, proc = self.ix, self.proc
+        key = (proc, rec.step)
+        if key in self.scheduled:
             return
-        if last is not None and s != last + 1:
-            ix.step_faults.append(("sched_order", None, rec, last))
-        self.last_sched[proc] = s if last is None else max(last, s)
-        st = Step(proc, rec)
-        ix.steps[key] = st
-        ix.step_order.append(st)
+        self.scheduled.add(key)
         ix.timeline.append((proc, rec))
         engine = ix.engine
         snap = {}
@@ -171,29 +162,13 @@ class _Scanner:
             snap[q.req_id] = incs[-1] if incs is not None else self._live_engine(q.req_id, proc)
         self.pending[key] = (snap, self.resets)
 
-    def exec(self, rec: StepExecuted) -> None:
-        ix = self.ix
-        ix.n_exec += 1
-        st = ix.steps.get((self.proc, rec.step))
-        if st is None or st.exec is not None or st.upd is not None:
-            ix.step_faults.append(("exec_unscheduled" if st is None else "exec_twice", st, rec))
-            return
-        st.exec = rec
-
     def upd(self, rec: StepUpdated) -> None:
-        ix, proc = self.ix, self.proc
-        ix.n_upd += 1
-        key = (proc, rec.step)
-        st = ix.steps.get(key)
+        ix = self.ix
+        key = (self.proc, rec.step)
         pend = self.pending.pop(key, None)
-        if st is None or pend is None:
-            ix.step_faults.append(("upd_unscheduled" if st is None else "upd_twice", st, rec))
+        if pend is None:
             return
-        last = self.last_upd.get(proc)
-        if last is not None and rec.step <= last:
-            ix.step_faults.append(("upd_order", st, rec, last))
-        self.last_upd[proc] = rec.step
-        st.upd = rec
+        st = ix.steps[key]
         snap, resets = pend
         reset_since = self.last_reset if resets != self.resets else None
         engine = ix.engine
@@ -336,20 +311,11 @@ class _Scanner:
                 self.group_live[rec.group_id] = keep
 
     def finish(self) -> None:
-        """Link client and engine incarnations left unlinked by stream order (engine add seen first); sort the
-        steps never updated into those skipped (a later step of the process was updated) and those still in
-        flight when the trace ends (the recording stopped, or the engine died)."""
+        """Link client and engine incarnations left unlinked by stream order (engine add seen first)."""
         ix = self.ix
         if self.adopted:
             adopted = self.adopted
             ix.client_order = [c for c in ix.client_order if c not in adopted]
-        for (proc, _step), st in ix.steps.items():
-            if st.upd is None:
-                last = self.last_upd.get(proc)
-                if last is not None and st.sched.step < last:
-                    ix.step_faults.append(("upd_missing", st, st.sched, last))
-                else:
-                    ix.in_flight_at_end.setdefault(proc, []).append(st.sched.step)
         for req_id, cincs in ix.client.items():
             eincs = ix.engine.get(req_id)
             if not eincs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from tracesim.format.index import index_steps, index_trace
 from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.writer import TraceWriter
@@ -21,6 +22,20 @@ class Trace:
     skipped: int = 0  # records of kinds unknown to this version, skipped when reading
     _by_type: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _by_type_key: tuple = field(default=(), init=False, repr=False, compare=False)
+    _index: object = field(default=None, init=False, repr=False, compare=False)
+    _index_key: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def index(self, step_records=None, start_ns: int | None = None):
+        """The trace's ``TraceIndex`` (steps paired per process, faults, trace start: format/index.py), built
+        in one pass on first use and kept, so check and plots of one trace share it; rebuilt if ``records``
+        or ``procs`` was replaced or grew. A first caller that has walked the records itself may hand over
+        ``step_records`` and ``start_ns`` (see ``index_steps``) instead of a second walk."""
+        key = (id(self.records), len(self.records), id(self.procs), len(self.procs))
+        if self._index_key != key:
+            self._index = (index_trace(self) if step_records is None
+                           else index_steps(step_records, self.records, start_ns))
+            self._index_key = key
+        return self._index
 
     def of(self, *types) -> list:
         """Records of the given record types, in stream order (a new list each call)."""

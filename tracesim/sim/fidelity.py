@@ -46,11 +46,6 @@ def _finishes(trace) -> list:
     return [(o.req_id, r.end_ns) for r in trace.of(StepUpdated) for o in r.outs if o.finish_reason is not None]
 
 
-def _t0(trace) -> int:
-    ts = [r.t_ns for r in trace.records if hasattr(r, "t_ns")]
-    return min(ts) if ts else 0
-
-
 def _q(errs: list, p: float) -> float:
     return float(np.percentile(errs, p)) if errs else 0.0
 
@@ -73,7 +68,7 @@ def compare(recorded, simulated) -> Fidelity:
     st = [r.t_ns for r in simulated.of(StepScheduled)]
     step_errs = [abs((st[i + 1] - st[i]) - (rt[i + 1] - rt[i])) / max(rt[i + 1] - rt[i], 1)
                  for i in range(min(len(rt), len(st)) - 1)]
-    r0, s0 = _t0(recorded), _t0(simulated)
+    r0, s0 = recorded.index().start_ns, simulated.index().start_ns
     r_add = {r.req_id: r.t_ns - r0 for r in recorded.of(RequestAdded) if r.side == "engine"}
     s_add = {r.req_id: r.t_ns - s0 for r in simulated.of(RequestAdded) if r.side == "engine"}
     s_fin = {rid: t - s0 for rid, t in sf}

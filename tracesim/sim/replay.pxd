@@ -21,9 +21,10 @@ cdef class _Scan:
     cdef public dict execs
     cdef public list picked
     cdef public dict before
+    cdef public list steprecs
 
     @cython.locals(i=Py_ssize_t, actions=Py_ssize_t, t=cython.longlong, t0=cython.longlong)
-    cpdef object _scan(self, records, bint find_t0)
+    cpdef object _scan(self, records, procs, bint find_t0)
 
 
 cdef Py_ssize_t OUT_REQ_ID, OUT_SAMPLED, OUT_FINISH_REASON, OUT_TOKEN_IDS

@@ -39,7 +39,7 @@ from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
 from tracesim.sim.scheduler import SimReq
-from tracesim.sim.steptime import costs_of_steps, first_t_ns
+from tracesim.sim.steptime import costs_of_steps, exec_ns_of
 import tracesim.sim.tuplenew as tuplenew
 from tracesim.sim.timing import ModelTiming, RecordedTiming
 
@@ -84,23 +84,31 @@ class _Scan:
     """What replay reads from a recording, gathered in one pass over its records: a long trace's records
     are mostly steps and output frames, and walking them once per question took a fifth of a replay.
 
-    ``t0``: the first t_ns; ``scheds`` / ``upds``: step -> StepScheduled / StepUpdated (last in stream order);
-    ``execs``: step -> forward-pass ns of its StepExecuted; ``picked``: (stream index, record) of every
-    StepUpdated and input / control record, in stream order; ``before``: stream index of each picked
-    non-step record -> engine actions (sched / upd records) that preceded it (``feed.engine_actions_before``)."""
+    ``t0``: the trace start (the earliest t_ns); ``scheds`` / ``upds``: step -> StepScheduled / StepUpdated
+    (last in stream order) and ``execs``: step -> forward-pass ns of its StepExecuted, of the first engine
+    process: all three from the trace's index (``Trace.index()``, which pairs steps once per trace);
+    ``picked``: (stream index, record) of every StepUpdated and input / control record, in stream order;
+    ``before``: stream index of each picked non-step record -> engine actions (sched / upd records) that
+    preceded it (``feed.engine_actions_before``)."""
 
     def __init__(self, trace):
         try:
-            self.t0 = self._scan(trace.records, True)
+            t0 = self._scan(trace.records, trace.procs, True)
         except (TypeError, OverflowError):  # a t_ns that is no int64 (the compiled build types it): again, without
-            self._scan(trace.records, False)
-            self.t0 = first_t_ns(trace.records)
+            t0 = self._scan(trace.records, trace.procs, False)  # None: the index finds the start
+        # This pass sees every record anyway: it hands the step records and the start to the trace's index,
+        # which pairs them (shared with checks and plots of the same trace) instead of a second walk.
+        ix = trace.index(self.steprecs, t0)
+        self.steprecs = None
+        self.t0 = ix.start_ns
+        _proc, self.scheds, execs, self.upds = ix.engine_steps()
+        self.execs = exec_ns_of(execs)
 
-    def _scan(self, records, find_t0: bool) -> int:
-        """Fill the tables from ``records``; with ``find_t0`` return the earliest t_ns (every event record has
-        it first), else 0."""
-        self.scheds, self.upds, self.execs, self.picked, self.before = {}, {}, {}, [], {}
-        scheds, upds, execs, picked, before = self.scheds, self.upds, self.execs, self.picked, self.before
+    def _scan(self, records, procs, find_t0: bool):
+        """Fill ``picked``, ``before`` and ``steprecs`` ((proc, record) of each step record) from ``records``;
+        with ``find_t0`` return the earliest t_ns (every event record has it first), else None."""
+        self.picked, self.before, self.steprecs = [], {}, []
+        picked, before, steprecs = self.picked, self.before, self.steprecs
         actions = 0
         t0 = records[0][0] if find_t0 and records else 0
         for i, r in enumerate(records):
@@ -112,18 +120,18 @@ class _Scan:
             if kind is OutputDelivered:  # most records: skipped first
                 continue
             if kind is StepScheduled:
-                scheds[r.step] = r
+                steprecs.append((procs[i] if procs else 0, r))
                 actions += 1
             elif kind is StepUpdated:
-                upds[r.step] = r
+                steprecs.append((procs[i] if procs else 0, r))
                 picked.append((i, r))
                 actions += 1
             elif kind is StepExecuted:
-                execs[r.step] = r.end_ns - r.t_ns
+                steprecs.append((procs[i] if procs else 0, r))
             elif kind in _INPUT_TYPES:
                 picked.append((i, r))
                 before[i] = actions
-        return t0
+        return t0 if find_t0 else None
 
     def of_types(self, types) -> list:
         return [(i, r) for i, r in self.picked if type(r) in types]

@@ -15,15 +15,15 @@ from operator import itemgetter
 
 import numpy as np
 
-from tracesim.format.records import EVENT_TYPES, StepExecuted, StepScheduled, StepUpdated
+from tracesim.format.index import index_trace, start_of
+from tracesim.format.records import StepScheduled, StepUpdated
 from tracesim.sim.scenario import StepTime
 from tracesim.sim.timing import batch_features
 
 HOLD_OUT_EVERY = 5
 
-if (any(kind._fields[0] != "t_ns" for kind in EVENT_TYPES)
-        or StepScheduled._fields[:2] != ("t_ns", "end_ns") or StepUpdated._fields[:2] != ("t_ns", "end_ns")):
-    raise TypeError("first_t_ns / _times read t_ns and end_ns as fields 0 and 1: a record type changed them")
+if StepScheduled._fields[:2] != ("t_ns", "end_ns") or StepUpdated._fields[:2] != ("t_ns", "end_ns"):
+    raise TypeError("_times reads t_ns and end_ns as fields 0 and 1: a record type changed them")
 
 
 @dataclass(frozen=True)
@@ -38,25 +38,21 @@ class StepCosts:
 
 
 def first_t_ns(records) -> int:
-    """The earliest ``t_ns`` of the records that have one (0 if none)."""
-    try:
-        return min(map(itemgetter(0), records), default=0)  # C loop: every event record has t_ns first
-    except (TypeError, IndexError):  # not only event records
-        return min((r.t_ns for r in records if hasattr(r, "t_ns")), default=0)
+    """The earliest ``t_ns`` of the records that have one (0 if none): ``format.index.start_of``."""
+    return start_of(records)
 
 
 def step_costs(trace) -> StepCosts:
-    """Measure per-step costs from one engine's sched / upd / exec records (the first engine process)."""
-    scheds, upds, execs = {}, {}, {}
-    for r in trace.records:  # one pass (replay runs this on traces of millions of records)
-        kind = type(r)
-        if kind is StepScheduled:
-            scheds[r.step] = r
-        elif kind is StepUpdated:
-            upds[r.step] = r
-        elif kind is StepExecuted:
-            execs[r.step] = r.end_ns - r.t_ns
-    return costs_of_steps(scheds, upds, execs, first_t_ns(trace.records))
+    """Measure per-step costs from one engine's sched / upd / exec records (the first engine process), paired
+    by the trace's index (``Trace.index()``: built once, shared with replay, checks and plots)."""
+    ix = trace.index() if hasattr(trace, "index") else index_trace(trace)
+    _proc, scheds, execs, upds = ix.engine_steps()
+    return costs_of_steps(scheds, upds, exec_ns_of(execs), ix.start_ns)
+
+
+def exec_ns_of(execs: dict) -> dict:
+    """step -> forward-pass ns, from step -> StepExecuted."""
+    return {k: r.end_ns - r.t_ns for k, r in execs.items()}
 
 
 def costs_of_steps(scheds: dict, upds: dict, execs: dict, t0: int, features: bool = True) -> StepCosts:

@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracesim.format import (
-    Aborted, OutputDelivered, Paused, RequestAdded, Resumed, StepExecuted, StepScheduled, StepUpdated, Trace,
-    WeightsUpdated, read_trace,
-)
+from tracesim.format import Paused, Resumed, Trace, WeightsUpdated, read_trace
 
 
 def as_trace(trace) -> Trace:
@@ -28,8 +25,9 @@ def as_trace(trace) -> Trace:
 
 
 def time_origin_ns(trace: Trace) -> int:
-    """Earliest ``t_ns`` in the trace (0 for an empty one): the zero of every plotted time axis."""
-    return min((r.t_ns for r in trace.records), default=0)
+    """Earliest ``t_ns`` in the trace (0 for an empty one): the zero of every plotted time axis (the trace
+    index's ``start_ns``)."""
+    return trace.index().start_ns
 
 
 @dataclass
@@ -88,16 +86,9 @@ class RequestLane:
 
 
 def extract_steps(trace: Trace, t0_ns: int) -> Steps:
-    """Engine steps of every engine process; execute/update matched to their schedule by (proc, step)."""
-    sched, execs, upds = {}, {}, {}
-    for proc, r in trace.with_procs():
-        t = type(r)
-        if t is StepScheduled:
-            sched[(proc, r.step)] = r
-        elif t is StepExecuted:
-            execs[(proc, r.step)] = r
-        elif t is StepUpdated:
-            upds[(proc, r.step)] = r
+    """Engine steps of every engine process; execute/update matched to their schedule by (proc, step) by the
+    trace's index (the last record of each kind where a trace repeats one)."""
+    sched, execs, upds = trace.index().last_records()
     keys = sorted(sched)
     n = len(keys)
     cols = {name: np.full(n, np.nan) for name in ("exec_start", "exec_end", "upd_start", "upd_end")}

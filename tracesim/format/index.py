@@ -1,0 +1,214 @@
+"""One pass over a trace's records that pairs each engine step's records and finds the trace start.
+
+Every reader of steps (checkers, plots, the step-time fit, replay, fidelity) takes this index from
+``Trace.index()`` instead of pairing records itself: a step is ``(proc, step)``, and its ``StepScheduled`` /
+``StepExecuted`` / ``StepUpdated`` are matched here once, under one rule, with what did not fit recorded as
+faults rather than dropped.
+
+The pairing rule is stream order's: the first ``StepScheduled`` of a key makes the step; an execution counts
+only after its schedule and before its update, an update only after its schedule and once. A merged trace is
+sorted by time, a single-process trace is written in the order things happened, so stream order is the order
+of facts. Records the rule does not take are kept in ``extras`` with which side of the taken ones they fall on,
+so the readers that take the *last* record of a key (plots, step costs: a repeated record overrides) still
+see what they saw when each paired records itself (``last_records``).
+"""
+
+from __future__ import annotations
+
+from itertools import compress, repeat
+from operator import itemgetter
+
+from tracesim.format.records import EVENT_TYPES, StepExecuted, StepScheduled, StepUpdated
+
+if any(kind._fields[0] != "t_ns" for kind in EVENT_TYPES):
+    raise TypeError("start_of reads t_ns as field 0 of every event record: a record type changed that")
+
+
+class Step:
+    """The records of one engine step ``(proc, step)`` the pairing took (``None``: not recorded, or only
+    recorded out of order: see ``TraceIndex.step_faults``)."""
+
+    __slots__ = ("proc", "sched", "exec", "upd")
+
+    def __init__(self, proc: int, sched: StepScheduled):
+        self.proc, self.sched = proc, sched
+        self.exec: StepExecuted | None = None
+        self.upd: StepUpdated | None = None
+
+    def __repr__(self) -> str:
+        return (f"Step(proc={self.proc}, step={self.sched.step}, exec={self.exec is not None}, "
+                f"upd={self.upd is not None})")
+
+
+def start_of(records) -> int:
+    """The trace start: the earliest ``t_ns`` of ``records`` (0 if none). Records are in stream order, which
+    is not time order (a step's record is written when the step ends), so this is a minimum, not the first."""
+    try:
+        return min(map(itemgetter(0), records), default=0)  # C loop: every event record has t_ns first
+    except (TypeError, IndexError):  # not only event records
+        return min((r.t_ns for r in records if hasattr(r, "t_ns")), default=0)
+
+
+class TraceIndex:
+    """What ``index_trace`` found. Attributes:
+
+    ``start_ns``: the earliest t_ns (the zero of plots, replay and fidelity); ``first_ns``: the t_ns of the
+    first record that has an int one (check messages count from it; None if none);
+    ``steps``: (proc, step) -> Step, in order of first schedule (``step_order`` lists the same Steps);
+    ``step_faults``: ``(code, Step or None, record, detail...)`` in stream order, codes ``sched_twice``,
+    ``sched_order`` (detail: the process's previous highest step), ``exec_unscheduled``, ``exec_twice``,
+    ``upd_unscheduled``, ``upd_twice``, ``upd_order`` (detail: the last updated step), then ``upd_missing``
+    (detail: a later step of the process that was updated);
+    ``in_flight_at_end``: proc -> steps scheduled and never updated, none of the process's updates after them;
+    ``extras``: ``(proc, record, late)`` for each step record not taken, in stream order; ``late``: it came
+    after the taken record of its kind (a repeat), else before any (its schedule was not yet seen);
+    ``n_exec`` / ``n_upd``: StepExecuted / StepUpdated records, taken or not.
+    """
+
+    __slots__ = ("_records", "_start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end",
+                 "extras", "n_exec", "n_upd", "_last", "_engine_steps")
+
+    def __init__(self, records=()):
+        self._records = records  # kept for the trace start, computed on first use (check never asks)
+        self._start_ns: int | None = None
+        self.first_ns: int | None = None
+        self.steps: dict = {}
+        self.step_order: list = []
+        self.step_faults: list = []
+        self.in_flight_at_end: dict = {}
+        self.extras: list = []
+        self.n_exec = self.n_upd = 0
+        self._last = None
+        self._engine_steps = None
+
+    @property
+    def start_ns(self) -> int:
+        if self._start_ns is None:
+            self._start_ns, self._records = start_of(self._records), ()
+        return self._start_ns
+
+    def last_records(self) -> tuple:
+        """``(sched, execs, upds)``: dicts (proc, step) -> the *last* StepScheduled / StepExecuted /
+        StepUpdated of that key in stream order, including keys never scheduled (built once, shared)."""
+        if self._last is None:
+            sched, execs, upds = {}, {}, {}
+            for key, st in self.steps.items():
+                sched[key] = st.sched
+                if st.exec is not None:
+                    execs[key] = st.exec
+                if st.upd is not None:
+                    upds[key] = st.upd
+            if self.extras:
+                by_kind = {StepScheduled: sched, StepExecuted: execs, StepUpdated: upds}
+                # Every record that came before the taken one of its key came before the key's schedule,
+                # every repeat after it: so the last of a key is its last repeat, else the taken one, else
+                # the last of those seen early.
+                for proc, rec, late in self.extras:
+                    d = by_kind[type(rec)]
+                    key = (proc, rec.step)
+                    if late or key not in d or not self._taken(key, rec):
+                        d[key] = rec
+            self._last = (sched, execs, upds)
+        return self._last
+
+    def _taken(self, key, rec) -> bool:
+        """Whether ``key`` has a taken record of ``rec``'s kind (an early extra then does not override it)."""
+        st = self.steps.get(key)
+        if st is None:
+            return False
+        return (st.exec if type(rec) is StepExecuted else st.upd if type(rec) is StepUpdated else st.sched) is not None
+
+    def engine_steps(self) -> tuple:
+        """``(proc, sched, execs, upds)`` for one engine: the process that scheduled the first step (0 if
+        none); dicts step -> the last record of each kind of that process (what a step-time fit and an exact
+        replay read; a trace from several engines is one engine's timing per process)."""
+        if self._engine_steps is None:
+            proc = self.step_order[0].proc if self.step_order else 0
+            if not self.extras and all(st.proc == proc for st in self.step_order):  # one engine, well formed
+                sched, execs, upds = {}, {}, {}
+                for st in self.step_order:
+                    k = st.sched.step
+                    sched[k] = st.sched
+                    if st.exec is not None:
+                        execs[k] = st.exec
+                    if st.upd is not None:
+                        upds[k] = st.upd
+            else:
+                sched, execs, upds = ({k[1]: r for k, r in d.items() if k[0] == proc} for d in self.last_records())
+            self._engine_steps = (proc, sched, execs, upds)
+        return self._engine_steps
+
+
+_STEP_TYPES = frozenset((StepScheduled, StepExecuted, StepUpdated))
+
+
+def index_trace(trace) -> TraceIndex:
+    """Index ``trace`` (a ``Trace``: ``records`` and ``procs``) in one pass; never raises on odd content.
+    Use ``trace.index()``, which builds it once per trace."""
+    records = trace.records
+    # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
+    taken = compress(zip(trace.procs, records) if trace.procs else zip(repeat(0), records),
+                     map(_STEP_TYPES.__contains__, map(type, records)))
+    return index_steps(taken, records)
+
+
+def index_steps(step_records, records, start_ns: int | None = None) -> TraceIndex:
+    """The index of ``records`` from ``step_records``: ``(proc, record)`` for each of its StepScheduled /
+    StepExecuted / StepUpdated, in stream order. For a reader that walks every record anyway (replay's
+    compiled scan) and hands over what it saw, with the trace start if it found it (else found on first use)."""
+    ix = TraceIndex(records)
+    ix._start_ns = start_ns
+    ix.first_ns = next((r.t_ns for r in records if type(getattr(r, "t_ns", None)) is int), None)
+    steps, order, faults, extras = ix.steps, ix.step_order, ix.step_faults, ix.extras
+    last_sched: dict = {}  # proc -> highest scheduled step
+    last_upd: dict = {}  # proc -> last updated step
+    n_exec = n_upd = 0
+    get, add_fault, add_extra = steps.get, faults.append, extras.append
+    for proc, rec in step_records:
+        kind = type(rec)
+        if kind is StepScheduled:
+            s = rec.step
+            key = (proc, s)
+            st = get(key)
+            if st is not None:
+                add_fault(("sched_twice", st, rec))
+                add_extra((proc, rec, True))
+                continue
+            last = last_sched.get(proc)
+            if last is not None and s != last + 1:
+                add_fault(("sched_order", None, rec, last))
+            last_sched[proc] = s if last is None or s > last else last
+            steps[key] = st = Step(proc, rec)
+            order.append(st)
+        elif kind is StepExecuted:
+            n_exec += 1
+            st = get((proc, rec.step))
+            if st is None or st.exec is not None or st.upd is not None:
+                add_fault(("exec_unscheduled" if st is None else "exec_twice", st, rec))
+                add_extra((proc, rec, st is not None))
+                continue
+            st.exec = rec
+        else:  # StepUpdated
+            n_upd += 1
+            s = rec.step
+            st = get((proc, s))
+            if st is None or st.upd is not None:
+                add_fault(("upd_unscheduled" if st is None else "upd_twice", st, rec))
+                add_extra((proc, rec, st is not None))
+                continue
+            last = last_upd.get(proc)
+            if last is not None and s <= last:
+                add_fault(("upd_order", st, rec, last))
+            last_upd[proc] = s
+            st.upd = rec
+    ix.n_exec, ix.n_upd = n_exec, n_upd
+    # Steps never updated: skipped if a later step of their process was updated, else still in flight when
+    # the trace ends (the recording stopped, or the engine died).
+    for (proc, _step), st in steps.items():
+        if st.upd is None:
+            last = last_upd.get(proc)
+            if last is not None and st.sched.step < last:
+                faults.append(("upd_missing", st, st.sched, last))
+            else:
+                ix.in_flight_at_end.setdefault(proc, []).append(st.sched.step)
+    return ix
