@@ -19,6 +19,7 @@ from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
 from tracesim.record.capture import plain
 from tracesim.record.convert import Converter
+from tracesim.record.items import PlainAbort, PlainPause, PlainReset, QueuedAdd, QueuedSched, QueuedUpd
 from tracesim.record.sidecar import ProcessSink
 from tracesim.record.sink import RecordSink, host_name, process_anchors
 
@@ -118,8 +119,8 @@ class EngineRecorder:
         # vLLM's block hashes (prefix caching on): at add time they cover exactly the full prompt blocks. The
         # list grows later as outputs are appended, so its length is taken now and the slice made on convert.
         hashes = getattr(request, "block_hashes", None) or ()
-        self.sink.put(("add", t_ns, request.request_id, request.prompt_token_ids, request.sampling_params,
-                       hashes, len(hashes)))
+        self.sink.put(QueuedAdd(t_ns, request.request_id, request.prompt_token_ids, request.sampling_params,
+                                hashes, len(hashes)))
 
     def on_schedule(self, sched, out, t0_ns: int, t1_ns: int) -> None:
         step = self.step
@@ -137,8 +138,8 @@ class EngineRecorder:
         if out.preempted_req_ids:
             self.maybe_stale.update(out.preempted_req_ids)
         running, waiting = sched.get_request_counts()
-        self.sink.put(("sched", t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
-                       int(sched.pause_state), sched.kv_cache_manager.usage))
+        self.sink.put(QueuedSched(t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
+                                  int(sched.pause_state), sched.kv_cache_manager.usage))
 
     def stale_before_update(self, sched, out):
         """Request ids whose output in ``out`` vLLM will treat as stale (preempted while in flight)."""
@@ -158,19 +159,20 @@ class EngineRecorder:
     def on_update(self, sched, out, result, stale, t0_ns: int, t1_ns: int) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         step = getattr(out, "_tracesim_step", -1)
-        self.sink.put(("upd", t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale))
+        self.sink.put(QueuedUpd(t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale))
 
     def on_finish(self, requests, status, t_ns: int) -> None:
-        self.sink.put(("abort", t_ns, [r.request_id for r in requests], getattr(status, "name", str(status))))
+        self.sink.put(PlainAbort(PlainAbort.KIND, t_ns, [r.request_id for r in requests],
+                                 getattr(status, "name", str(status))))
 
     def on_pause_state(self, before: int, after: int, t_ns: int) -> None:
         if before != after:
-            self.sink.put(("pause", t_ns, before, after))
+            self.sink.put(PlainPause(PlainPause.KIND, t_ns, before, after))
 
     def on_cache_reset(self, t_ns: int, ok: bool, reset_running: bool, running) -> None:
         if reset_running:
             self.maybe_stale.update(running)
-        self.sink.put(("reset", t_ns, ok, reset_running))
+        self.sink.put(PlainReset(PlainReset.KIND, t_ns, ok, reset_running))
 
     def failed(self, exc: BaseException) -> None:
         """A hook raised: count the lost event, warn once. Never raises."""
