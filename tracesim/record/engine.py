@@ -25,6 +25,9 @@ from tracesim.record.sink import RecordSink, host_name, process_anchors
 
 _now = time.monotonic_ns
 _placeholders_of = attrgetter("num_output_placeholders")
+# The per-step items are built with tuple.__new__: a NamedTuple's own __new__ is a Python call (~0.5 us) on
+# the scheduler's critical path; the fields are the same, in declaration order.
+_new = tuple.__new__
 # Queued engine items hold vLLM's per-step objects (tens of KB for a large batch each): past this many
 # (minutes of steps at a normal pace) a stalled writer makes the recorder drop steps, not the engine run
 # out of memory.
@@ -119,8 +122,8 @@ class EngineRecorder:
         # vLLM's block hashes (prefix caching on): at add time they cover exactly the full prompt blocks. The
         # list grows later as outputs are appended, so its length is taken now and the slice made on convert.
         hashes = getattr(request, "block_hashes", None) or ()
-        self.sink.put(QueuedAdd(t_ns, request.request_id, request.prompt_token_ids, request.sampling_params,
-                                hashes, len(hashes)))
+        self.sink.put(_new(QueuedAdd, (t_ns, request.request_id, request.prompt_token_ids,
+                                       request.sampling_params, hashes, len(hashes))))
 
     def on_schedule(self, sched, out, t0_ns: int, t1_ns: int) -> None:
         step = self.step
@@ -138,8 +141,8 @@ class EngineRecorder:
         if out.preempted_req_ids:
             self.maybe_stale.update(out.preempted_req_ids)
         running, waiting = sched.get_request_counts()
-        self.sink.put(QueuedSched(t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
-                                  int(sched.pause_state), sched.kv_cache_manager.usage))
+        self.sink.put(_new(QueuedSched, (t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
+                                         int(sched.pause_state), sched.kv_cache_manager.usage)))
 
     def stale_before_update(self, sched, out):
         """Request ids whose output in ``out`` vLLM will treat as stale (preempted while in flight)."""
@@ -159,7 +162,7 @@ class EngineRecorder:
     def on_update(self, sched, out, result, stale, t0_ns: int, t1_ns: int) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         step = getattr(out, "_tracesim_step", -1)
-        self.sink.put(QueuedUpd(t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale))
+        self.sink.put(_new(QueuedUpd, (t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale)))
 
     def on_finish(self, requests, status, t_ns: int) -> None:
         self.sink.put(PlainAbort(PlainAbort.KIND, t_ns, [r.request_id for r in requests],
