@@ -14,6 +14,7 @@ import os
 import time
 from operator import attrgetter
 
+from tracesim.format.engine_settings import EngineSettings
 from tracesim.format.header import make_header
 from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
@@ -34,29 +35,35 @@ _new = tuple.__new__
 ENGINE_MAX_PENDING = 20_000
 
 
-def engine_config_of(scheduler, is_async: bool) -> dict:
-    """Settings of the engine that matter to timing and binding, for the trace header."""
+def engine_config_of(scheduler, is_async: bool) -> EngineSettings:
+    """Settings of the engine that matter to timing and binding, for the trace header (vLLM's names)."""
     cfg = {"scheduler": "AsyncScheduler" if is_async else "Scheduler", "async_scheduling": is_async}
     try:
         vc = scheduler.vllm_config
         sc, cc = vc.scheduler_config, vc.cache_config
-        cfg.update(
-            max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
-            chunked_prefill=bool(sc.enable_chunked_prefill), enable_prefix_caching=bool(cc.enable_prefix_caching),
-            block_size=cc.block_size, num_gpu_blocks=cc.num_gpu_blocks, model=str(vc.model_config.model),
-            max_model_len=vc.model_config.max_model_len, max_concurrent_batches=vc.max_concurrent_batches,
-            data_parallel_size=vc.parallel_config.data_parallel_size,
+        # Cast: the header's types are checked, and a vLLM may hand out numpy ints or enums.
+        full = dict(cfg,
+            max_num_seqs=_int(sc.max_num_seqs), max_num_batched_tokens=_int(sc.max_num_batched_tokens),
+            enable_chunked_prefill=bool(sc.enable_chunked_prefill),
+            enable_prefix_caching=bool(cc.enable_prefix_caching), block_size=_int(cc.block_size),
+            num_gpu_blocks=_int(cc.num_gpu_blocks), model=str(vc.model_config.model),
+            max_model_len=_int(vc.model_config.max_model_len), max_concurrent_batches=_int(vc.max_concurrent_batches),
+            data_parallel_size=_int(vc.parallel_config.data_parallel_size),
+            # Admission rules replay needs (getattr: older vLLMs lack them, and then behave as the defaults say).
+            scheduler_reserve_full_isl=bool(getattr(sc, "scheduler_reserve_full_isl", False)),
+            watermark=float(getattr(sc, "watermark", 0.0)),
+            long_prefill_token_threshold=int(getattr(sc, "long_prefill_token_threshold", 0) or 0),
         )
-        # Admission rules replay needs (getattr: older vLLMs lack them, and then behave as the defaults say).
-        cfg["scheduler_reserve_full_isl"] = bool(getattr(sc, "scheduler_reserve_full_isl", False))
-        cfg["watermark"] = float(getattr(sc, "watermark", 0.0))
-        cfg["long_prefill_token_threshold"] = int(getattr(sc, "long_prefill_token_threshold", 0) or 0)
         import vllm  # already loaded: we run inside the engine
 
-        cfg["vllm_version"] = getattr(vllm, "__version__", "unknown")
+        full["vllm_version"] = str(getattr(vllm, "__version__", "unknown"))
+        return EngineSettings(full)
     except Exception:  # a vLLM that moved a field: the header just says less
-        pass
-    return cfg
+        return EngineSettings(cfg)
+
+
+def _int(value):
+    return None if value is None else int(value)
 
 
 def dp_rank_of(scheduler) -> int:
