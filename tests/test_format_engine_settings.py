@@ -185,3 +185,19 @@ def test_info_lists_known_settings_in_their_declared_order_then_unknown_ones(tmp
     assert list(summary["engine_config"]) == ["scheduler", "enable_chunked_prefill", "watermark", "zz_own"]
     assert "engine     scheduler=Scheduler, enable_chunked_prefill=True, watermark=0.5, zz_own=1" \
         in format_summary(summary)
+
+
+def test_a_merge_keeps_the_engine_cores_settings_and_what_only_the_client_states():
+    from tracesim.format.merge import merge_traces
+    from tracesim.format.records import ProcessInfo
+    from tracesim.format.header import make_header
+    from tracesim.format.trace import Trace
+
+    client = Trace(make_header("vllm", (ProcessInfo("client", "h", 1),),
+                               engine_config={"workload": {"groups": 2}, "max_num_seqs": 99}), [])
+    engine = Trace(make_header("vllm", (ProcessInfo("engine-core", "h", 2),), engine_config=RECORDED), [])
+    merged = merge_traces([client, engine]).header.engine_config
+    assert type(merged) is EngineSettings
+    assert merged.max_num_seqs == 16 and merged.enable_chunked_prefill is True  # the engine core's
+    assert merged.workload == {"groups": 2}
+    assert list(merged)[-1] == "workload"
