@@ -5,11 +5,14 @@ Everything else is in pyproject.toml. A failed build costs speed, never function
 * ``tracesim.format._fastcols`` (a .pyx) has a pure-Python reference implementation in columns.py;
 * the simulator's hot modules (``SIM_MODULES``) are compiled from their own .py files, typed by the .pxd
   beside each; the .py files run as they are where the build is missing or stale (tracesim/sim/_compiled.py).
-  ``tracesim/sim/_built_from.py`` records what was compiled from which sources, for that check.
+
+``tracesim/_built_from.py`` records what was compiled from which sources (digests), for both: the one check of
+whether a compiled build is current is tracesim/compiled.py.
 """
 
-import hashlib
+import importlib.util
 import os
+import sys
 
 from setuptools import Extension, setup
 
@@ -20,16 +23,15 @@ SIM_SOURCES = sorted([f"{m}.py" for m in SIM_MODULES] + [f for f in os.listdir(S
 
 
 def write_build_record() -> None:
-    """tracesim/sim/_built_from.py: the compiled modules and the sha256 of each source they are built from."""
-    digests = {}
-    for name in SIM_SOURCES:
-        with open(os.path.join(SIM_DIR, name), "rb") as f:
-            digests[name] = hashlib.sha256(f.read()).hexdigest()
-    lines = ['"""Written by setup.py when it compiles the simulator (see tracesim/sim/_compiled.py)."""', "",
-             f"MODULES = {SIM_MODULES!r}", "SOURCES = {"]
-    lines += [f"    {name!r}: {digest!r}," for name, digest in digests.items()] + ["}", ""]
-    with open(os.path.join(SIM_DIR, "_built_from.py"), "w") as f:
-        f.write("\n".join(lines))
+    """tracesim/_built_from.py: each compiled group, its modules and the sha256 of each source they are built from.
+    Written and read by one module, tracesim/compiled.py (loaded by its path: the package is not importable here)."""
+    spec = importlib.util.spec_from_file_location("_tracesim_compiled", os.path.join("tracesim", "compiled.py"))
+    compiled = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = compiled  # dataclasses look their module up
+    spec.loader.exec_module(compiled)
+    compiled.write_record({"tracesim.sim": (SIM_MODULES, SIM_SOURCES),
+                           "tracesim.format": (("_fastcols",), ("_fastcols.pyx",))},
+                          root=os.path.abspath("tracesim"))
 
 
 try:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from tracesim.format import records as R
+from tracesim.format.engine_settings import SETTINGS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "trace-format.md"
 BEGIN, END = "<!-- BEGIN generated record tables -->", "<!-- END generated record tables -->"
@@ -62,8 +63,23 @@ def section(cls, title: str) -> str:
     return f"### {title}\n\n{doc}{table(cls)}\n"
 
 
+def engine_settings() -> str:
+    """The known keys of Header.engine_config, from their declarations in format/engine_settings.py."""
+    rows = ["| key | type | meaning | older name |", "|---|---|---|---|"]
+    for key, s in SETTINGS.items():
+        kind = " \\| ".join([t.__name__ for t in s.types] + ["None"])
+        old = ", ".join(f"`{name}`" for name in s.old_names)
+        rows.append(f"| `{key}` | `{kind}` | {s.meaning.replace('|', chr(92) + '|')} | {old} |")
+    return ("### Engine settings — `Header.engine_config`\n\n"
+            "A map on disk; read as an `EngineSettings` (an immutable mapping with a named attribute per key, "
+            "`format/engine_settings.py`). Every source writes these names; older names are read as the current "
+            "one. Any key may be absent or null (the source did not say); keys a reader does not know are kept "
+            "and written back.\n\n" + "\n".join(rows) + "\n")
+
+
 def generate() -> str:
-    parts = ["## Header\n", section(R.Header, "Header — kind `header`"), section(R.ProcessInfo, "ProcessInfo")]
+    parts = ["## Header\n", section(R.Header, "Header — kind `header`"), section(R.ProcessInfo, "ProcessInfo"),
+             engine_settings()]
     parts.append("## Event records\n")
     parts += [section(cls, f"{cls.__name__} — kind `{cls.KIND}`") for cls in R.EVENT_TYPES]
     parts.append("## Nested entries\n")

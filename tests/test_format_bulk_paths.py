@@ -13,6 +13,7 @@ import pytest
 
 from tracesim.format import TraceFormatError, TraceReader, TraceWriter, TruncatedTraceWarning, read_trace, write_trace
 from tracesim.format import reader as reader_module
+from tracesim.format.engine_settings import RENAMED
 from tracesim.format.records import OutReq, ProcessInfo, RewardBound, StepScheduled, StepUpdated
 from tracesim.format.synthetic import synthetic_trace
 
@@ -59,11 +60,25 @@ def small_chunks(monkeypatch):
 def test_bundled_recordings_read_the_same_records_by_both_paths_and_write_back_byte_for_byte(path, tmp_path):
     bulk = _bulk(path)
     assert bulk == _reference(path)
-    # Written back, every frame has the bytes msgpack-python gives it, and the file is the original's.
+    # Written back, every frame has the bytes msgpack-python gives it, and every event frame is the
+    # original's; the header's engine settings are written under their current names (engine_settings.py).
     out = tmp_path / "copy.msgpack"
     write_trace(out, read_trace(path))
     trace = read_trace(path)
-    assert out.read_bytes() == _packed(trace.header, trace.records, trace.procs) == path.read_bytes()
+    assert out.read_bytes() == _packed(trace.header, trace.records, trace.procs)
+    (old_header, old_events), (new_header, new_events) = _split(path.read_bytes()), _split(out.read_bytes())
+    assert new_events == old_events
+    old_settings, new_settings = msgpack.unpackb(old_header)[1][5], msgpack.unpackb(new_header)[1][5]
+    assert new_settings == {RENAMED.get(k, k): v for k, v in old_settings.items()}
+    assert (new_header == old_header) == (not RENAMED.keys() & old_settings.keys())
+
+
+def _split(data: bytes) -> tuple:
+    """(header frame, event frames) of a stream's bytes."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    unpacker.skip()
+    return data[:unpacker.tell()], data[unpacker.tell():]
 
 
 def test_chunk_edges_procs_and_newer_minor_frames_mid_chunk(small_chunks, tmp_path):

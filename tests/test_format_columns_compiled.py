@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -27,7 +31,8 @@ from tracesim.format.synthetic import synthetic_trace
 from helpers import header
 from strategies import EVENT_RECORDS, HEADERS
 
-TRACES = sorted((Path(__file__).resolve().parents[1] / "traces").glob("*.msgpack"))
+REPO = Path(__file__).resolve().parents[1]
+TRACES = sorted((REPO / "traces").glob("*.msgpack"))
 
 needs_compiled = pytest.mark.skipif(not compiled_available(), reason="the compiled columnizer is not built here")
 
@@ -40,16 +45,66 @@ def test_compiled_columnizer_is_built_where_ci_requires_it():
     assert compiled_available()
 
 
-def test_a_compiled_module_older_than_its_source_is_detected(tmp_path):
-    built, source = tmp_path / "m.so", tmp_path / "m.pyx"
-    built.write_bytes(b"")
-    source.write_text("")
-    os.utime(built, (1_000, 1_000))
-    os.utime(source, (2_000, 2_000))  # edited after the build: the compiled module is not used
-    assert columns.built_before_source(str(built), str(source))
-    os.utime(built, (3_000, 3_000))
-    assert not columns.built_before_source(str(built), str(source))
-    assert not columns.built_before_source(str(built), str(tmp_path / "not-shipped.pyx"))
+_WHICH = textwrap.dedent("""
+    import warnings
+    warnings.simplefilter("always")
+    from tracesim.format import columns
+    from tracesim.format.synthetic import synthetic_trace
+    from tracesim.format import write_trace
+    write_trace("t.msgpack", synthetic_trace(waves=1, seed=1))
+    print(columns.compiled_available(), len(columns.read_columns("t.msgpack")["sched"]["step"]) > 0)
+""")
+
+
+@pytest.fixture
+def build_copy(tmp_path):
+    """A copy of the built package (the columnizer and the build record included), importable first."""
+    if not compiled_available():
+        pytest.skip("the compiled columnizer is not built here")
+    shutil.copytree(REPO / "tracesim", tmp_path / "tracesim", ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    return tmp_path
+
+
+def _which(copy: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _WHICH], cwd=copy, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(copy), "TRACESIM_PURE_PYTHON": "0", **env})
+
+
+def test_a_copy_of_the_build_reads_compiled(build_copy):
+    run = _which(build_copy)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "True"] and "RuntimeWarning" not in run.stderr
+
+
+def test_a_columnizer_source_edited_after_the_build_is_not_used(build_copy):
+    with open(build_copy / "tracesim" / "format" / "_fastcols.pyx", "a") as f:
+        f.write("\n# edited after the build\n")
+    run = _which(build_copy)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"]
+    assert "_fastcols.pyx changed after the compiled modules were built" in run.stderr
+
+
+def test_a_columnizer_without_a_build_record_is_not_used(build_copy):
+    (build_copy / "tracesim" / "_built_from.py").unlink()
+    run = _which(build_copy)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"]
+    assert "compiled modules without a build record (_fastcols)" in run.stderr
+
+
+def test_a_missing_columnizer_reads_with_the_reference_without_a_warning(build_copy):
+    for built in (build_copy / "tracesim" / "format").glob("_fastcols.*.so"):
+        built.unlink()
+    run = _which(build_copy)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"] and "RuntimeWarning" not in run.stderr
+
+
+def test_pure_python_setting_reads_with_the_reference_without_a_warning(build_copy):
+    run = _which(build_copy, TRACESIM_PURE_PYTHON="1")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"] and "RuntimeWarning" not in run.stderr
 
 
 def read_both(path, monkeypatch):

@@ -8,11 +8,15 @@ import textwrap
 import time
 import warnings
 
+import msgpack
 import pytest
 
 from tracesim.format import Paused, RecorderLost, RequestAdded, Resumed, read_trace
 from tracesim.format.records import Header, ProcessInfo
 from tracesim.record.convert import Converter
+from tracesim.record.items import (
+    PlainAbort, PlainAdd, PlainLost, PlainPause, PlainReset, PlainSched, PlainUpd, from_wire,
+)
 from tracesim.record.sidecar import ProcessSink
 
 
@@ -27,7 +31,7 @@ def _sink(path, **kw):
 
 
 def _plain_add(i):
-    return ("add", i, f"r{i}-0123abcd", [3, 4, 5], 8, None, [])
+    return PlainAdd(PlainAdd.KIND, i, f"r{i}-0123abcd", [3, 4, 5], 8, None, [])
 
 
 def test_converter_process_writes_every_item_in_order(tmp_path):
@@ -36,8 +40,8 @@ def test_converter_process_writes_every_item_in_order(tmp_path):
     assert sink.converter_pid is not None and sink.converter_pid != os.getpid()
     for i in range(300):
         sink.put(_plain_add(i))
-    sink.put(("pause", 300, 0, 2))
-    sink.put(("pause", 301, 2, 0))
+    sink.put(PlainPause(PlainPause.KIND, 300, 0, 2))
+    sink.put(PlainPause(PlainPause.KIND, 301, 2, 0))
     sink.close()
     records = read_trace(path).records
     assert [r.req_id for r in records if isinstance(r, RequestAdded)] == [f"r{i}" for i in range(300)]
@@ -51,7 +55,7 @@ def test_items_that_fail_to_pack_are_counted_and_recorded_as_lost(tmp_path):
         warnings.simplefilter("ignore")
         sink = _sink(path)
         sink.put(_plain_add(1))
-        sink.put(("add", 2, object()))  # msgpack cannot pack it: dropped on the engine side
+        sink.put(_plain_add(2)._replace(prompt_ids=object()))  # msgpack cannot pack it: dropped on the engine side
         sink.put(_plain_add(3))
         sink.close()
     records = read_trace(path).records
@@ -136,3 +140,50 @@ def test_process_and_thread_conversion_record_the_same_run(tmp_path, monkeypatch
                                       record_tokens=True)
     assert len(traces["process"].records) > 100
     assert untimed(traces["process"]) == untimed(traces["thread"])
+
+
+def _every_kind() -> list:
+    """One plain item of every kind, as capture.plain and the hooks make them."""
+    return [
+        _plain_add(1), _plain_add(2),
+        PlainSched(PlainSched.KIND, 10, 11, 0, {"r1-0123abcd": 3, "r2-0123abcd": 3},
+                   [("r1-0123abcd", 0), ("r2-0123abcd", 0)], [], [], [], {}, None, [], [], 2, 0, 1, 0, 0.25),
+        PlainUpd(PlainUpd.KIND, 12, 13, 0, 1, None, [1, 1], ["stop", None], None, [[7], [8]], [[-0.5], None]),
+        PlainAbort(PlainAbort.KIND, 14, ["r2-0123abcd"], "FINISHED_ABORTED"),
+        PlainPause(PlainPause.KIND, 15, 0, 1), PlainReset(PlainReset.KIND, 16, True, False),
+        PlainPause(PlainPause.KIND, 17, 1, 0), PlainLost(PlainLost.KIND, 18, 3),
+    ]
+
+
+def test_plain_items_cross_the_pipe_as_kind_tagged_arrays_and_are_named_again():
+    for item in _every_kind():
+        wire = msgpack.unpackb(msgpack.packb(item, use_bin_type=True), use_list=False, strict_map_key=False)
+        assert wire[0] == item.kind == type(item).KIND and len(wire) == len(item._fields)
+        named = from_wire(wire)
+        assert type(named) is type(item) and named._asdict().keys() == item._asdict().keys()
+    for bad in [("nope", 1), ("add", 1, "r"), ()]:
+        with pytest.raises(ValueError, match="not a recorder item"):
+            from_wire(bad)
+
+
+def test_the_converter_process_and_the_thread_build_the_same_records_from_every_kind(tmp_path, monkeypatch):
+    paths = {"process": tmp_path / "p.msgpack", "thread": tmp_path / "t.msgpack"}
+    sink = _sink(paths["process"])
+    assert sink.converter_pid is not None
+    for item in _every_kind():
+        sink.put(item)
+    sink.close()
+
+    def no_processes(*args, **kwargs):
+        raise OSError("fork not allowed here")
+
+    monkeypatch.setattr(subprocess, "Popen", no_processes)
+    sink = _sink(paths["thread"])
+    assert sink.converter_pid is None
+    for item in _every_kind():
+        sink.put(item)
+    sink.close()
+    process, thread = (read_trace(p).records for p in paths.values())
+    assert process == thread
+    assert [r.KIND for r in process] == ["add", "add", "sched", "upd", "abort", "pause", "cache_reset", "resume", "lost"]
+    assert process[3].outs[0].finish_reason == "stop" and process[3].outs[0].token_ids == (7,)

@@ -141,7 +141,7 @@ def test_pure_python_setting_runs_the_sources_without_a_warning(build_copy):
 
 
 def test_compiled_modules_without_a_build_record_are_not_used(build_copy):
-    (build_copy / "tracesim" / "sim" / "_built_from.py").unlink()
+    (build_copy / "tracesim" / "_built_from.py").unlink()
     run = _which(build_copy)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False", "True", "True", "True"]

@@ -52,7 +52,7 @@ def step_versions(ix) -> dict:
     for w in sorted(ix.weights, key=lambda w: (w.set_ns if w.set_ns is not None else w.end_ns)):
         times.append(w.set_ns if w.set_ns is not None else w.end_ns)
         versions.append(w.version)
-    initial = (ix.header.engine_config or {}).get("weight_version") if ix.header else None
+    initial = ix.header.engine_config.weight_version if ix.header else None
     if initial is None:
         # the weights before the first recorded update: the version before it, where versions are numbers;
         # else the version the engine stamped on its earliest step

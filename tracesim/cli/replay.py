@@ -56,7 +56,7 @@ def run(args) -> int:
                      scheduler_backend=args.scheduler, loop_policy=loop_policy)
     write_trace(args.output, out)
     result = {"output": args.output, "records": len(out.records),
-              "scheduler": out.header.engine_config.get("scheduler_backend", "native"), **compare(trace, out).to_dict()}
+              "scheduler": out.header.engine_config.scheduler_backend, **compare(trace, out).to_dict()}
     if args.compare_backends:
         both = run_both(trace=trace, scenario=scenario, seed=args.seed, timing=args.timing, steptime=steptime)
         result["backends"] = compare_backends(both["native"], both["vllm"]).to_dict()

@@ -72,10 +72,10 @@ class MeetingPoints:
 
 def meeting_points(trace) -> MeetingPoints:
     m = MeetingPoints()
-    ec = trace.header.engine_config or {}
-    m.block_size = int(ec.get("block_size", 16) or 16)
-    m.async_scheduling = bool(ec.get("async_scheduling", False))
-    m.prefix_caching = bool(ec.get("enable_prefix_caching", True))
+    ec = trace.header.engine_config  # settings the trace does not state keep MeetingPoints' defaults
+    m.block_size = ec.block_size or m.block_size
+    m.async_scheduling = bool(ec.async_scheduling)
+    m.prefix_caching = ec.enable_prefix_caching is not False
     seen_req, final_step, first_step, pause_n, resume_n = set(), {}, {}, 0, 0
     for r in trace.records:
         kind = type(r)

@@ -23,6 +23,7 @@ from typing import Annotated, NamedTuple, Union
 
 import msgspec
 
+from tracesim.format.engine_settings import EngineSettings
 from tracesim.format.errors import FieldError, short_repr
 from tracesim.format.records import EVENT_KINDS, Header
 
@@ -32,10 +33,8 @@ MAX_ARRAY_LEN = 1 << 20
 MAX_MAP_LEN = 1 << 16
 MAX_FRAME_BYTES = 64 << 20
 
-_SCALARS = {int: (int,), str: (str,), bool: (bool,), float: (float, int), dict: (dict,), type(None): (type(None),)}
-
-# Header.engine_config entries that the checkers and the simulator read, and the types they accept.
-ENGINE_CONFIG_TYPES: dict = {"weight_version": (int, str, type(None))}
+_SCALARS = {int: (int,), str: (str,), bool: (bool,), float: (float, int), dict: (dict,), type(None): (type(None),),
+            EngineSettings: (dict,)}  # a map on disk; build_header reads it into an EngineSettings
 
 
 class _Spec(NamedTuple):
@@ -169,15 +168,10 @@ def _check_elements(elements: tuple, values: tuple, path: str) -> tuple:
 
 
 def build_header(fields, path: str = "header") -> Header:
-    """``Header`` built from a decoded array (see ``build``), with the engine_config entries that readers of
-    the trace use checked too (``ENGINE_CONFIG_TYPES``); raise FieldError."""
+    """``Header`` built from a decoded array (see ``build``), its engine configuration read into an
+    ``EngineSettings`` (old key names mapped to the current ones, known keys' types checked); raise FieldError."""
     header = build(HEADER_SPEC, fields, path)
-    config = header.engine_config
-    for key, types in ENGINE_CONFIG_TYPES.items():
-        if key in config and not isinstance(config[key], types):
-            raise FieldError(f"{path}.engine_config.{key}", f"expected {_type_names(types)}, got "
-                             f"{type(config[key]).__name__}")
-    return header
+    return header._replace(engine_config=EngineSettings(header.engine_config, f"{path}.engine_config"))
 
 
 def _type_names(types: tuple) -> str:

@@ -20,6 +20,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from tracesim import compiled as _build
 from tracesim.gcpause import cyclic_gc_paused
 
 from tracesim.format.codec import SPECS
@@ -28,26 +29,19 @@ from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.trace import Trace
 
-try:  # the compiled fast path, built at install time (setup.py); the pure-Python path below is the reference
-    from tracesim.format import _fastcols
-except ImportError:  # built without a C compiler, or running from a source tree that was never built
-    _fastcols = None
-
-
-def built_before_source(built: str, source: str) -> bool:
-    """Whether the compiled module ``built`` is older than ``source`` (an edit or a pull since the last
-    ``pip install -e .``, which is what rebuilds it). False where the source is not shipped."""
+# The compiled fast path, built at install time (setup.py), used only while it was built from the current
+# _fastcols.pyx (tracesim/compiled.py: the one check of whether a compiled build is current); the pure-Python
+# path below is the reference.
+BUILD = _build.status(__name__.rpartition(".")[0])
+_fastcols = None
+if BUILD.compiled:
     try:
-        return os.stat(source).st_mtime > os.stat(built).st_mtime
-    except OSError:
-        return False
-
-
-if _fastcols is not None and built_before_source(_fastcols.__file__,
-                                                 os.path.join(os.path.dirname(__file__), "_fastcols.pyx")):
-    warnings.warn("tracesim/format/_fastcols.pyx changed after its compiled module was built: reading with the "
-                  "pure-Python columnizer until `pip install -e .` rebuilds it", RuntimeWarning, stacklevel=2)
-    _fastcols = None
+        from tracesim.format import _fastcols
+    except ImportError:  # e.g. built for another interpreter
+        _fastcols = None
+elif BUILD.stale:
+    warnings.warn(f"tracesim.format: {BUILD.reason} (the pure-Python columnizer reads meanwhile)", RuntimeWarning,
+                  stacklevel=2)
 
 
 @dataclass
@@ -150,7 +144,7 @@ _KIND_CODE = {kind: code for code, kind in enumerate(SPECS)}
 
 def compiled_available() -> bool:
     """Whether reading uses the compiled columnizer (``TRACESIM_PURE_PYTHON=1`` turns it off)."""
-    return _fastcols is not None and os.environ.get("TRACESIM_PURE_PYTHON", "") in ("", "0")
+    return _fastcols is not None and not _build.pure_python()
 
 
 def _tables_from_frames(frames: list) -> dict:

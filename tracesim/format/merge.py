@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from tracesim.format.engine_settings import EngineSettings
 from tracesim.format.records import Header, ProcessInfo
 from tracesim.format.trace import Trace, read_trace
 
@@ -60,11 +61,16 @@ def _merged_header(traces: list, processes: tuple, source: str | None) -> Header
     sources = {t.header.source for t in traces}
     engine = next((t.header for t in traces if any(p.role.startswith("engine") for p in t.header.processes)),
                   first)
+    # The engine core's settings, and the settings only other processes state (e.g. the client's workload).
+    settings = dict(engine.engine_config)
+    for t in traces:
+        for key, value in t.header.engine_config.items():
+            settings.setdefault(key, value)
     inputs = dict(first.inputs)
     inputs["merged_from"] = [str(t.path) if t.path else f"<trace {i}>" for i, t in enumerate(traces)]
     return first._replace(
         source=source or (first.source if len(sources) == 1 else "vllm" if "vllm" in sources else first.source),
-        processes=processes, engine_config=engine.engine_config, inputs=inputs,
+        processes=processes, engine_config=EngineSettings(settings), inputs=inputs,
         created_wall_ns=min(t.header.created_wall_ns for t in traces))
 
 

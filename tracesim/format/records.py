@@ -18,6 +18,8 @@ from typing import Annotated, NamedTuple
 
 import msgspec
 
+from tracesim.format.engine_settings import EngineSettings
+
 # Field types are real annotations: the reader validates every field against them (in C, by msgspec; see
 # codec.py). Int32: token ids, which the digests hash as int32 (digest.py).
 Int32 = Annotated[int, msgspec.Meta(ge=-(1 << 31), le=(1 << 31) - 1)]
@@ -46,7 +48,7 @@ class Header(NamedTuple):
     tracesim_version: str  # version of the tracesim that wrote the file
     source: str  # "vllm" (recorded), "sim" (simulated) or "synthetic" (generated without an engine)
     processes: tuple[ProcessInfo, ...]  # index = proc of each record
-    engine_config: dict = {}  # settings of the engine that matter to timing and binding
+    engine_config: EngineSettings = EngineSettings()  # the engine's settings: a map on disk (engine_settings.py)
     seed: int | None = None  # simulated traces: the seed of the run
     inputs: dict = {}  # simulated traces: base trace / scenario and perturbations that made it
     created_wall_ns: int = 0  # wall clock (time.time_ns) when the trace was started; 0 in simulated traces

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tracesim.format.engine_settings import SETTINGS
 from tracesim.format.records import (
     Aborted, OutputDelivered, RequestAdded, StepExecuted, StepScheduled, StepUpdated, WeightsUpdated,
 )
@@ -35,7 +36,7 @@ def summarize(trace: Trace, size_bytes: int | None = None, truncated_bytes: int 
         "tracesim_version": header.tracesim_version,
         "source": header.source,
         "processes": [p._asdict() for p in header.processes],
-        "engine_config": header.engine_config,
+        "engine_config": _settings_in_order(header.engine_config),
         "seed": header.seed,
         "inputs": header.inputs,
         "records": len(trace.records),
@@ -50,6 +51,13 @@ def summarize(trace: Trace, size_bytes: int | None = None, truncated_bytes: int 
         "requests_aborted": len(aborted),
         "weight_versions": sorted(versions),
     }
+
+
+def _settings_in_order(settings) -> dict:
+    """The known engine settings in their declared order (engine_settings.py), then the keys this version does
+    not know, as the trace has them."""
+    known = {key: settings[key] for key in SETTINGS if key in settings}
+    return {**known, **settings.extras()}
 
 
 def format_summary(s: dict) -> str:

@@ -38,7 +38,7 @@ def synthetic_trace(*, waves: int = 3, groups_per_wave: int = 4, group_size: int
     gen.events.sort(key=lambda e: e[0])  # stable: ties keep generation order
     header = make_header(
         "synthetic", (ProcessInfo("synthetic", "synthetic", 0),),
-        engine_config={"async_scheduling": False, "token_budget": token_budget, "pause_mode": "abort",
+        engine_config={"async_scheduling": False, "max_num_batched_tokens": token_budget, "pause_mode": "abort",
                        "clear_cache": True},
         seed=seed,
         inputs={"generator": "tracesim.format.synthetic", "waves": waves, "groups_per_wave": groups_per_wave,

@@ -18,9 +18,10 @@ from itertools import repeat
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import (
-    UNPAUSED, Aborted, CacheReset, OutReq, Paused, RecorderLost, RequestAdded, Resumed, SchedReq, StepScheduled,
-    StepUpdated, check_arity,
+    PAUSED_ALL, UNPAUSED, Aborted, CacheReset, OutReq, Paused, RecorderLost, RequestAdded, Resumed, SchedReq,
+    StepScheduled, StepUpdated, check_arity,
 )
+from tracesim.record.items import PlainAbort, PlainAdd, PlainLost, PlainPause, PlainReset, PlainSched, PlainUpd
 
 _SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 _new = tuple.__new__  # a NamedTuple from all its values, without its Python-level __new__ (hot loops)
@@ -57,6 +58,8 @@ class Converter:
         self._ids: dict = {}
         self._prompt_len: dict = {}  # internal id -> prompt tokens: splits prefill from decode
         self._batch_of: dict = {}  # step -> its scheduled ids, until its update arrives
+        self._handlers = {PlainAdd: self._add, PlainSched: self._sched, PlainUpd: self._upd, PlainAbort: self._abort,
+                          PlainPause: self._pause, PlainReset: self._reset, PlainLost: self._lost}
 
     def rid(self, internal_id: str) -> str:
         ids = self._ids
@@ -66,10 +69,11 @@ class Converter:
         return found
 
     def convert(self, item):
-        """The records of one plain item (``capture.plain``)."""
-        return getattr(self, "_" + item[0])(*item[1:])
+        """The records of one plain item (``capture.plain``; ``items.Plain*``)."""
+        return self._handlers[type(item)](item)
 
-    def _add(self, t_ns, internal_id, prompt_ids, max_tokens, logprobs, block_prefixes):
+    def _add(self, item: PlainAdd):
+        prompt_ids, internal_id = item.prompt_ids, item.req_id
         prompt_len = len(prompt_ids) if prompt_ids is not None else 0
         self._prompt_len[internal_id] = prompt_len
         req_id = self.rid(internal_id)
@@ -78,21 +82,21 @@ class Converter:
         if child:  # one of n samples: vLLM gives children n=1, so the engine cannot know n (0 = unknown)
             group_id, sample_idx, group_size = child.group(2), int(child.group(1)), 0
         digest = token_digest(prompt_ids) if prompt_ids is not None else None
-        yield RequestAdded(t_ns, req_id, "engine", group_id, sample_idx, group_size, prompt_len, max_tokens,
-                           logprobs, digest, None, _block_keys(block_prefixes))
+        yield RequestAdded(item.t_ns, req_id, "engine", group_id, sample_idx, group_size, prompt_len,
+                           item.max_tokens, item.logprobs, digest, None, _block_keys(item.block_prefixes))
 
-    def _sched(self, t0_ns, t1_ns, step, num_scheduled, new_reqs, cached_ids, cached_computed, resumed_ids,
-               spec_of, placeholders, preempted, finished, running, waiting, depth, pause_state, kv_usage):
-        new = dict(new_reqs)
-        computed_of = dict(zip(cached_ids, cached_computed))
-        resumed_ids = set(resumed_ids)
+    def _sched(self, item: PlainSched):
+        num_scheduled, spec_of, step = item.num_scheduled, item.spec_of, item.step
+        new = dict(item.new_reqs)
+        computed_of = dict(zip(item.cached_ids, item.cached_computed))
+        resumed_ids = set(item.resumed_ids)
         prompt_len = self._prompt_len
         rid, known = self.rid, self._ids.get
         self._batch_of[step] = list(num_scheduled)  # the order update_from_output reports outputs in
         reqs = []
         append = reqs.append
         # Once per request per step (the converter's hot loop): locals, and records built with tuple.__new__.
-        for (internal_id, n_tokens), held in zip(num_scheduled.items(), placeholders or repeat(0)):
+        for (internal_id, n_tokens), held in zip(num_scheduled.items(), item.placeholders or repeat(0)):
             spec = spec_of.get(internal_id, 0)
             plain = n_tokens - spec
             is_new = internal_id in new
@@ -102,11 +106,14 @@ class Converter:
             append(_new(SchedReq, (
                 known(internal_id) or rid(internal_id), plain if prefill else 0, 0 if prefill else plain,
                 resumed, computed if (is_new or resumed) else 0, spec, computed, held)))
-        yield StepScheduled(t0_ns, t1_ns, step, tuple(reqs), tuple(sorted(map(rid, preempted))),
-                            tuple(sorted(map(rid, finished))), waiting, running, depth, pause_state,
-                            float(kv_usage))
+        yield StepScheduled(item.t0_ns, item.t1_ns, step, tuple(reqs), tuple(sorted(map(rid, item.preempted))),
+                            tuple(sorted(map(rid, item.finished))), item.waiting, item.running, item.queue_depth,
+                            item.pause_state, float(item.kv_usage))
 
-    def _upd(self, t0_ns, t1_ns, step, version_label, out_ids, sampled, reasons, stale, token_ids, logprobs):
+    def _upd(self, item: PlainUpd):
+        out_ids, sampled, reasons, stale = item.out_ids, item.sampled, item.reasons, item.stale
+        token_ids, logprobs = item.token_ids, item.logprobs
+        t0_ns, t1_ns, step, version = item.t0_ns, item.t1_ns, item.step, _version(item.version_label)
         batch = self._batch_of.pop(step, None)
         if out_ids is None:
             out_ids = batch or ()
@@ -116,7 +123,7 @@ class Converter:
             # The usual step: every scheduled request sampled in batch order, none finished or stale.
             rid, known = self.rid, self._ids.get
             records = [_new(OutReq, (known(i) or rid(i), n, None, False, None, None)) for i, n in zip(batch, sampled)]
-            yield StepUpdated(t0_ns, t1_ns, step, tuple(records), _version(version_label))
+            yield StepUpdated(t0_ns, t1_ns, step, tuple(records), version)
             return
         n = len(out_ids)
         by_id = dict(zip(out_ids, zip(sampled, reasons or repeat(None, n), token_ids or repeat(None, n),
@@ -126,7 +133,7 @@ class Converter:
                    for internal_id in batch]
         # Requests that produced output without being in this step (e.g. stopped while preempted).
         records.extend(self._out_req(internal_id, out, False) for internal_id, out in by_id.items())
-        yield StepUpdated(t0_ns, t1_ns, step, tuple(records), _version(version_label))
+        yield StepUpdated(t0_ns, t1_ns, step, tuple(records), version)
 
     def _out_req(self, internal_id, out, stale) -> OutReq:
         if out is None:
@@ -138,20 +145,20 @@ class Converter:
                       tuple(token_ids) if token_ids is not None else None,
                       tuple(logprobs) if logprobs is not None else None)
 
-    def _abort(self, t_ns, internal_ids, status_name):
-        for internal_id in internal_ids:
+    def _abort(self, item: PlainAbort):
+        for internal_id in item.req_ids:
             self._prompt_len.pop(internal_id, None)
-        reason = status_name.lower().removeprefix("finished_")
-        yield Aborted(t_ns, tuple(self.rid(r) for r in internal_ids), reason, "engine")
+        reason = item.status_name.lower().removeprefix("finished_")
+        yield Aborted(item.t_ns, tuple(self.rid(r) for r in item.req_ids), reason, "engine")
 
-    def _pause(self, t_ns, before, after):
-        if after == UNPAUSED:
-            yield Resumed(t_ns, "engine")
+    def _pause(self, item: PlainPause):
+        if item.after == UNPAUSED:
+            yield Resumed(item.t_ns, "engine")
         else:  # PAUSED_ALL is only entered by mode "keep"; PAUSED_NEW by "abort" or "wait"
-            yield Paused(t_ns, "engine", "keep" if after == 2 else None, False, after)
+            yield Paused(item.t_ns, "engine", "keep" if item.after == PAUSED_ALL else None, False, item.after)
 
-    def _reset(self, t_ns, ok, reset_running):
-        yield CacheReset(t_ns, ok, "engine", reset_running)
+    def _reset(self, item: PlainReset):
+        yield CacheReset(item.t_ns, item.ok, "engine", item.reset_running)
 
-    def _lost(self, t_ns, count):
-        yield RecorderLost(t_ns, count, "dropped")
+    def _lost(self, item: PlainLost):
+        yield RecorderLost(item.t_ns, item.count, "dropped")

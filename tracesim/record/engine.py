@@ -14,45 +14,56 @@ import os
 import time
 from operator import attrgetter
 
+from tracesim.format.engine_settings import EngineSettings
 from tracesim.format.header import make_header
 from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
 from tracesim.record.capture import plain
 from tracesim.record.convert import Converter
+from tracesim.record.items import PlainAbort, PlainPause, PlainReset, QueuedAdd, QueuedSched, QueuedUpd
 from tracesim.record.sidecar import ProcessSink
 from tracesim.record.sink import RecordSink, host_name, process_anchors
 
 _now = time.monotonic_ns
 _placeholders_of = attrgetter("num_output_placeholders")
+# The per-step items are built with tuple.__new__: a NamedTuple's own __new__ is a Python call (~0.5 us) on
+# the scheduler's critical path; the fields are the same, in declaration order.
+_new = tuple.__new__
 # Queued engine items hold vLLM's per-step objects (tens of KB for a large batch each): past this many
 # (minutes of steps at a normal pace) a stalled writer makes the recorder drop steps, not the engine run
 # out of memory.
 ENGINE_MAX_PENDING = 20_000
 
 
-def engine_config_of(scheduler, is_async: bool) -> dict:
-    """Settings of the engine that matter to timing and binding, for the trace header."""
+def engine_config_of(scheduler, is_async: bool) -> EngineSettings:
+    """Settings of the engine that matter to timing and binding, for the trace header (vLLM's names)."""
     cfg = {"scheduler": "AsyncScheduler" if is_async else "Scheduler", "async_scheduling": is_async}
     try:
         vc = scheduler.vllm_config
         sc, cc = vc.scheduler_config, vc.cache_config
-        cfg.update(
-            max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
-            chunked_prefill=bool(sc.enable_chunked_prefill), enable_prefix_caching=bool(cc.enable_prefix_caching),
-            block_size=cc.block_size, num_gpu_blocks=cc.num_gpu_blocks, model=str(vc.model_config.model),
-            max_model_len=vc.model_config.max_model_len, max_concurrent_batches=vc.max_concurrent_batches,
-            data_parallel_size=vc.parallel_config.data_parallel_size,
+        # Cast: the header's types are checked, and a vLLM may hand out numpy ints or enums.
+        full = dict(cfg,
+            max_num_seqs=_int(sc.max_num_seqs), max_num_batched_tokens=_int(sc.max_num_batched_tokens),
+            enable_chunked_prefill=bool(sc.enable_chunked_prefill),
+            enable_prefix_caching=bool(cc.enable_prefix_caching), block_size=_int(cc.block_size),
+            num_gpu_blocks=_int(cc.num_gpu_blocks), model=str(vc.model_config.model),
+            max_model_len=_int(vc.model_config.max_model_len), max_concurrent_batches=_int(vc.max_concurrent_batches),
+            data_parallel_size=_int(vc.parallel_config.data_parallel_size),
+            # Admission rules replay needs (getattr: older vLLMs lack them, and then behave as the defaults say).
+            scheduler_reserve_full_isl=bool(getattr(sc, "scheduler_reserve_full_isl", False)),
+            watermark=float(getattr(sc, "watermark", 0.0)),
+            long_prefill_token_threshold=int(getattr(sc, "long_prefill_token_threshold", 0) or 0),
         )
-        # Admission rules replay needs (getattr: older vLLMs lack them, and then behave as the defaults say).
-        cfg["scheduler_reserve_full_isl"] = bool(getattr(sc, "scheduler_reserve_full_isl", False))
-        cfg["watermark"] = float(getattr(sc, "watermark", 0.0))
-        cfg["long_prefill_token_threshold"] = int(getattr(sc, "long_prefill_token_threshold", 0) or 0)
         import vllm  # already loaded: we run inside the engine
 
-        cfg["vllm_version"] = getattr(vllm, "__version__", "unknown")
+        full["vllm_version"] = str(getattr(vllm, "__version__", "unknown"))
+        return EngineSettings(full)
     except Exception:  # a vLLM that moved a field: the header just says less
-        pass
-    return cfg
+        return EngineSettings(cfg)
+
+
+def _int(value):
+    return None if value is None else int(value)
 
 
 def dp_rank_of(scheduler) -> int:
@@ -118,8 +129,8 @@ class EngineRecorder:
         # vLLM's block hashes (prefix caching on): at add time they cover exactly the full prompt blocks. The
         # list grows later as outputs are appended, so its length is taken now and the slice made on convert.
         hashes = getattr(request, "block_hashes", None) or ()
-        self.sink.put(("add", t_ns, request.request_id, request.prompt_token_ids, request.sampling_params,
-                       hashes, len(hashes)))
+        self.sink.put(_new(QueuedAdd, (t_ns, request.request_id, request.prompt_token_ids,
+                                       request.sampling_params, hashes, len(hashes))))
 
     def on_schedule(self, sched, out, t0_ns: int, t1_ns: int) -> None:
         step = self.step
@@ -137,8 +148,8 @@ class EngineRecorder:
         if out.preempted_req_ids:
             self.maybe_stale.update(out.preempted_req_ids)
         running, waiting = sched.get_request_counts()
-        self.sink.put(("sched", t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
-                       int(sched.pause_state), sched.kv_cache_manager.usage))
+        self.sink.put(_new(QueuedSched, (t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
+                                         int(sched.pause_state), sched.kv_cache_manager.usage)))
 
     def stale_before_update(self, sched, out):
         """Request ids whose output in ``out`` vLLM will treat as stale (preempted while in flight)."""
@@ -158,19 +169,20 @@ class EngineRecorder:
     def on_update(self, sched, out, result, stale, t0_ns: int, t1_ns: int) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         step = getattr(out, "_tracesim_step", -1)
-        self.sink.put(("upd", t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale))
+        self.sink.put(_new(QueuedUpd, (t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale)))
 
     def on_finish(self, requests, status, t_ns: int) -> None:
-        self.sink.put(("abort", t_ns, [r.request_id for r in requests], getattr(status, "name", str(status))))
+        self.sink.put(PlainAbort(PlainAbort.KIND, t_ns, [r.request_id for r in requests],
+                                 getattr(status, "name", str(status))))
 
     def on_pause_state(self, before: int, after: int, t_ns: int) -> None:
         if before != after:
-            self.sink.put(("pause", t_ns, before, after))
+            self.sink.put(PlainPause(PlainPause.KIND, t_ns, before, after))
 
     def on_cache_reset(self, t_ns: int, ok: bool, reset_running: bool, running) -> None:
         if reset_running:
             self.maybe_stale.update(running)
-        self.sink.put(("reset", t_ns, ok, reset_running))
+        self.sink.put(PlainReset(PlainReset.KIND, t_ns, ok, reset_running))
 
     def failed(self, exc: BaseException) -> None:
         """A hook raised: count the lost event, warn once. Never raises."""

@@ -7,12 +7,12 @@ objects: its thread reduces each queued item to plain values (``capture.plain``)
 maps ids, splits prefill from decode, builds the records and writes the trace on a core of its own.
 
 ``ProcessSink`` is the engine side; ``main`` the converter. The stream on the pipe is msgpack: first
-``["init", path, header, options, flush_interval_s, proc]``, then plain items (``capture.py``). The engine
-side sends what is queued every ``DRAIN_INTERVAL_S``; the converter writes the trace with the configured
-flush interval (and when the pipe has been quiet that long) and closes it (fsync) at end of stream, which
-is also what it sees when the engine dies: a killed engine loses only what its thread had not sent yet, at
-most ``DRAIN_INTERVAL_S`` of events. The converter runs in its own session, so a Ctrl-C meant for the
-engine does not cut it short while it drains.
+``["init", path, header, options, flush_interval_s, proc]``, then plain items (``items.py``: each an array
+``[kind, field, ...]``, named again by ``items.from_wire``). The engine side sends what is queued every
+``DRAIN_INTERVAL_S``; the converter writes the trace with the configured flush interval (and when the pipe has
+been quiet that long) and closes it (fsync) at end of stream, which is also what it sees when the engine dies:
+a killed engine loses only what its thread had not sent yet, at most ``DRAIN_INTERVAL_S`` of events. The
+converter runs in its own session, so a Ctrl-C meant for the engine does not cut it short while it drains.
 
 If the converter cannot be started, ``ProcessSink`` converts on its own thread like ``RecordSink``; if it
 dies, the engine side warns once and counts what it could not send. The engine never waits on it except at
@@ -29,6 +29,7 @@ import time
 
 import msgpack
 
+from tracesim.record.items import PlainLost
 from tracesim.record.sink import _HOLD_GIL_S, MAX_PENDING, RecordSink, log
 
 CLOSE_TIMEOUT_S = 60.0
@@ -128,7 +129,7 @@ class ProcessSink(RecordSink):
         if self.dropped > self._sent_lost and self._fd is not None:  # the converter writes a RecorderLost
             lost = self.dropped - self._sent_lost
             self._sent_lost = self.dropped
-            self._send(pack(("lost", time.monotonic_ns(), lost)))
+            self._send(pack(PlainLost(PlainLost.KIND, time.monotonic_ns(), lost)))
 
     def _send_chunks(self, chunks: list) -> None:
         if self._fd is not None and self._send(b"".join(chunks)):
@@ -174,10 +175,11 @@ def main() -> int:
     """Read the stream on stdin, write the trace; exit 0 at end of stream, 1 if the trace could not be written."""
     import warnings
 
-    from tracesim.format.codec import HEADER_SPEC, build
+    from tracesim.format.codec import build_header
     from tracesim.format.records import RecorderLost
     from tracesim.format.writer import TraceWriter
     from tracesim.record.convert import Converter
+    from tracesim.record.items import from_wire
 
     fd = sys.stdin.fileno()
     unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=False, max_buffer_size=1 << 30)
@@ -196,11 +198,11 @@ def main() -> int:
         for item in unpacker:
             if writer is None:
                 _kind, path, header, options, flush_s, proc = item
-                writer = TraceWriter(path, build(HEADER_SPEC, header, "header"), flush_interval_s=flush_s)
+                writer = TraceWriter(path, build_header(header), flush_interval_s=flush_s)
                 converter = Converter(raw_ids=bool(options.get("raw_ids")))
                 continue
             try:
-                records = list(converter.convert(item))
+                records = list(converter.convert(from_wire(item)))
             except Exception as exc:
                 dropped += 1
                 if dropped == 1:

@@ -36,7 +36,7 @@ from tracesim.sim.hooks import Hooks
 from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
 from tracesim.sim.rollout import Rollout
 from tracesim.gcpause import cyclic_gc_paused
-from tracesim.sim.run import MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
+from tracesim.sim.run import HEADER_KEYS, MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload
 from tracesim.sim.scheduler import SimReq
 from tracesim.sim.steptime import costs_of_steps, exec_ns_of
@@ -53,19 +53,21 @@ OUT_FINISH_REASON = OutReq._fields.index("finish_reason")
 OUT_TOKEN_IDS = OutReq._fields.index("token_ids")
 
 
+# EngineConfig fields a replay takes from the recording's header (the others keep the scenario's values)
+_FROM_HEADER = ("max_num_batched_tokens", "max_num_seqs", "block_size", "num_gpu_blocks", "enable_chunked_prefill",
+                "enable_prefix_caching", "async_scheduling", "long_prefill_token_threshold", "reserve_full_sequence",
+                "watermark")
+
+
 def engine_config_from(header) -> EngineConfig:
-    """EngineConfig from a recorded header's engine_config (recorder keys; missing ones keep defaults)."""
-    ec = dict(header.engine_config or {})
-    keys = {"max_num_batched_tokens": "max_num_batched_tokens", "max_num_seqs": "max_num_seqs",
-            "block_size": "block_size", "num_gpu_blocks": "num_gpu_blocks",
-            "enable_chunked_prefill": "chunked_prefill", "enable_prefix_caching": "enable_prefix_caching",
-            "async_scheduling": "async_scheduling", "long_prefill_token_threshold": "long_prefill_token_threshold",
-            "reserve_full_sequence": "scheduler_reserve_full_isl", "watermark": "watermark"}
+    """EngineConfig from a header's engine settings (typed when read; settings the header lacks keep their
+    defaults)."""
+    settings = header.engine_config
     values = {}
-    for field_name, key in keys.items():
-        v = ec.get(key, ec.get(field_name))
+    for name in _FROM_HEADER:
+        v = getattr(settings, HEADER_KEYS.get(name, name))
         if v is not None:
-            values[field_name] = type(getattr(EngineConfig, field_name))(v)
+            values[name] = v
     return EngineConfig(**values)
 
 
@@ -288,7 +290,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
         loop.finish()  # the rewards, consumptions and drops still due after the engine's last frame
     inputs_rec = RunInputs(scen, seed, tuple(perturbations), trace.path)
     hdr_inputs = {**inputs_rec.header_inputs(), "timing": timing}
-    return Trace(sim_header(inputs_rec, scen.to_dict()["engine"])._replace(inputs=hdr_inputs), records, [], None)
+    return Trace(sim_header(inputs_rec, scen.engine)._replace(inputs=hdr_inputs), records, [], None)
 
 
 def _drive(env, engine, client, inputs, client_records, emit):

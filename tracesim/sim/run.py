@@ -7,11 +7,13 @@ inputs therefore give the same records and, written out, the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
 import simpy
 
+from tracesim.format.engine_settings import EngineSettings
 from tracesim.format.header import make_header
 from tracesim.format.records import ProcessInfo
 from tracesim.format.trace import Trace
@@ -19,7 +21,7 @@ from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.engine import Engine
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.rollout import Rollout
-from tracesim.sim.scenario import Scenario
+from tracesim.sim.scenario import EngineConfig, Scenario
 from tracesim.sim.timing import ModelTiming
 from tracesim.sim.trainer import RewardPool, Trainer
 
@@ -48,8 +50,19 @@ class StuckRunError(RuntimeError):
     """The run did not finish within MAX_VIRTUAL_NS of virtual time (a deadlock in the modelled loop)."""
 
 
-def sim_header(inputs: RunInputs, engine_config: dict):
-    return make_header("sim", (SIM_PROCESS,), engine_config=engine_config, seed=inputs.seed,
+# EngineConfig field -> its key in the header's engine settings, where the two differ (the header speaks
+# vLLM's names: format/engine_settings.py); replay reads a header back through the same table.
+HEADER_KEYS = {"reserve_full_sequence": "scheduler_reserve_full_isl"}
+
+
+def engine_settings_of(cfg: EngineConfig) -> EngineSettings:
+    """The header's engine settings of a simulated engine: every EngineConfig field, under its header key."""
+    return EngineSettings({HEADER_KEYS.get(f.name, f.name): getattr(cfg, f.name)
+                           for f in dataclasses.fields(cfg)})
+
+
+def sim_header(inputs: RunInputs, engine: EngineConfig):
+    return make_header("sim", (SIM_PROCESS,), engine_config=engine_settings_of(engine), seed=inputs.seed,
                        inputs=inputs.header_inputs(), created_wall_ns=0)
 
 
@@ -78,4 +91,4 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
     env.run(until=simpy.AnyOf(env, [done, env.timeout(MAX_VIRTUAL_NS)]))
     if not done.triggered:
         raise StuckRunError(f"run did not finish within {MAX_VIRTUAL_NS} virtual ns (stuck at step {engine.step})")
-    return Trace(sim_header(inputs, s.to_dict()["engine"]), records, [], None)
+    return Trace(sim_header(inputs, s.engine), records, [], None)
