@@ -13,7 +13,7 @@ import random
 from collections import deque
 
 from tracesim.format.records import (
-    ConsumedSample, Paused, RewardBound, Resumed, SampleDropped, TrainerConsumed, WeightsUpdated,
+    PAUSED_ALL, PAUSED_NEW, ConsumedSample, Paused, RewardBound, Resumed, SampleDropped, TrainerConsumed, WeightsUpdated,
 )
 
 
@@ -167,8 +167,9 @@ class Trainer:
                 yield env.any_of([drained, env.timeout(tw.early_ns)])
             else:
                 yield drained
-        state = 2 if policy.pause_mode == "keep" else 1
-        self.emit(Paused(t0, "client", policy.pause_mode, policy.clear_cache, state, env.now))
+        state = PAUSED_ALL if policy.pause_mode == "keep" else PAUSED_NEW
+        self.emit(Paused(t_ns=t0, side="client", mode=policy.pause_mode, clear_cache=policy.clear_cache, state=state,
+                         end_ns=env.now))
         if tw is not None and tw.late_ns:
             yield env.timeout(tw.late_ns)
         t_write = env.now
@@ -193,12 +194,13 @@ class Trainer:
             self.emit(Resumed(env.now, "client"))
             yield env.timeout(shift_ns)
             self._set_label(new_version)
-            self.emit(WeightsUpdated(t_write, t_end, new_version, "client", env.now))
+            self.emit(WeightsUpdated(t_ns=t_write, end_ns=t_end, version=new_version, side="client", set_ns=env.now))
             self.in_update = False
             return
         if shift_ns == 0:
             self._set_label(new_version)
-        self.emit(WeightsUpdated(t_write, t_end, new_version, "client", t_end + shift_ns))
+        self.emit(WeightsUpdated(t_ns=t_write, end_ns=t_end, version=new_version, side="client",
+                                 set_ns=t_end + shift_ns))
         engine.submit("resume")
         self.emit(Resumed(env.now, "client"))
         self.in_update = False
