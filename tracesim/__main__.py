@@ -1,5 +1,3 @@
-import sys
+from tracesim.cli.main import entry
 
-from tracesim.cli.main import main
-
-sys.exit(main())
+entry()

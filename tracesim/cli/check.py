@@ -47,7 +47,7 @@ def _read(path: str):
 
 def run(args) -> int:
     from tracesim.check import INVARIANTS, Policy, check_trace, load_policy
-    from tracesim.cli.main import UsageError
+    from tracesim.cli.main import UsageError, keep
 
     policy = load_policy(args.policy) if args.policy else Policy()
     if args.only:
@@ -56,6 +56,7 @@ def run(args) -> int:
             raise UsageError(f"unknown invariant {unknown[0]!r}; known: {', '.join(INVARIANTS)}")
     trace = _read(args.trace)
     report = check_trace(trace, policy, only=args.only)
+    keep(trace, report)
     # A trace that ends inside a record was checked only up to its last complete record: never a plain pass.
     offset = None
     if report.truncated_bytes:

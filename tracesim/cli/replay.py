@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from tracesim.cli.main import UsageError
+    from tracesim.cli.main import UsageError, keep
     from tracesim.format import read_trace, write_trace
     from tracesim.sim.backends import compare_backends, run_both, with_backend
     from tracesim.sim.fidelity import compare
@@ -55,6 +55,7 @@ def run(args) -> int:
         out = replay(trace, timing=args.timing, steptime=steptime, seed=args.seed, scenario=scenario, progress=bar,
                      scheduler_backend=args.scheduler, loop_policy=loop_policy)
     write_trace(args.output, out)
+    keep(trace, out)
     result = {"output": args.output, "records": len(out.records),
               "scheduler": out.header.engine_config.scheduler_backend, **compare(trace, out).to_dict()}
     if args.compare_backends:
