@@ -97,3 +97,26 @@ def test_replay_cli_rejects_unreadable_trace(tmp_path, capsys):
     bad.write_bytes(b"\x00\x01not a trace")
     assert main(["replay", str(bad), "-o", str(tmp_path / "o.msgpack")]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_fidelity_finds_the_first_step_whose_composition_differs_and_only_that():
+    from tracesim.format.trace import Trace
+    from tracesim.sim.fidelity import _batches, first_mismatch
+
+    recorded = read_trace(recorded_traces()[0])
+    simulated = replay(recorded)
+    assert compare(recorded, simulated).first_mismatch is None
+    recs = list(simulated.records)
+    scheds = [i for i, r in enumerate(recs) if type(r) is StepScheduled and r.reqs]
+    k = scheds[len(scheds) // 2]
+    # Another field of the entries (computed tokens) is not the composition: still identical.
+    recs[k] = recs[k]._replace(reqs=tuple(q._replace(computed_tokens=q.computed_tokens + 1) for q in recs[k].reqs))
+    other = Trace(simulated.header, list(recs), [], None)
+    assert compare(recorded, other).first_mismatch is None
+    # One request fewer in that step's batch: the first mismatch is that step, as the full projection says.
+    recs[k] = recs[k]._replace(reqs=recs[k].reqs[1:])
+    fewer = Trace(simulated.header, list(recs), [], None)
+    got = compare(recorded, fewer)
+    position = [i for i, r in enumerate(recs) if type(r) is StepScheduled].index(k)  # among all schedules
+    assert got.first_mismatch == first_mismatch(_batches(recorded), _batches(fewer)) == position
+    assert got.batches_identical == position
