@@ -34,25 +34,13 @@ from tracesim.format.digest import records_digest
 from tracesim.sim import _compiled
 from tracesim.sim.replay import replay
 from tracesim.sim.run import RunInputs, simulate
-from tracesim.sim.scenario import EngineConfig, LoopPolicy, Scenario, Workload
 
 def digest(trace):
     return records_digest([trace.header, *trace.records])
 
-W = Workload(num_prompts=16, group_size=4, concurrency=5)
-LONG = Workload(num_prompts=12, group_size=4, concurrency=8, prompt_len=(100, 200))
-scenarios = {
-    "sync": Scenario(workload=W),
-    "async": Scenario(workload=W, engine=EngineConfig(async_scheduling=True)),
-    "preempt-async": Scenario(workload=LONG, engine=EngineConfig(num_gpu_blocks=40, async_scheduling=True)),
-    "keep": Scenario(workload=W, loop=LoopPolicy(pause_mode="keep", clear_cache=False)),
-    "wait-requeue": Scenario(workload=W, loop=LoopPolicy(pause_mode="wait", on_abort="requeue",
-                                                         version_label="first_token")),
-    "stale-frames": Scenario(workload=W, engine=EngineConfig(async_scheduling=True, discard_stale_frames=False),
-                             loop=LoopPolicy(on_abort="requeue", retry_ids="reuse")),
-    "chunked": Scenario(workload=Workload(num_prompts=8, group_size=2, concurrency=4, prompt_len=(300, 900)),
-                        engine=EngineConfig(long_prefill_token_threshold=128, watermark=0.05)),
-}
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from golden.records_digests import code_scenarios
+scenarios = code_scenarios()
 out = {"compiled": _compiled.STATUS.compiled}
 for name, scenario in scenarios.items():
     trace = simulate(RunInputs(scenario, seed=3))

@@ -32,10 +32,12 @@ def _with_backend(scenario: Scenario, backend: str) -> Scenario:
     return dataclasses.replace(scenario, engine=dataclasses.replace(scenario.engine, scheduler_backend=backend))
 
 
-def digests(backends=("native", "vllm")) -> dict:
+def code_scenarios() -> dict:
+    """Scenarios written in code that go through async scheduling, preemption, pauses in every mode, aborts
+    with requeue, stale frames and chunked prefill (tests/test_sim_compiled.py runs them too)."""
     w = Workload(num_prompts=16, group_size=4, concurrency=5)
     long = Workload(num_prompts=12, group_size=4, concurrency=8, prompt_len=(100, 200))
-    scenarios = {
+    return {
         "sync": Scenario(workload=w),
         "async": Scenario(workload=w, engine=EngineConfig(async_scheduling=True)),
         "preempt-async": Scenario(workload=long, engine=EngineConfig(num_gpu_blocks=40, async_scheduling=True)),
@@ -48,6 +50,10 @@ def digests(backends=("native", "vllm")) -> dict:
         "chunked": Scenario(workload=Workload(num_prompts=8, group_size=2, concurrency=4, prompt_len=(300, 900)),
                             engine=EngineConfig(long_prefill_token_threshold=128, watermark=0.05)),
     }
+
+
+def digests(backends=("native", "vllm")) -> dict:
+    scenarios = code_scenarios()
     for path in sorted(glob.glob(os.path.join(REPO, "scenarios", "*.toml"))):
         scenarios[os.path.basename(path)] = load_scenario(path)
     perturbed = parse_list("step_time(step=20,factor=1.7,count=30); delay_delivery(step=40,ms=40); "
