@@ -248,11 +248,69 @@ class RecorderLost(NamedTuple):
     reason: str = ""
 
 
+class SampleSettings(NamedTuple):
+    """What defines a sample's processed sampling distribution, and its prompt: written once per request by a
+    recorder asked to record logprobs (engine side: from its ``SamplingParams``; client side: what it asked).
+
+    ``logprobs_mode`` is vLLM's: ``"raw_logprobs"`` (log-softmax of the model's raw logits),
+    ``"processed_logprobs"`` (after temperature, penalties, top-k/top-p/min-p), or the ``*_logits`` variants.
+    """
+
+    KIND = "sampling"
+    t_ns: int
+    req_id: str
+    side: str = "engine"
+    logprobs_mode: str | None = None  # None: unknown (vLLM's default is "raw_logprobs")
+    temperature: float = 1.0
+    top_k: int = 0  # 0 or -1: no top-k
+    top_p: float = 1.0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    prompt_ids: tuple[Int32, ...] | None = None  # the prompt's token ids (parity recomputes from them)
+
+
+class SampleLogprobs(NamedTuple):
+    """Per-token logprobs of a sample's output tokens as one party holds them.
+
+    ``role`` says whose: ``"returned"`` (what the engine returned to the rollout client), ``"behaviour"`` (what
+    the trainer used as the behaviour policy's logprobs, the ratio's denominator) or ``"current"`` (the trainer's
+    current policy). ``version`` is the policy version of the weights that computed them, where known
+    (behaviour logprobs recomputed by the trainer: the trainer's version at recompute). ``logprobs`` may be None
+    in simulated traces, which stamp only the version.
+    """
+
+    KIND = "logprobs"
+    t_ns: int
+    req_id: str
+    role: str  # "returned", "behaviour" or "current"
+    side: str = "client"  # "engine", "client" or "trainer"
+    start_idx: int = 0  # output position of the first token
+    token_ids: tuple[Int32, ...] | None = None
+    logprobs: tuple[float, ...] | None = None
+    version: int | None = None  # weights that computed them (None: unknown)
+
+
+class WeightsFingerprint(NamedTuple):
+    """A cheap fingerprint of a set of weights: published by the trainer as ``version``, or found applied on an
+    engine (``side="engine"``, ``rank``) after it installed ``version``. Equal fingerprints = same weights."""
+
+    KIND = "fingerprint"
+    t_ns: int
+    version: int
+    fingerprint: str
+    side: str = "trainer"  # "trainer" (published) or "engine" (applied)
+    rank: int = 0  # engine: data-parallel / tensor-parallel rank that computed it
+    method: str = ""  # how it was computed (e.g. "slices-v1"): only equal methods compare
+
+
 __all__ = [
     "UNPAUSED", "PAUSED_NEW", "PAUSED_ALL", "ProcessInfo", "Header", "SchedReq", "OutReq", "VersionSpan",
     "ConsumedSample", "RequestAdded", "StepScheduled", "StepExecuted", "StepUpdated", "Paused", "Resumed",
     "CacheReset", "WeightsUpdated", "Aborted", "OutputDelivered", "RewardBound", "TrainerConsumed",
-    "SampleDropped", "RecorderLost", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
+    "SampleDropped", "RecorderLost", "SampleSettings", "SampleLogprobs",
+    "WeightsFingerprint", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
 ]
 
 def check_arity(cls, n: int) -> None:
@@ -265,6 +323,7 @@ def check_arity(cls, n: int) -> None:
 
 EVENT_TYPES: tuple = (
     RequestAdded, StepScheduled, StepExecuted, StepUpdated, Paused, Resumed, CacheReset, WeightsUpdated,
-    Aborted, OutputDelivered, RewardBound, TrainerConsumed, SampleDropped, RecorderLost,
+    Aborted, OutputDelivered, RewardBound, TrainerConsumed, SampleDropped, RecorderLost, SampleSettings,
+    SampleLogprobs, WeightsFingerprint,
 )
 EVENT_KINDS: dict = {cls.KIND: cls for cls in EVENT_TYPES}
