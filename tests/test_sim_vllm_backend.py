@@ -168,3 +168,60 @@ def test_simulate_cli_compares_backends(vllm_ok, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "(vllm scheduler)" in text and '"records_identical": true' in text
     assert read_trace(out).header.engine_config["scheduler_backend"] == "vllm"
+
+
+def _sched_before_upd(trace) -> bool:
+    """Whether some step N+1 is scheduled before step N's output is applied (a batch queue deeper than 1)."""
+    order = [(r.t_ns, 0 if isinstance(r, StepScheduled) else 1, r.step) for r in trace.records
+             if isinstance(r, (StepScheduled, StepUpdated))]
+    seen_upd = set()
+    for _, kind, step in sorted(order):
+        if kind == 0 and step > 0 and step - 1 not in seen_upd:
+            return True
+        if kind == 1:
+            seen_upd.add(step)
+    return False
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("batches", [1, 2])
+@pytest.mark.parametrize("async_scheduling", [True, False])
+def test_max_concurrent_batches_sets_the_batch_queue_on_both_backends(vllm_ok, batches, async_scheduling):
+    """1: the core's plain step() (schedule, forward, update); 2: step_with_batch_queue, step N+1 scheduled before
+    N's output is applied. AsyncScheduler's placeholders come with either (issue 16: a CPU engine forced onto
+    AsyncScheduler runs it with 1); the two backends agree record for record."""
+    from tracesim.sim.backends import compare_backends, run_both
+
+    s = _scenario("default.toml", async_scheduling=async_scheduling, max_concurrent_batches=batches,
+                  num_gpu_blocks=40)
+    s = s.replace(workload=dataclasses.replace(s.workload, num_prompts=8))
+    both = run_both(scenario=s)
+    agreement = compare_backends(both["native"], both["vllm"])
+    assert agreement.records_identical, agreement
+    trace = both["vllm"]
+    steps = trace.of(StepScheduled)
+    assert max(r.queue_depth for r in steps) == batches
+    assert _sched_before_upd(trace) is (batches == 2)
+    assert any(q.placeholders for r in steps for q in r.reqs) is async_scheduling
+    assert trace.header.engine_config.max_concurrent_batches == batches
+
+
+def test_engine_loop_client_makes_no_step_after_the_last_output():
+    """An in-process core (LLM without multiprocessing) is stepped only while its client awaits outputs: the busy
+    loop's trailing empty schedule() that reports the last finished ids does not happen."""
+    from tracesim.sim.run import RunInputs, simulate
+
+    s = _scenario("default.toml")
+    s = s.replace(workload=dataclasses.replace(s.workload, num_prompts=4))
+    busy = simulate(RunInputs(s.replace(engine=dataclasses.replace(s.engine, engine_loop="busy"))))
+    client = simulate(RunInputs(s.replace(engine=dataclasses.replace(s.engine, engine_loop="client"))))
+    assert not busy.of(StepScheduled)[-1].reqs and busy.of(StepScheduled)[-1].finished
+    assert client.of(StepScheduled)[-1].reqs
+    assert all(r.reqs for r in client.of(StepScheduled))
+
+
+def test_scenario_rejects_unknown_engine_loop_and_negative_batches():
+    with pytest.raises(ScenarioError, match=r"x\.toml: \[engine\]\.engine_loop: 'spin' is not one of busy, client"):
+        scenario_from_dict({"engine": {"engine_loop": "spin"}}, "x.toml")
+    with pytest.raises(ScenarioError, match=r"\[engine\]\.max_concurrent_batches: must be 0"):
+        scenario_from_dict({"engine": {"max_concurrent_batches": -1}}, "x.toml")

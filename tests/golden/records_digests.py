@@ -3,7 +3,9 @@
 ``python tests/golden/records_digests.py`` prints them as JSON; ``records.json`` beside this file holds the
 values taken before the typed layer (issue 15) changed how records are built, read and configured. Headers
 are left out on purpose: their engine configuration was allowed to change (one key vocabulary); every event
-record must stay byte for byte what it was.
+record must stay byte for byte what it was. Entries of a bundled recording change only when the recording
+itself is replaced (issue 16 re-recorded ``vllm-async-standalone`` and added ``vllm-async-engine``; every other
+entry was unchanged when they were regenerated).
 """
 
 from __future__ import annotations

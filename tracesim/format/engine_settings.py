@@ -72,6 +72,8 @@ class EngineSettings(dict):
     watermark = Setting(_FLOAT, "fraction of KV blocks kept free when admitting while others run")
     long_prefill_token_threshold = Setting(_INT, "cap in tokens on one request's prefill chunk (0: none)")
     max_concurrent_batches = Setting(_INT, "batches in flight in the engine core (2: step_with_batch_queue)")
+    engine_loop = Setting(_STR, 'who steps the engine core: "busy" (its own busy loop, while the scheduler has '
+                                'requests) or "client" (in-process, stepped while the client awaits outputs)')
     data_parallel_size = Setting(_INT, "data-parallel engine cores")
     model = Setting(_STR, "model name or path")
     max_model_len = Setting(_INT, "context length limit in tokens")

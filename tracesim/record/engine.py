@@ -11,6 +11,7 @@ the same code serves the standalone driver and the engine.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from operator import attrgetter
 
@@ -57,9 +58,35 @@ def engine_config_of(scheduler, is_async: bool) -> EngineSettings:
         import vllm  # already loaded: we run inside the engine
 
         full["vllm_version"] = str(getattr(vllm, "__version__", "unknown"))
+        loop = engine_loop_of_caller()
+        if loop is not None:
+            full["engine_loop"] = loop
         return EngineSettings(full)
     except Exception:  # a vLLM that moved a field: the header just says less
         return EngineSettings(cfg)
+
+
+def engine_loop_of_caller(max_depth: int = 40) -> str | None:
+    """Who will step the engine core being built (the scheduler is made in ``EngineCore.__init__``): "busy"
+    for an ``EngineCoreProc`` (its own busy loop), "client" for a plain in-process ``EngineCore`` (stepped by
+    ``LLMEngine`` while the client awaits outputs); None when no engine core is on the stack (a driver of our
+    own). Read once, when the recorder starts."""
+    try:
+        from vllm.v1.engine.core import EngineCore, EngineCoreProc
+    except Exception:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, EngineCoreProc):
+            return "busy"
+        if isinstance(owner, EngineCore):
+            # EngineCoreProc.__init__ calls EngineCore.__init__ with the same self: the Proc check wins first
+            return "client"
+        frame = frame.f_back
+    return None
 
 
 def _int(value):

@@ -51,6 +51,7 @@ cdef class Engine:
     cdef public long long actions
     cdef public object hooks
     cdef public object _wake
+    cdef public bint client_stepped
 
     cpdef bint _feed_due(self)
     cpdef _drain_inputs(self)

@@ -22,6 +22,7 @@ from tracesim.format.records import (
 )
 from tracesim.sim.records_hot import step_executed, step_scheduled, step_updated
 import tracesim.sim.tuplenew as tuplenew  # item: a NamedTuple's field read in place where compiled
+from tracesim.sim.scenario import batch_queue_depth
 from tracesim.sim.scheduler import sched_reqs
 from tracesim.sim.vllm_scheduler import make_scheduler
 
@@ -115,6 +116,9 @@ class Engine:
         self.actions = 0  # sched / upd actions performed (what a Feed's inputs are keyed by)
         self.hooks = None  # a run's perturbations (hooks.Hooks): hold / reorder inputs, inject control actions
         self._wake = env.event()
+        if cfg.engine_loop not in ("busy", "client"):
+            raise ValueError(f'engine.engine_loop must be "busy" or "client", got {cfg.engine_loop!r}')
+        self.client_stepped = cfg.engine_loop == "client"
 
     # --- inputs (called by client processes) -------------------------------------------------------------
 
@@ -215,7 +219,7 @@ class Engine:
         core is the same loop with a queue of depth 1 (schedule, then update). One generator for the whole
         loop, not one per action: a step's actions are a handful of SimPy events apart."""
         env, kind = self.env, "sched"
-        depth = 2 if self.cfg.async_scheduling else 1
+        depth = batch_queue_depth(self.cfg)
         last_end = env.now
         while True:
             # The gap runs from the end of the previous action: time spent asleep counts towards it.
@@ -346,7 +350,10 @@ class Engine:
 
     def _can_schedule(self) -> bool:
         # vLLM's Scheduler.has_requests(): unfinished work, or finished ids not reported yet; the latter holds in
-        # PAUSED_ALL too, so a keep-mode pause still makes an empty schedule() that reports them.
+        # PAUSED_ALL too, so a keep-mode pause still makes an empty schedule() that reports them. An in-process
+        # core is stepped only while its client awaits outputs: finished ids alone make no step.
+        if self.client_stepped:
+            return self.sched.has_work()
         return self.sched.has_work() or self.sched.has_finished()
 
 

@@ -274,7 +274,8 @@ class ExtraUpdate(Perturbation):
 # loop stays correct on another engine configuration; loop keys change the user's own loop (explore offers them
 # only when asked).
 CONFIG_KEYS = {
-    "async_scheduling": ("engine", bool), "enable_prefix_caching": ("engine", bool),
+    "async_scheduling": ("engine", bool), "max_concurrent_batches": ("engine", int),
+    "enable_prefix_caching": ("engine", bool),
     "num_gpu_blocks": ("engine", int), "max_num_seqs": ("engine", int), "max_num_batched_tokens": ("engine", int),
     "reward_workers": ("loop", int), "pause_mode": ("loop", str), "clear_cache": ("loop", bool),
 }

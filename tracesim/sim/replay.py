@@ -56,7 +56,7 @@ OUT_TOKEN_IDS = OutReq._fields.index("token_ids")
 # EngineConfig fields a replay takes from the recording's header (the others keep the scenario's values)
 _FROM_HEADER = ("max_num_batched_tokens", "max_num_seqs", "block_size", "num_gpu_blocks", "enable_chunked_prefill",
                 "enable_prefix_caching", "async_scheduling", "long_prefill_token_threshold", "reserve_full_sequence",
-                "watermark")
+                "watermark", "max_concurrent_batches", "engine_loop")
 
 
 def engine_config_from(header) -> EngineConfig:
@@ -240,7 +240,8 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     if scenario is not None:
         cfg = scenario.engine.__class__(**{**scenario.engine.__dict__, **{
             k: getattr(cfg, k) for k in ("max_num_batched_tokens", "max_num_seqs", "block_size", "num_gpu_blocks",
-                                         "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling")}})
+                                         "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling",
+                                         "max_concurrent_batches", "engine_loop")}})
     if scheduler_backend is not None:
         cfg = cfg.__class__(**{**cfg.__dict__, "scheduler_backend": scheduler_backend})
     cfg = hooks.engine_config(cfg)

@@ -43,7 +43,17 @@ class EngineConfig:
     long_prefill_token_threshold: int = 0  # 0: no cap on one request's prefill chunk
     reserve_full_sequence: bool = True  # admit only if the whole sequence fits in KV (vLLM scheduler_reserve_full_isl)
     watermark: float = 0.0  # fraction of KV blocks kept free when admitting while others run (vLLM watermark)
-    async_scheduling: bool = False  # batch queue of depth 2 with output placeholders
+    async_scheduling: bool = False  # vLLM's AsyncScheduler: output placeholders, requests scheduled ahead of output
+    # Batches in flight in the engine core (vLLM's max_concurrent_batches): 1 runs the core's plain step()
+    # (schedule, forward, update), > 1 step_with_batch_queue (schedule N+1 before applying N's output).
+    # 0: as vLLM derives it, 2 with async scheduling, else 1. A CPU engine forced onto AsyncScheduler runs it
+    # through step() with 1 (its platform turns async scheduling off in the config).
+    max_concurrent_batches: int = 0
+    # Who steps the core. "busy": EngineCoreProc's busy loop (AsyncLLM, or LLM with multiprocessing) steps
+    # while the scheduler has requests, so an empty schedule() reports the last finished ids. "client": an
+    # in-process core (LLM with VLLM_ENABLE_V1_MULTIPROCESSING=0) is stepped by LLMEngine only while the client
+    # has unfinished requests: no step follows the last output.
+    engine_loop: str = "busy"
     discard_stale_frames: bool = True  # False: a stale output frame is applied to the new incarnation (bug)
     sched_us: int = 150  # schedule() cost
     update_us: int = 100  # update_from_output() cost
@@ -51,6 +61,13 @@ class EngineConfig:
     output_latency_us: int = 400  # engine core -> client transport of one output frame
     add_latency_us: int = 200  # client -> engine core transport of one request
     scheduler_backend: str = "native"  # native (scheduler.py) | vllm (vLLM's own scheduler, vllm_scheduler.py)
+
+
+def batch_queue_depth(cfg: EngineConfig) -> int:
+    """Batches the engine core keeps in flight under ``cfg`` (see ``EngineConfig.max_concurrent_batches``)."""
+    if cfg.max_concurrent_batches > 0:
+        return cfg.max_concurrent_batches
+    return 2 if cfg.async_scheduling else 1
 
 
 @dataclass(frozen=True)
@@ -191,7 +208,16 @@ def _validate(s: Scenario, where: str) -> None:
                             f"one request of {s.workload.prompt_len[1] + s.workload.max_tokens} tokens")
     if s.workload.prompt_len[0] < 1:
         raise ScenarioError(f"{where}: [workload].prompt_len: prompts need at least one token")
+    if s.engine.max_concurrent_batches < 0:
+        raise ScenarioError(f"{where}: [engine].max_concurrent_batches: must be 0 (derived) or positive, "
+                            f"got {s.engine.max_concurrent_batches}")
+    if s.engine.engine_loop not in ENGINE_LOOPS:
+        raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
+                            f"{', '.join(ENGINE_LOOPS)}")
     _validate_backend(s, where)
+
+
+ENGINE_LOOPS = ("busy", "client")
 
 
 SCHEDULER_BACKENDS = ("native", "vllm")
