@@ -1,8 +1,8 @@
 """What parity recomputes: each recorded series of logprobs, with its sample's prompt, settings and version spans.
 
 A *series* is one party's logprobs of one sample's output tokens: the engine's as returned (client
-``SampleLogprobs`` role ``returned``, else the engine's own ``OutReq.token_ids``/``logprobs`` under its
-``record_tokens`` flag) and the trainer's (``SampleLogprobs`` role ``behaviour`` or ``current``). Settings come
+``SampleLogprobs`` role ``returned``, and the engine's own ``OutReq.token_ids``/``logprobs`` under its
+``record_tokens`` flag, each a series) and the trainer's (``SampleLogprobs`` role ``behaviour`` or ``current``). Settings come
 from the engine's ``SampleSettings`` (it knows ``logprobs_mode``), else the client's. Version spans, which part of
 the sample which weights sampled: the client's final ``OutputDelivered.spans``, else the versions the engine
 stamped on each ``StepUpdated``.
@@ -107,7 +107,7 @@ def collect_samples(trace) -> list:
             continue
         series = [s for key, recs in parts.items() if key[0] == req_id and (s := _merge(recs)) is not None]
         eng = engine.get(req_id)
-        if eng is not None and not any(s.role == "returned" for s in series):
+        if eng is not None and any(math.isfinite(x) for x in eng[1]):  # the engine's own copy, a series of its own
             ids, lps, _, t_ns = eng
             series.insert(0, Series(req_id, "returned", "engine", 0, list(ids), list(lps), None, t_ns, "upd"))
         if not series:
