@@ -10,7 +10,7 @@ from __future__ import annotations
 from tracesim import __version__
 from tracesim.format import (
     FORMAT_MAJOR, FORMAT_MINOR, Aborted, CacheReset, ConsumedSample, Header, OutputDelivered, OutReq, Paused,
-    ProcessInfo, RequestAdded, Resumed, RewardBound, SampleDropped, SchedReq, StepExecuted, StepScheduled,
+    ProcessInfo, RequestAdded, Resumed, RewardBound, SampleDropped, SampleLogprobs, SampleSettings, SchedReq, StepExecuted, StepScheduled,
     StepUpdated, Trace, TrainerConsumed, VersionSpan, WeightsUpdated, token_digest,
 )
 
@@ -135,6 +135,22 @@ class Run:
         del self.records[self.find(kind, pred, nth)]
 
 
+def logprobs_of(req_id: str, n: int) -> list:
+    """Logprobs the engine returned for a request's tokens: distinct per position."""
+    return [-0.25 - 0.125 * i for i in range(n)]
+
+
+def record_logprobs(run: Run, reqs, mode: str = "processed_logprobs", temperature: float = 0.7) -> None:
+    """The logprob records of ``reqs`` (after generation): the engine's settings, the logprobs it returned, and
+    the trainer's behaviour logprobs, equal to them."""
+    for r in reqs:
+        toks = run.out[r]
+        run.emit(SampleSettings(run.at(), r, "engine", mode, temperature, prompt_ids=(1, 2, 3)))
+        run.emit(SampleLogprobs(run.at(), r, "returned", "client", 0, tuple(toks), tuple(logprobs_of(r, len(toks)))))
+        run.emit(SampleLogprobs(run.at(), r, "behaviour", "trainer", 0, tuple(toks),
+                                tuple(logprobs_of(r, len(toks))), run.version))
+
+
 def correct_group(run: Run | None = None, group: str = "g0", size: int = 2, n_tokens: int = 3) -> Run:
     """A whole group admitted, generated, scored and consumed the correct way."""
     run = run or Run()
@@ -144,5 +160,6 @@ def correct_group(run: Run | None = None, group: str = "g0", size: int = 2, n_to
     run.generate(reqs, n_tokens)
     for r in reversed(reqs):  # rewards finish out of order
         run.reward(r)
+    record_logprobs(run, reqs)
     run.consume(reqs)
     return run

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from tracesim.check import absence, delivery, engine, kv, lifecycle, reward, versions, weights
+from tracesim.check import absence, delivery, engine, kv, lifecycle, logprobs, reward, versions, weights
 from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
@@ -34,6 +34,8 @@ INVARIANTS: dict = {
     lifecycle.GROUPS: lifecycle.groups_whole_and_consistent,
     versions.LAG: versions.version_lag_within_bound,
     engine.STEPS: engine.steps_well_formed,
+    logprobs.BEHAVIOUR: logprobs.behaviour_logprobs_match_returned,
+    logprobs.PROCESSED: logprobs.logprobs_processed_as_trained,
 }
 
 

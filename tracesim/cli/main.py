@@ -22,7 +22,7 @@ from tracesim.inputs import InputError
 
 # Subcommand modules, in the order `tracesim --help` lists them.
 COMMANDS = ["info", "validate", "merge", "record", "replay", "simulate", "explore", "repro", "fit", "check", "plot",
-            "export"]
+            "export", "parity"]
 
 
 MAX_ERROR_LINE = 1000  # characters: an error line never echoes a whole hostile value (values: errors.MAX_ECHO)

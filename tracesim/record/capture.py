@@ -17,6 +17,7 @@ from __future__ import annotations
 from operator import attrgetter
 
 from tracesim.record.items import PlainAdd, PlainSched, PlainUpd, QueuedAdd, QueuedSched, QueuedUpd
+from tracesim.record.sampling import sampling_values
 
 _request_id_of = attrgetter("request_id")
 _token_ids_of = attrgetter("new_token_ids")
@@ -42,8 +43,14 @@ def _add(item: QueuedAdd) -> PlainAdd:
     prefixes = [bytes(h)[:8] for h in item.block_hashes[:item.n_blocks]]
     prompt = list(item.prompt_ids) if item.prompt_ids is not None else None
     params = item.params
+    sampling = _sampling(params, item.logprobs_mode) if item.record_sampling else None
     return _new(PlainAdd, (PlainAdd.KIND, item.t_ns, item.req_id, prompt, getattr(params, "max_tokens", None),
-                           getattr(params, "logprobs", None), prefixes))
+                           getattr(params, "logprobs", None), prefixes, sampling))
+
+
+def _sampling(params, logprobs_mode) -> list:
+    """``PlainAdd.sampling``: the engine's logprobs mode, then the request's sampling values."""
+    return [None if logprobs_mode is None else str(logprobs_mode), *sampling_values(params)]
 
 
 def _sched(item: QueuedSched) -> PlainSched:

@@ -4,7 +4,9 @@ vLLM spawns the engine core, so configuration travels through environment variab
 starts (``enable_engine_recording`` sets them for you):
 
 ``TRACESIM_RECORD_DIR``       output directory; recording is off when unset or empty
-``TRACESIM_RECORD_TOKENS``    ``1``: also record sampled token ids and their logprobs in ``StepUpdated``
+``TRACESIM_RECORD_TOKENS``    ``1``: also record sampled token ids and their logprobs in ``StepUpdated``, and one
+                              ``SampleSettings`` per request (sampling parameters, ``logprobs_mode``, prompt ids)
+                              at its admission, which ``tracesim parity`` recomputes from
 ``TRACESIM_RECORD_FLUSH_S``   seconds between writes (default 0.5): what a killed engine can lose at most
 ``TRACESIM_RECORD_RAW_IDS``   ``1``: keep vLLM's internal request ids (``<id>-<8 random chars>``) instead of
                               the ids the client passed, which the client-side records use

@@ -19,7 +19,7 @@ from itertools import repeat
 from tracesim.format.digest import token_digest
 from tracesim.format.records import (
     PAUSED_ALL, UNPAUSED, Aborted, CacheReset, OutReq, Paused, RecorderLost, RequestAdded, Resumed, SchedReq,
-    StepScheduled, StepUpdated, check_arity,
+    SampleSettings, StepScheduled, StepUpdated, check_arity,
 )
 from tracesim.record.items import PlainAbort, PlainAdd, PlainLost, PlainPause, PlainReset, PlainSched, PlainUpd
 
@@ -84,6 +84,9 @@ class Converter:
         digest = token_digest(prompt_ids) if prompt_ids is not None else None
         yield RequestAdded(item.t_ns, req_id, "engine", group_id, sample_idx, group_size, prompt_len,
                            item.max_tokens, item.logprobs, digest, None, _block_keys(item.block_prefixes))
+        if item.sampling is not None:  # recorder flag record_tokens: what parity recomputes the logprobs under
+            yield SampleSettings(item.t_ns, req_id, "engine", *item.sampling,
+                                 tuple(prompt_ids) if prompt_ids is not None else None)
 
     def _sched(self, item: PlainSched):
         num_scheduled, spec_of, step = item.num_scheduled, item.spec_of, item.step

@@ -93,6 +93,15 @@ def _int(value):
     return None if value is None else int(value)
 
 
+def logprobs_mode_of(scheduler) -> str | None:
+    """vLLM's ``model_config.logprobs_mode`` (what the returned logprobs mean); None where this vLLM has none."""
+    try:
+        mode = getattr(scheduler.vllm_config.model_config, "logprobs_mode", None)
+        return None if mode is None else str(getattr(mode, "value", mode))
+    except Exception:
+        return None
+
+
 def dp_rank_of(scheduler) -> int:
     try:
         return int(scheduler.vllm_config.parallel_config.data_parallel_rank or 0)
@@ -122,9 +131,12 @@ class EngineRecorder:
     """Per-scheduler recording state. Create with ``start``; every ``on_*`` is called by a hook in
     ``scheduler.py`` (which catches whatever they raise and reports it through ``failed``)."""
 
-    def __init__(self, sink: RecordSink, is_async: bool):
+    def __init__(self, sink: RecordSink, is_async: bool, *, record_sampling: bool = False,
+                 logprobs_mode: str | None = None):
         self.sink = sink
         self.is_async = is_async
+        self.record_sampling = record_sampling  # record_tokens: one SampleSettings per request (parity needs it)
+        self.logprobs_mode = logprobs_mode  # the engine's model_config.logprobs_mode, read once at start
         self.step = 0  # index of the next schedule() call
         self.in_flight = 0  # scheduled steps whose output has not been applied yet
         self.maybe_stale: set = set()  # preempted/reset request ids whose in-flight output may be stale
@@ -143,7 +155,8 @@ class EngineRecorder:
             header = make_header("vllm", (proc,),
                             engine_config=engine_config_of(scheduler, is_async), created_wall_ns=wall)
             out = path if path is not None else config.engine_path(os.getpid(), rank)
-            return cls(_make_sink(config, out, header), is_async)
+            return cls(_make_sink(config, out, header), is_async, record_sampling=config.record_tokens,
+                       logprobs_mode=logprobs_mode_of(scheduler) if config.record_tokens else None)
         except Exception as exc:  # never take the engine down because recording could not start
             import warnings
 
@@ -157,7 +170,8 @@ class EngineRecorder:
         # list grows later as outputs are appended, so its length is taken now and the slice made on convert.
         hashes = getattr(request, "block_hashes", None) or ()
         self.sink.put(_new(QueuedAdd, (t_ns, request.request_id, request.prompt_token_ids,
-                                       request.sampling_params, hashes, len(hashes))))
+                                       request.sampling_params, hashes, len(hashes), self.record_sampling,
+                                       self.logprobs_mode)))
 
     def on_schedule(self, sched, out, t0_ns: int, t1_ns: int) -> None:
         step = self.step

@@ -30,6 +30,8 @@ class QueuedAdd(NamedTuple):
     params: Any  # its SamplingParams (max_tokens and logprobs are read)
     block_hashes: Any  # vLLM's chained prefix-cache hashes (the list keeps growing after this)
     n_blocks: int  # how many of them cover the full prompt blocks: the list's length at add time
+    record_sampling: bool = False  # recorder flag record_tokens: also write the request's SampleSettings
+    logprobs_mode: str | None = None  # the engine's model_config.logprobs_mode (None: unknown)
 
 
 class QueuedSched(NamedTuple):
@@ -70,6 +72,9 @@ class PlainAdd(NamedTuple):
     max_tokens: int | None
     logprobs: int | None  # logprobs requested per token (None: none)
     block_prefixes: list  # 8-byte prefix of each full prompt block's hash
+    # recorder flag record_tokens: [logprobs_mode, temperature, top_k, top_p, min_p, presence_penalty,
+    # frequency_penalty, repetition_penalty] (records.SampleSettings' fields, in its order); None: not recorded
+    sampling: list | None = None
 
 
 class PlainSched(NamedTuple):

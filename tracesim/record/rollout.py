@@ -11,6 +11,11 @@ Weight versions are ints; ``set_version`` stores them in vLLM as ``str(version)`
 reports (``CompletionOutput.weight_versions``) come back as ints. A span whose label is not an int (vLLM's
 ``"default"`` before the first ``set_version``) is recorded with version ``-1``.
 
+Logprob parity (``tracesim parity``, docs/parity.md) is opt-in: with ``record_logprobs=True`` the recorder also
+writes what the loop asked to sample with (``SampleSettings``, side ``client``, at ``submitted`` when given the
+``SamplingParams``), the per-token logprobs the engine returned (``SampleLogprobs`` role ``returned``, from each
+``RequestOutput``), and what the trainer says it used (``trainer_logprobs``).
+
 No method raises because of the trace file: the sink warns once and counts what it could not write.
 """
 
@@ -24,8 +29,9 @@ from tracesim.format.digest import token_digest
 from tracesim.format.header import make_header
 from tracesim.format.records import (
     PAUSED_ALL, PAUSED_NEW, ConsumedSample, OutputDelivered, Paused, ProcessInfo, RequestAdded, Resumed,
-    RewardBound, SampleDropped, TrainerConsumed, VersionSpan, WeightsUpdated,
+    RewardBound, SampleDropped, SampleLogprobs, SampleSettings, TrainerConsumed, VersionSpan, WeightsUpdated,
 )
+from tracesim.record.sampling import sampling_values
 from tracesim.record.sink import RecordSink, host_name, process_anchors
 
 _now = time.monotonic_ns
@@ -48,11 +54,14 @@ class RolloutRecorder:
 
     ``delta_outputs``: the loop streams with ``RequestOutputKind.DELTA`` (each output carries only new
     tokens); default False matches vLLM's cumulative outputs. ``version``: the policy version the loop
-    starts with.
+    starts with. ``record_logprobs``: also record sampling settings and logprobs (see the module doc);
+    ``logprobs_mode``: the engine's ``logprobs_mode`` as the loop configured it (None: unknown), stamped on the
+    client's ``SampleSettings``.
     """
 
     def __init__(self, path, *, version: int = 0, delta_outputs: bool = False,
-                 flush_interval_s: float = 0.5, engine_config: dict | None = None):
+                 flush_interval_s: float = 0.5, engine_config: dict | None = None, record_logprobs: bool = False,
+                 logprobs_mode: str | None = None):
         mono, wall = process_anchors()
         proc = ProcessInfo("client", host_name(), os.getpid(), 0, mono, wall)
         header = make_header("vllm", (proc,), engine_config=dict(engine_config or {}),
@@ -63,22 +72,33 @@ class RolloutRecorder:
         self.delta_outputs = delta_outputs
         self._n: dict = {}  # request id -> n
         self._tokens: dict = {}  # sample id -> output token ids seen so far
+        self.record_logprobs = record_logprobs
+        self.logprobs_mode = logprobs_mode
 
     # --- submissions and outputs ---------------------------------------------------------------------
 
     def submitted(self, request_id: str, prompt_ids, *, n: int = 1, max_tokens: int | None = None,
-                  logprobs: int | None = None, group_id: str | None = None, version: int | None = None) -> list:
-        """The loop submits ``request_id`` (n samples of one prompt). Returns the sample ids."""
+                  logprobs: int | None = None, group_id: str | None = None, version: int | None = None,
+                  sampling_params=None) -> list:
+        """The loop submits ``request_id`` (n samples of one prompt). Returns the sample ids.
+
+        ``sampling_params``: the vLLM ``SamplingParams`` submitted; with ``record_logprobs`` each sample gets a
+        ``SampleSettings`` (side ``client``) from it, and ``max_tokens`` / ``logprobs`` default to its own."""
         t_ns = _now()
         version = self.version if version is None else version
         group_id = group_id if group_id is not None else request_id
         digest = token_digest(prompt_ids)
         self._n[request_id] = n
         ids = sample_ids(request_id, n)
+        if sampling_params is not None:
+            max_tokens = sampling_params.max_tokens if max_tokens is None else max_tokens
+            logprobs = sampling_params.logprobs if logprobs is None else logprobs
         for idx, sid in enumerate(ids):
             self._tokens[sid] = []
             self.sink.put(RequestAdded(t_ns, sid, "client", group_id, idx, n, len(prompt_ids), max_tokens,
                                        logprobs, digest, version))
+            if self.record_logprobs and sampling_params is not None:
+                self.sink.put(sample_settings(t_ns, sid, sampling_params, "client", self.logprobs_mode, prompt_ids))
         return ids
 
     def output(self, request_output) -> list:
@@ -93,6 +113,10 @@ class RolloutRecorder:
             new = list(comp.token_ids) if self.delta_outputs else list(comp.token_ids[len(seen):])
             start = len(seen)
             seen.extend(new)
+            if self.record_logprobs and new and comp.logprobs is not None:
+                rows = comp.logprobs if self.delta_outputs else comp.logprobs[start:]
+                self.sink.put(SampleLogprobs(t_ns, sid, "returned", "client", start, tuple(new),
+                                             tuple(sampled_logprobs(rows, new))))
             finished = comp.finish_reason is not None
             if not new and not finished:
                 continue
@@ -182,6 +206,21 @@ class RolloutRecorder:
                         ConsumedSample(s[0], s[1], s[2], token_digest(s[3]), float(s[4])) for s in samples)
         self.sink.put(TrainerConsumed(_now(), train_step, entries, trainer_version))
 
+    def trainer_logprobs(self, req_id: str, token_ids, logprobs, *, role: str = "behaviour",
+                         version: int | None = None, start_idx: int = 0) -> None:
+        """The trainer holds ``logprobs`` (one per token of ``token_ids``, output positions from ``start_idx``) for
+        sample ``req_id``: ``role="behaviour"`` when it uses them as the behaviour policy's (the importance
+        ratio's denominator: the engine's returned ones, or its own recompute), ``"current"`` for its current
+        policy's. ``version``: the weights that computed them, where known. Recorded whatever
+        ``record_logprobs`` says: the trainer calls this only when it wants them checked. Raises ValueError
+        when the lengths differ or the role is unknown (a caller's bug, not the trace's)."""
+        if role not in ("behaviour", "current"):
+            raise ValueError(f"trainer_logprobs: role must be 'behaviour' or 'current', not {role!r}")
+        token_ids, logprobs = tuple(int(t) for t in token_ids), tuple(float(x) for x in logprobs)
+        if len(token_ids) != len(logprobs):
+            raise ValueError(f"trainer_logprobs: {len(token_ids)} token ids but {len(logprobs)} logprobs for {req_id!r}")
+        self.sink.put(SampleLogprobs(_now(), req_id, role, "trainer", start_idx, token_ids, logprobs, version))
+
     def dropped(self, req_ids, reason: str = "", group_id: str | None = None) -> None:
         self.sink.put(SampleDropped(_now(), tuple(req_ids), reason, group_id))
 
@@ -193,6 +232,22 @@ class RolloutRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def sample_settings(t_ns: int, req_id: str, params, side: str, logprobs_mode, prompt_ids) -> SampleSettings:
+    """A ``SampleSettings`` from a vLLM ``SamplingParams`` (read by attribute; absent ones take vLLM's defaults)."""
+    return SampleSettings(t_ns, req_id, side, logprobs_mode, *sampling_values(params),
+                          tuple(int(t) for t in prompt_ids) if prompt_ids is not None else None)
+
+
+def sampled_logprobs(rows, token_ids) -> list:
+    """The logprob vLLM returned for each sampled token: ``rows[i]`` maps token id -> ``Logprob`` (vLLM always
+    includes the sampled token). NaN where a row lacks it, so positions stay aligned."""
+    out = []
+    for row, tok in zip(rows, token_ids):
+        entry = row.get(tok) if row is not None else None
+        out.append(float(entry.logprob) if entry is not None else float("nan"))
+    return out
 
 
 def merge_run(client_path, engine_dir, out_path):
