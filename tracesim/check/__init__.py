@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracesim.check import absence, delivery, engine, kv, lifecycle, reward, versions, weights
+from tracesim.check import behaviour, fingerprint
 from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
@@ -34,6 +35,8 @@ INVARIANTS: dict = {
     lifecycle.GROUPS: lifecycle.groups_whole_and_consistent,
     versions.LAG: versions.version_lag_within_bound,
     engine.STEPS: engine.steps_well_formed,
+    fingerprint.SERVED: fingerprint.served_weights_match_published,
+    behaviour.BEHAVIOUR: behaviour.behaviour_logprobs_from_sampling_policy,
 }
 
 

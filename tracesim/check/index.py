@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from tracesim.format.index import Step, index_trace  # noqa: F401 - Step: re-exported for checkers
 from tracesim.format.records import (
     Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
-    SampleDropped, StepScheduled, StepUpdated, TrainerConsumed, WeightsUpdated,
+    SampleDropped, SampleLogprobs, StepScheduled, StepUpdated, TrainerConsumed, WeightsFingerprint, WeightsUpdated,
 )
 
 
@@ -76,6 +76,8 @@ class Index:
     timeline: list = field(default_factory=list)  # (proc, record) for sched/add(engine)/abort/reset/weights
     n_exec = n_upd = n_deliver = n_client_adds = n_engine_adds = 0
     lost: list = field(default_factory=list)  # RecorderLost
+    fingerprints: list = field(default_factory=list)  # WeightsFingerprint, in stream order
+    sample_logprobs: list = field(default_factory=list)  # SampleLogprobs (every role and side), in stream order
     # facts for the sequential engine invariants: (code, Step or None, record, detail...)
     step_faults: list = field(default_factory=list)
     frame_faults: list = field(default_factory=list)
@@ -106,6 +108,7 @@ def build_index(trace) -> Index:
         OutputDelivered: scan.deliver, RewardBound: scan.reward, TrainerConsumed: scan.consume,
         SampleDropped: scan.drop, Aborted: scan.abort, WeightsUpdated: scan.weights, CacheReset: scan.reset,
         Paused: ix.pauses.append, Resumed: ix.resumes.append, RecorderLost: ix.lost.append,
+        WeightsFingerprint: ix.fingerprints.append, SampleLogprobs: ix.sample_logprobs.append,
     }
     get = handlers.get
     if trace.procs:
