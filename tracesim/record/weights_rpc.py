@@ -4,7 +4,9 @@ vLLM keeps weights in its own layout: the attention's q/k/v projections and the 
 fused into one tensor each (``qkv_proj``, ``gate_up_proj``: the model's ``packed_modules_mapping``), and the
 embedding and LM head are padded to a multiple of 64 rows. ``served_named_tensors`` undoes both (views, no
 copy), so the engine's fingerprint compares with the trainer's, computed on the Hugging Face names and shapes it
-sends. Not undone: tensor-parallel shards (each rank holds a part; its fingerprint matches a trainer that
+sends. Not readable: the linear weights of vLLM's CPU build, which repacks them into oneDNN kernels after
+loading and leaves empty parameters (``served_named_tensors`` raises rather than fingerprint nothing). Not
+undone: tensor-parallel shards (each rank holds a part; its fingerprint matches a trainer that
 fingerprints the same part), quantised weights, models whose engine names differ from the checkpoint's (a
 ``hf_to_vllm_mapper``).
 
@@ -36,6 +38,9 @@ def served_named_tensors(model) -> list:
         prefix = mod_name[: len(mod_name) - len(leaf)]
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mod_name}.{pname}" if mod_name else pname
+            if p.numel() == 0 and hasattr(module, "cpu_linear"):
+                raise RuntimeError(f"cannot fingerprint {full}: vLLM's CPU build repacked it into a CPU GEMM kernel "
+                                   "after loading and kept no readable copy of the weights")
             parts = packed.get(leaf)
             sizes = _split_sizes(module, p, parts)
             if sizes is not None:
