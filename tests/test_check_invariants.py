@@ -497,9 +497,15 @@ def test_rewards_without_digests_are_not_checkable_rather_than_passing():
 
 
 def test_every_invariant_is_checked_on_a_complete_correct_run():
+    from tracesim.format import SampleLogprobs, WeightsFingerprint
+
     run = correct_group()
     run.update_weights()
+    for side in ("trainer", "engine"):
+        run.emit(WeightsFingerprint(run.at(), run.version, "f1", side, 0, "slices-v1"))
     correct_group(run, "g1", size=3)
+    for i in range(3):
+        run.emit(SampleLogprobs(run.at(), f"g1s{i}", "behaviour", "trainer", 0, None, None, run.version))
     report = check_trace(run.trace())
     assert report.violations == [] and report.not_checkable == {}
     from tracesim.check import INVARIANTS

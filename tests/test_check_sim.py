@@ -30,9 +30,11 @@ def test_correct_configuration_has_no_violation_under_the_strict_policy(seed):
     report = check_trace(simulate(scenario, seed))
     assert report.violations == [], _summary(report)
     # the simulator does not stamp token ids on its outputs (only recordings made with --record-tokens have them),
-    # nor logprobs
+    # nor logprobs, models no weight contents (no fingerprints), and records behaviour logprobs only when its loop is
+    # set to
     assert set(report.not_checkable) == {"client_tokens_match_engine", "behaviour_logprobs_match_returned",
-                                         "logprobs_processed_as_trained"}
+                                         "logprobs_processed_as_trained", "served_weights_match_published",
+                                         "behaviour_logprobs_from_sampling_policy"}
 
 
 def _engine(**kw):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from tracesim.check import absence, delivery, engine, kv, lifecycle, logprobs, reward, versions, weights
+from tracesim.check import absence, behaviour, delivery, engine, fingerprint, kv, lifecycle, logprobs, reward
+from tracesim.check import versions, weights
 from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
@@ -36,6 +37,8 @@ INVARIANTS: dict = {
     engine.STEPS: engine.steps_well_formed,
     logprobs.BEHAVIOUR: logprobs.behaviour_logprobs_match_returned,
     logprobs.PROCESSED: logprobs.logprobs_processed_as_trained,
+    fingerprint.SERVED: fingerprint.served_weights_match_published,
+    behaviour.BEHAVIOUR: behaviour.behaviour_logprobs_from_sampling_policy,
 }
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from tracesim.format.index import Step, index_trace  # noqa: F401 - Step: re-exported for checkers
 from tracesim.format.records import (
     Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
-    SampleDropped, SampleLogprobs, SampleSettings, StepScheduled, StepUpdated, TrainerConsumed, WeightsUpdated,
+    SampleDropped, SampleLogprobs, SampleSettings, StepScheduled, StepUpdated, TrainerConsumed, WeightsFingerprint,
+    WeightsUpdated,
 )
 
 
@@ -78,6 +79,7 @@ class Index:
     lost: list = field(default_factory=list)  # RecorderLost
     sampling: list = field(default_factory=list)  # SampleSettings, in stream order (logprobs.py)
     sample_logprobs: list = field(default_factory=list)  # SampleLogprobs, in stream order (logprobs.py)
+    fingerprints: list = field(default_factory=list)  # WeightsFingerprint, in stream order
     # facts for the sequential engine invariants: (code, Step or None, record, detail...)
     step_faults: list = field(default_factory=list)
     frame_faults: list = field(default_factory=list)
@@ -109,6 +111,7 @@ def build_index(trace) -> Index:
         SampleDropped: scan.drop, Aborted: scan.abort, WeightsUpdated: scan.weights, CacheReset: scan.reset,
         Paused: ix.pauses.append, Resumed: ix.resumes.append, RecorderLost: ix.lost.append,
         SampleSettings: ix.sampling.append, SampleLogprobs: ix.sample_logprobs.append,
+        WeightsFingerprint: ix.fingerprints.append,
     }
     get = handlers.get
     if trace.procs:

@@ -3,8 +3,9 @@
 A binding breaks when two events that the base run kept apart cross: a reward bound after the version label
 moved on, a final frame delivered after a pause began, a forward pass still running when the weights are
 written, an add taken after the ``schedule()`` it used to precede, an abort landing between a step's schedule
-and its update. ``MeetingPoints`` lists those events of one base trace (steps, batches in flight, preemptions,
-pauses, weight writes and version sets, reward completions, deliveries, engine inputs next to engine actions);
+and its update, a sample consumed after the update that followed its generation. ``MeetingPoints`` lists those events of one base trace (steps, batches in flight, preemptions,
+pauses, weight writes and version sets, reward completions, deliveries, consumptions, engine inputs next to
+engine actions);
 ``targeted`` builds a perturbation list that moves one event across its neighbour by the measured gap plus a
 margin, ``random_list`` draws perturbations over the same targets without aiming. Both take a
 ``random.Random`` seeded by the run's index, so the same exploration seed gives the same runs.
@@ -21,8 +22,8 @@ import bisect
 from dataclasses import dataclass, field
 
 from tracesim.format.records import (
-    Aborted, OutputDelivered, Paused, RequestAdded, Resumed, RewardBound, StepExecuted, StepScheduled, StepUpdated,
-    WeightsUpdated,
+    Aborted, OutputDelivered, Paused, RequestAdded, Resumed, RewardBound, SampleLogprobs, StepExecuted, StepScheduled,
+    StepUpdated, TrainerConsumed, WeightsUpdated,
 )
 from tracesim.sim import perturb as P
 
@@ -63,6 +64,8 @@ class MeetingPoints:
     engine_flips: bool = True
     async_scheduling: bool = False
     prefix_caching: bool = True
+    consumes: list = field(default_factory=list)  # (t, req_ids) trainer consumptions
+    has_behaviour: bool = False  # the trainer records behaviour logprobs (SampleLogprobs of role "behaviour")
 
     def crossings(self) -> list:
         """Times at which the loop moves a version on: pause starts, label sets, resumes."""
@@ -121,6 +124,10 @@ def meeting_points(trace) -> MeetingPoints:
                 m.firsts.append((r.t_ns, r.req_id, first_step.get(r.req_id)))
             if r.finished:
                 m.finals.append((r.t_ns, r.req_id, final_step.get(r.req_id)))
+        elif kind is TrainerConsumed:
+            m.consumes.append((r.t_ns, tuple(x.req_id for x in r.samples)))
+        elif kind is SampleLogprobs:
+            m.has_behaviour = m.has_behaviour or r.role == "behaviour"
         elif kind is RequestAdded and r.side == "client":
             m.has_client = True
         elif kind is RequestAdded and r.side == "engine":
@@ -198,6 +205,24 @@ def _delivery_cross(m, rng):
         return None
     t, rid, step, nxt = _close_first(cands, lambda c: c[3] - c[0], rng)
     return [P.DelayDelivery(step, _ms(nxt - t) + _margin(rng), rid if rng.random() < 0.7 else "*")]
+
+
+def _consume_cross(m, rng):
+    """A sample consumed before a weight update is consumed after it: its reward (the one that completed its
+    group) lands after the update's write ends, so a trainer that recomputes behaviour logprobs at consumption
+    does it with the next version's weights."""
+    rewarded = {rid: t for t, rid in m.rewards}
+    ends = sorted(u[1] for u in m.updates)
+    cands = []
+    for t, rids in m.consumes:
+        nxt = _next_after(ends, t)
+        last = max(((rewarded[r], r) for r in rids if r in rewarded), default=None)
+        if nxt is not None and last is not None:
+            cands.append((last[0], last[1], nxt))
+    if not cands:
+        return None
+    t, rid, nxt = _close_first(cands, lambda c: c[2] - c[0], rng)
+    return [P.RewardDelay(rid, _ms(nxt - t) + _margin(rng))]
 
 
 def _step_cross(m, rng):
@@ -319,6 +344,8 @@ _RANDOM_EXTRA = {_config: 1}
 def targeted(m: MeetingPoints, rng, spaces=("env",)) -> tuple:
     """One to three perturbations, the first aimed at a meeting point of ``m``."""
     gens = dict(_TARGETED)
+    if m.has_behaviour:  # only then: runs of other bases keep the same draws
+        gens[_consume_cross] = 4
     if "loop" in spaces:
         gens[_loop_change] = 2
     out = []

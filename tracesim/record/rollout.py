@@ -29,7 +29,8 @@ from tracesim.format.digest import token_digest
 from tracesim.format.header import make_header
 from tracesim.format.records import (
     PAUSED_ALL, PAUSED_NEW, ConsumedSample, OutputDelivered, Paused, ProcessInfo, RequestAdded, Resumed,
-    RewardBound, SampleDropped, SampleLogprobs, SampleSettings, TrainerConsumed, VersionSpan, WeightsUpdated,
+    RewardBound, SampleDropped, SampleLogprobs, SampleSettings, TrainerConsumed, VersionSpan, WeightsFingerprint,
+    WeightsUpdated,
 )
 from tracesim.record.sampling import sampling_values
 from tracesim.record.sink import RecordSink, host_name, process_anchors
@@ -190,6 +191,35 @@ class RolloutRecorder:
         """The same for the offline ``LLM`` (``llm.llm_engine.set_weight_version``)."""
         llm.llm_engine.set_weight_version(str(version))
         self.version = version
+
+    # --- weight fingerprints (docs/recording.md, "Weight fingerprints") ------------------------------
+
+    def weights_published(self, version: int, weights) -> str:
+        """The trainer publishes ``weights`` (a module, a state dict or ``(name, tensor)`` pairs, in the
+        checkpoint's names and layout) as ``version``: records their fingerprint (side "trainer"), returns it."""
+        from tracesim.record.fingerprint import METHOD, fingerprint
+
+        fp = fingerprint(weights)
+        self.fingerprint_recorded(version, fp, side="trainer", method=METHOD)
+        return fp
+
+    def weights_served(self, llm, version: int | None = None) -> list:
+        """Every worker of the offline ``LLM`` fingerprints the weights it serves now (``weights_rpc.py``);
+        records one fingerprint per rank (side "engine") as ``version`` (default: the loop's current version).
+        Returns ``[(rank, fingerprint)]``; raises RuntimeError when the workers cannot be reached."""
+        from tracesim.record.fingerprint import METHOD
+        from tracesim.record.weights_rpc import engine_fingerprints
+
+        version = self.version if version is None else version
+        found = engine_fingerprints(llm)
+        for rank, fp in found:
+            self.fingerprint_recorded(version, fp, side="engine", rank=rank, method=METHOD)
+        return found
+
+    def fingerprint_recorded(self, version: int, fingerprint: str, *, side: str = "engine", rank: int = 0,
+                             method: str = "") -> None:
+        """A fingerprint computed elsewhere (another engine, another method): recorded as it is."""
+        self.sink.put(WeightsFingerprint(_now(), int(version), str(fingerprint), side, int(rank), method))
 
     # --- rewards and training ------------------------------------------------------------------------
 

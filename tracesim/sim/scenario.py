@@ -97,6 +97,9 @@ class LoopPolicy:
     train_us: int = 30000  # one training step
     update_every: int = 2  # push weights every K training steps (0: never)
     weight_write_us: int = 20000  # writing new weights into the engine
+    # where the trainer's behaviour logprobs (the ratio's denominator) come from: "none" (not recorded),
+    # "engine" (returned with the tokens: the sampling weights), "recompute" (the trainer's weights at consumption)
+    behaviour_logprobs: str = "none"
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -107,6 +110,7 @@ _CHOICES = {
     "pause_mode": PAUSE_MODES,
     "on_abort": ("drop", "requeue"),
     "retry_ids": ("fresh", "reuse"),
+    "behaviour_logprobs": ("none", "engine", "recompute"),
 }
 
 

@@ -5,6 +5,13 @@ order. ``reward_match="id"`` binds each result to the sample it was computed on;
 k-th result to the k-th sample handed out (a real-world bug this model must be able to show). The trainer
 consumes whole groups in batches and, every ``update_every`` training steps, runs a weight-update cycle:
 pause (mode, clear_cache) -> write weights -> set version -> resume.
+
+Behaviour logprobs (``behaviour_logprobs``): with "engine" the trainer uses the logprobs the engine returned
+with the tokens, computed by the weights that sampled them, and records one ``SampleLogprobs`` per version span
+of a sample; with "recompute" it computes them again at consumption with its current weights (verl's and
+OpenRLHF's ``old_log_prob``, computed with the actor just before its update) and records one per sample, stamped
+with the trainer's version then: off by as many versions as the sample is stale. Only the versions are
+simulated (``logprobs`` is None).
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ import random
 from collections import deque
 
 from tracesim.format.records import (
-    PAUSED_ALL, PAUSED_NEW, ConsumedSample, Paused, RewardBound, Resumed, SampleDropped, TrainerConsumed, WeightsUpdated,
+    PAUSED_ALL, PAUSED_NEW, ConsumedSample, Paused, RewardBound, Resumed, SampleDropped, SampleLogprobs,
+    TrainerConsumed, WeightsUpdated,
 )
+from tracesim.sim.rollout import spans_of
 
 
 def reward_of(digest: str) -> float:
@@ -115,9 +124,11 @@ class Trainer:
                 yield self._wake
                 continue
             batch = [self.ready.popleft() for _ in range(min(policy.batch_groups, len(self.ready)))]
-            samples = self._admit(batch)
+            samples, kept = self._admit(batch)
             if samples:
                 self.emit(TrainerConsumed(env.now, self.train_step, tuple(samples), self.version))
+                if policy.behaviour_logprobs != "none":
+                    self._behaviour_logprobs(kept)
                 yield env.timeout(policy.train_us * 1000)
                 self.train_step += 1
                 if policy.update_every and self.train_step % policy.update_every == 0:
@@ -130,8 +141,9 @@ class Trainer:
         ro = self.rollout
         return ro.all_submitted() and all(g.dropped or g in self._consumed or g in self.ready for g in ro.groups)
 
-    def _admit(self, batch) -> list:
-        samples = []
+    def _admit(self, batch) -> tuple:
+        """``(ConsumedSample entries, groups kept)`` of a batch: groups older than the lag bound are dropped."""
+        samples, kept = [], []
         for group in batch:
             self._consumed.add(group)
             labels = [s.label for s in group.samples]
@@ -139,9 +151,22 @@ class Trainer:
                 self.emit(SampleDropped(self.env.now, tuple(s.req_id for s in group.samples), "stale",
                                         group.group_id))
                 continue
+            kept.append(group)
             samples.extend(ConsumedSample(s.req_id, group.group_id, s.label, token_digest_of(s),
                                           self.rewards[s.req_id]) for s in group.samples)
-        return samples
+        return samples, kept
+
+    def _behaviour_logprobs(self, groups) -> None:
+        """The behaviour logprobs of the consumed samples, stamped with the version that computed them."""
+        now, recompute = self.env.now, self.policy.behaviour_logprobs == "recompute"
+        for group in groups:
+            for s in group.samples:
+                if recompute:
+                    self.emit(SampleLogprobs(now, s.req_id, "behaviour", "trainer", 0, None, None, self.version))
+                    continue
+                for span in spans_of(s.stamps):  # the engine's version spans: one record per span
+                    self.emit(SampleLogprobs(now, s.req_id, "behaviour", "trainer", span.start, None, None,
+                                             span.version))
 
     def extra_update(self) -> None:
         """Start one more update cycle now (a perturbation), unless one is in progress."""
