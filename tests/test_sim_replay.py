@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import recorded_traces
-from tracesim.format import StepScheduled, read_trace, write_trace
+from tracesim.format import StepScheduled, StepUpdated, read_trace, write_trace
 from tracesim.sim.fidelity import compare
 from tracesim.sim.replay import replay
 from tracesim.sim.steptime import fit
@@ -120,3 +120,33 @@ def test_fidelity_finds_the_first_step_whose_composition_differs_and_only_that()
     position = [i for i, r in enumerate(recs) if type(r) is StepScheduled].index(k)  # among all schedules
     assert got.first_mismatch == first_mismatch(_batches(recorded), _batches(fewer)) == position
     assert got.batches_identical == position
+
+
+def test_fidelity_reports_what_a_what_if_user_reads():
+    """Throughput, time to drain and the latency distribution, recorded vs simulated: near zero error in exact
+    replay, and they move when the step-time model is made twice as slow."""
+    import dataclasses
+
+    from tracesim.format import RequestAdded
+    from tracesim.sim.steptime import fit
+
+    recorded = read_trace(os.path.join(os.path.dirname(__file__), "..", "traces", "vllm-async-engine.msgpack"))
+    exact = compare(recorded, replay(recorded))
+    for name in ("throughput_tok_s", "drain_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms"):
+        rec, sim, err = getattr(exact, name)
+        assert rec > 0 and sim > 0 and err <= 0.01, (name, rec, sim, err)
+    # the recorded figures, from the records themselves
+    adds = [r.t_ns for r in recorded.of(RequestAdded) if r.side == "engine"]
+    ends = [u.end_ns for u in recorded.of(StepUpdated) if any(o.finish_reason for o in u.outs)]
+    tokens = sum(o.sampled for u in recorded.of(StepUpdated) for o in u.outs)
+    assert exact.drain_ms[0] == pytest.approx((max(ends) - min(adds)) / 1e6)
+    assert exact.throughput_tok_s[0] == pytest.approx(tokens / ((max(ends) - min(adds)) / 1e9))
+
+    model = fit(recorded)
+    slow = dataclasses.replace(model.steptime, **{k: 2 * getattr(model.steptime, k) for k in
+                                                  ("base_us", "prefill_us", "decode_us", "context_us_per_1k")})
+    fitted = compare(recorded, replay(recorded, timing="fitted", steptime=model))
+    slowed = compare(recorded, replay(recorded, timing="fitted", steptime=slow))
+    assert fitted.drain_ms[2] < 0.25 and fitted.throughput_tok_s[2] < 0.25
+    assert slowed.drain_ms[1] > 1.5 * fitted.drain_ms[1] and slowed.drain_ms[2] > 0.4
+    assert slowed.throughput_tok_s[1] < 0.7 * fitted.throughput_tok_s[1]

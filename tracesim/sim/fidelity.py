@@ -5,6 +5,12 @@ batch order), the finishing order (request ids in the order updates finished the
 error is the relative difference of step durations (``sched(k+1).t_ns - sched(k).t_ns``); per-request error the
 relative difference of latency (engine add to the update that finished it). Times are rebased to each trace's
 first record.
+
+What a what-if user reads is compared too, as whole-run figures: output throughput (tokens sampled per second
+from the first engine add to the last finish), time to drain (the same span) and the per-request latency
+distribution (its p50 / p90 / p99), each as recorded, simulated and relative error. A fitted replay can get
+these right while single steps are off (a shared machine's step times are noisy), and they are what a user
+changing the configuration reads.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ class Fidelity:
     step_err_p99: float
     request_err_median: float
     request_err_p99: float
+    # whole-run figures, recorded / simulated / relative error (see the module doc)
+    throughput_tok_s: tuple = (0.0, 0.0, 0.0)
+    drain_ms: tuple = (0.0, 0.0, 0.0)
+    latency_p50_ms: tuple = (0.0, 0.0, 0.0)
+    latency_p90_ms: tuple = (0.0, 0.0, 0.0)
+    latency_p99_ms: tuple = (0.0, 0.0, 0.0)
 
     @property
     def exact(self) -> bool:
@@ -92,5 +104,21 @@ def compare(recorded, simulated) -> Fidelity:
         if rid in s_fin and rid in r_add and rid in s_add:
             lat_r, lat_s = t - r0 - r_add[rid], s_fin[rid] - s_add[rid]
             req_errs.append(abs(lat_s - lat_r) / max(lat_r, 1))
+    rw, sw = _run_figures(recorded, r_add, rf, r0), _run_figures(simulated, s_add, sf, s0)
+    whole = {name: (a, b, abs(b - a) / a if a else 0.0) for name, a, b in zip(_RUN_FIGURES, rw, sw)}
     return Fidelity(len(r_sched), len(s_sched), same, first, [r for r, _ in rf] == [r for r, _ in sf],
-                    _q(step_errs, 50), _q(step_errs, 99), _q(req_errs, 50), _q(req_errs, 99))
+                    _q(step_errs, 50), _q(step_errs, 99), _q(req_errs, 50), _q(req_errs, 99), **whole)
+
+
+_RUN_FIGURES = ("throughput_tok_s", "drain_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms")
+
+
+def _run_figures(trace, adds: dict, finishes: list, t0: int) -> tuple:
+    """(throughput, drain, latency p50, p90, p99) of one trace; ``adds`` rebased to ``t0``, ``finishes`` not."""
+    if not adds or not finishes:
+        return (0.0,) * len(_RUN_FIGURES)
+    tokens = sum(o.sampled for r in trace.of(StepUpdated) for o in r.outs)
+    drain_ns = max(t for _, t in finishes) - t0 - min(adds.values())
+    latencies_ms = [(t - t0 - adds[rid]) / 1e6 for rid, t in finishes if rid in adds]
+    q50, q90, q99 = np.percentile(latencies_ms, (50, 90, 99)) if latencies_ms else (0.0, 0.0, 0.0)
+    return (tokens / (drain_ns / 1e9) if drain_ns > 0 else 0.0, drain_ns / 1e6, float(q50), float(q90), float(q99))

@@ -122,7 +122,7 @@ class FitResult:
 
 
 def fit(trace) -> FitResult:
-    """Least-squares fit (coefficients clipped at 0) of exec time on step features; raises ValueError when
+    """Least-absolute-deviations fit (coefficients >= 0) of exec time on step features; raises ValueError when
     the trace has fewer than 5 measurable steps."""
     costs = step_costs(trace)
     steps = sorted(k for k in costs.exec_ns if k in costs.features)
@@ -132,7 +132,7 @@ def fit(trace) -> FitResult:
     x[:, 3] /= 1000.0  # context per 1k tokens
     y = np.array([costs.exec_ns[k] for k in steps], dtype=float)
     test = np.array([i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1 for i in range(len(steps))])
-    coef = _nonneg_lstsq(x[~test], y[~test])
+    coef = _nonneg_lad(x[~test], y[~test])
     pred = x[test] @ coef
     rel = np.abs(pred - y[test]) / np.maximum(y[test], 1.0)
     st = StepTime(coef[0] / 1e3, coef[1] / 1e3, coef[2] / 1e3, coef[3] / 1e3)
@@ -142,6 +142,24 @@ def fit(trace) -> FitResult:
                      int(np.percentile(busy_gaps, 50) / 1e3) if busy_gaps else 0,
                      int((~test).sum()), int(test.sum()), float(np.median(rel)), float(np.percentile(rel, 99)),
                      float(np.median(np.abs(pred - y[test])) / 1e3))
+
+
+ROBUST_ITERATIONS = 30
+
+
+def _nonneg_lad(x, y):
+    """Least absolute deviations by iteratively reweighted least squares, coefficients >= 0.
+
+    Recorded step times have a long tail (a shared machine stalls single steps by several times their length);
+    least squares lets that tail pull every predicted step up, the median fit follows the typical step. On the
+    bundled RL recordings it halved the held-out median error (0.24 -> 0.11, 0.64 -> 0.13; docs/simulator.md)."""
+    floor = 1e-3 * max(float(np.median(y)), 1.0)  # residuals below it weigh as it does: no division by ~0
+    weight = np.ones(len(y))
+    coef = np.zeros(x.shape[1])
+    for _ in range(ROBUST_ITERATIONS):
+        coef = _nonneg_lstsq(x * weight[:, None], y * weight)
+        weight = 1.0 / np.sqrt(np.maximum(np.abs(y - x @ coef), floor))
+    return coef
 
 
 def _nonneg_lstsq(x, y):
