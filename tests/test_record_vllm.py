@@ -45,6 +45,14 @@ def test_trace_holds_both_processes_on_one_clock(trace):
     assert [r.t_ns for r in trace.records] == sorted(r.t_ns for r in trace.records)
 
 
+def test_header_says_the_engine_core_ran_its_own_busy_loop(trace):
+    """AsyncLLM runs the core in an EngineCoreProc (the recorder finds it on the stack): engine_loop "busy"; the
+    CPU platform turned async scheduling off, so one batch in flight."""
+    settings = trace.header.engine_config
+    assert settings.engine_loop == "busy"
+    assert settings.max_concurrent_batches == 1 and settings.scheduler == "Scheduler"
+
+
 def test_engine_token_counts_equal_what_the_client_received(trace):
     delivered: dict = {}
     final = {}
