@@ -11,6 +11,7 @@ numbers and the bf16 recompute from the trace alone.
 import gc
 import json
 import os
+import time
 
 import pytest
 
@@ -23,6 +24,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 PROMPTS = {"t07": [5, 6, 7, 8, 9], "t1": [11, 12, 13], "topk": [21, 22, 23, 24]}
 MAX_TOKENS = 12
+ENGINE_FLUSH_S = 0.25
 LM_HEAD_SCALE = 30.0  # logits of tens of nats: a bf16 projection moves them by ~0.02 nats, far above fp32 noise
 
 
@@ -67,9 +69,12 @@ def _record(tmp, model_dir, mode: str, params_of: dict) -> tuple:
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     try:
         llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype="float32", max_model_len=128, max_num_seqs=4,
-                  enforce_eager=True, logprobs_mode=mode, **enable_engine_recording(engine_dir, record_tokens=True))
+                  enforce_eager=True, logprobs_mode=mode,
+                  **enable_engine_recording(engine_dir, record_tokens=True, flush_interval_s=ENGINE_FLUSH_S))
         names = list(params_of)
         outs = llm.generate([{"prompt_token_ids": PROMPTS[n]} for n in names], [params_of[n] for n in names])
+        # Shutdown kills the engine core after a short timeout: let its recorder write its last window first
+        time.sleep(0.3 + 2 * ENGINE_FLUSH_S)
         del llm
         gc.collect()
     finally:

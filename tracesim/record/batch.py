@@ -34,10 +34,13 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 from tracesim.record.config import enable_engine_recording
 from tracesim.record.tinymodel import write_tiny_model
+
+FLUSH_S = 0.25  # the engine recorder's write interval
 
 SCHEDULERS = {"auto": "tracesim.record.scheduler.RecordingScheduler",
               "sync": "tracesim.record.scheduler.RecordingSyncScheduler",
@@ -123,7 +126,7 @@ def run_batch(cfg: BatchConfig, out_path: str, *, observe: bool = False, work_di
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         model_dir = write_tiny_model(os.path.join(tmp, "model"))
         engine_dir = os.path.join(tmp, "engine")
-        kwargs = enable_engine_recording(engine_dir, record_tokens=cfg.record_tokens)
+        kwargs = enable_engine_recording(engine_dir, record_tokens=cfg.record_tokens, flush_interval_s=FLUSH_S)
         kwargs["scheduler_cls"] = SCHEDULERS[cfg.scheduler]
         llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="float32",
                   max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs, enforce_eager=True,
@@ -137,6 +140,8 @@ def run_batch(cfg: BatchConfig, out_path: str, *, observe: bool = False, work_di
         prompts, params = _requests(cfg)
         results = llm.generate(prompts, params, use_tqdm=False)
         outputs = {r.request_id: (tuple(r.outputs[0].token_ids), r.outputs[0].finish_reason) for r in results}
+        if not observe:  # a multiprocess core is killed after a short timeout: let its recorder send its last window
+            time.sleep(0.3 + 2 * FLUSH_S)
         llm.llm_engine.engine_core.shutdown()  # closes the scheduler, whose recorder writes its last records
         del llm
         paths = glob.glob(os.path.join(engine_dir, "engine-*.msgpack"))
