@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracesim.check import absence, behaviour, delivery, engine, fingerprint, kv, lifecycle, logprobs, reward
-from tracesim.check import versions, weights
+from tracesim.check import pause, versions, weights
 from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
@@ -33,6 +33,7 @@ INVARIANTS: dict = {
     lifecycle.ENDS: lifecycle.sample_ends_exactly_once,
     lifecycle.LIVE: lifecycle.request_ids_live_once,
     lifecycle.GROUPS: lifecycle.groups_whole_and_consistent,
+    pause.PAUSE: pause.pause_keeps_samples,
     versions.LAG: versions.version_lag_within_bound,
     engine.STEPS: engine.steps_well_formed,
     logprobs.BEHAVIOUR: logprobs.behaviour_logprobs_match_returned,
@@ -45,6 +46,8 @@ INVARIANTS: dict = {
 def _waiver(name: str, policy: Policy) -> str | None:
     if name == kv.KV and policy.allow_stale_kv:
         return "policy allows stale KV (allow_stale_kv = true)"
+    if name == pause.PAUSE and not policy.pause_keeps_samples:
+        return "policy lets a pause abort or drop samples it accounts for (pause_keeps_samples = false)"
     if name == versions.LAG and policy.max_version_lag is None:
         return "policy sets no version-lag bound (max_version_lag = \"none\")"
     return None

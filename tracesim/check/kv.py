@@ -8,6 +8,10 @@ computed by other weights, may attend stale KV. An effective ``CacheReset(ok=Tru
 (and, with ``reset_running``, the KV of running requests, which are recomputed); preemption and abort drop a
 request's KV. Which cached blocks a hit used is not recorded: a hit is judged against the versions computed
 for the same prompt (``prompt_digest``) since the last reset when there are any, else against the whole cache.
+
+The policy can accept one kind and not the other: ``allow_stale_running_kv`` (a running request keeps its own
+KV across an update) and ``allow_stale_prefix_hits`` (a hit on blocks of other weights); ``allow_stale_kv``
+accepts both and waives the invariant.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ KV = "no_stale_kv"
 
 
 def no_stale_kv(ix, policy) -> list:
-    """See the module docstring. Waived by ``allow_stale_kv``."""
+    """See the module docstring. Waived by ``allow_stale_kv``; ``allow_stale_running_kv`` and
+    ``allow_stale_prefix_hits`` each accept one kind."""
     if not ix.steps:
         return NotCheckable("missing engine steps (no sched records)")
     versions = step_versions(ix)
@@ -44,7 +49,7 @@ def no_stale_kv(ix, policy) -> list:
                 mine = kv.get(r)
                 if mine is None or q.resumed:
                     mine = kv[r] = {}
-                    if q.cached_tokens > 0 and r not in flagged:
+                    if q.cached_tokens > 0 and r not in flagged and not policy.allow_stale_prefix_hits:
                         pd = prompts.get(r)
                         src = by_prompt.get(pd) if pd is not None else None
                         src = src or cache
@@ -57,7 +62,7 @@ def no_stale_kv(ix, policy) -> list:
                                 f"version {v} while the cache held KV computed by version {old} (step "
                                 f"{src[old]}) and no effective cache reset came between", r, rec.step,
                                 first + [ref(rec, r)], cause))
-                elif r not in flagged and (len(mine) > 1 or v not in mine):
+                elif r not in flagged and not policy.allow_stale_running_kv and (len(mine) > 1 or v not in mine):
                     old = next(w for w in mine if w != v)
                     flagged.add(r)
                     cause, first = _cause(ix, v, rec.t_ns, "running requests' KV")

@@ -5,7 +5,10 @@ A policy file is TOML with one ``[policy]`` table (or the keys at top level)::
     [policy]
     allow_mixed_versions = false   # a sample may hold tokens of several versions if its spans are kept
     max_version_lag = 0            # trainer_version - oldest version of a sample's tokens, at consumption
-    allow_stale_kv = false         # tokens may attend KV computed by other weights
+    allow_stale_kv = false         # tokens may attend KV computed by other weights (both kinds below)
+    allow_stale_running_kv = false # a running request may keep attending its own KV across an update
+    allow_stale_prefix_hits = false  # a request may reuse prefix-cache blocks computed by other weights
+    pause_keeps_samples = false    # the loop relies on a pause never aborting or dropping a sample
     groups_consumed_together = true  # all members of a group in the same trainer batch
     samples_must_end = true        # the trace covers the whole run: every admitted sample ends in it
 
@@ -34,6 +37,14 @@ class Policy:
     max_version_lag: int | None = 0
     # Tokens may attend KV computed under other weights (a loop that keeps KV across updates on purpose).
     allow_stale_kv: bool = False
+    # Finer: a running request may keep attending the KV it computed before an update (what in-flight update
+    # loops do on purpose: PipelineRL, AReaL), while a request admitted or resumed after the update must not
+    # reuse prefix-cache blocks computed by the old weights (a cache reset that did not happen, or was refused).
+    allow_stale_running_kv: bool = False
+    allow_stale_prefix_hits: bool = False
+    # The loop relies on a pause neither aborting nor dropping a sample (wait/keep-mode loops that never resubmit):
+    # checked by ``pause_keeps_samples``; false (default) lets an abort-mode pause abort samples it accounts for.
+    pause_keeps_samples: bool = False
     # A group's members must all be consumed in one trainer batch (GRPO-style advantages need the whole group).
     groups_consumed_together: bool = True
     # The trace covers the run to its end: a sample still in flight when the trace ends was lost. Set false

@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-lag", type=int, default=0,
                    help="drop groups whose version lags the trainer's by more than this (-1: no bound)")
     p.add_argument("--record-tokens", action="store_true", help="also record sampled token ids and logprobs")
+    p.add_argument("--num-gpu-blocks", type=int, default=None,
+                   help="KV pool in 32-token blocks (default: what the engine's memory gives); small: preemption")
     p.add_argument("--standalone", action="store_true",
                    help="instead drive vLLM's AsyncScheduler standalone (no model; async scheduling with "
                         "placeholders, which the CPU platform turns off in a real engine); records token ids, "
@@ -37,6 +39,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from tracesim.cli.main import UsageError
 
+    if args.num_gpu_blocks is not None and args.num_gpu_blocks < 4:
+        raise UsageError(f"--num-gpu-blocks must be at least 4, got {args.num_gpu_blocks}")
     for name in ("train_steps", "update_every", "n", "concurrency", "batch_groups", "max_tokens", "reward_workers"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -60,7 +64,7 @@ def run(args) -> int:
             clear_cache=args.clear_cache, n=args.n, batch_groups=args.batch_groups, concurrency=args.concurrency,
             max_tokens=args.max_tokens, reward_workers=args.reward_workers, write_ms=args.write_ms,
             seed=args.seed, record_tokens=args.record_tokens, admit_during_pause=args.admit_during_pause,
-            max_lag=args.max_lag)
+            max_lag=args.max_lag, num_gpu_blocks=args.num_gpu_blocks)
         trace = run_workload(cfg, args.out)
     counts = ", ".join(f"{k} {v}" for k, v in trace.counts().items())
     print(f"wrote {args.out}: {len(trace.records)} records ({counts})")

@@ -55,15 +55,21 @@ class WorkloadConfig:
     record_tokens: bool = False
     admit_during_pause: bool = False  # True: submit (and label) while an update is in progress (a bug)
     max_lag: int = 0  # groups older than the trainer's version by more than this are dropped; -1: no bound
+    num_gpu_blocks: int | None = None  # KV pool in blocks (None: what the engine's memory gives); small: preemption
 
 
 def engine_args(model_dir: str, cfg: WorkloadConfig, scheduler_kwargs: dict):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    kv = {}
+    if cfg.num_gpu_blocks is not None:
+        # The CPU attention backend needs blocks of a multiple of 32 tokens; the model length must fit the pool.
+        kv = dict(num_gpu_blocks_override=cfg.num_gpu_blocks, block_size=32,
+                  max_model_len=min(512, (cfg.num_gpu_blocks - 1) * 32))  # vLLM keeps one null block
     return AsyncEngineArgs(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="float32",
-                           max_model_len=512, max_num_seqs=cfg.max_num_seqs, enforce_eager=True, seed=cfg.seed,
+                           max_num_seqs=cfg.max_num_seqs, enforce_eager=True, seed=cfg.seed,
                            enable_prefix_caching=True, max_num_batched_tokens=cfg.max_num_batched_tokens,
-                           **scheduler_kwargs)
+                           **{"max_model_len": 512, **kv}, **scheduler_kwargs)
 
 
 class _Loop:
