@@ -48,3 +48,13 @@ def test_spans_labels_are_clean_where_the_policy_accepts_mixed_versions(seed):
     s = load_scenario(SCENARIO)
     spans = simulate(RunInputs(s.replace(loop=dataclasses.replace(s.loop, version_label="spans")), seed))
     assert check_trace(spans, load_policy(REPO / "policies" / "inflight-updates.toml")).violations == []
+
+
+def test_record_num_gpu_blocks_reaches_the_engine_and_rejects_a_pool_too_small(capsys):
+    """`tracesim record --num-gpu-blocks 12` made the bundled recording: the engine ran that pool."""
+    from tracesim.cli.main import main
+
+    settings = read_trace(TRACES / "vllm-wait-preempt.msgpack").header.engine_config
+    assert (settings.num_gpu_blocks, settings.block_size) == (12, 32)
+    assert main(["record", "/tmp/x.msgpack", "--num-gpu-blocks", "2"]) == 2
+    assert "--num-gpu-blocks must be at least 4" in capsys.readouterr().err
