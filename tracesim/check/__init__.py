@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from tracesim.check import absence, behaviour, delivery, engine, fingerprint, kv, lifecycle, logprobs, reward
-from tracesim.check import pause, versions, weights
+from tracesim.check import absence, behaviour, delivery, engine, fingerprint, kv, lifecycle, logprobs, pause
+from tracesim.check import resume, reward, versions, weights
 from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
@@ -29,6 +29,7 @@ INVARIANTS: dict = {
     absence.DELIVERED: absence.finished_output_delivered,
     absence.TOKENS: absence.client_tokens_match_engine,
     engine.FRAMES: engine.output_applies_to_scheduling_incarnation,
+    resume.RESUMED: resume.resumed_context_complete,
     weights.WRITE: weights.no_weight_write_during_forward,
     lifecycle.ENDS: lifecycle.sample_ends_exactly_once,
     lifecycle.LIVE: lifecycle.request_ids_live_once,

@@ -31,10 +31,11 @@ MAX_GROUP_DROPS = 4
 class EngineInc:
     """One incarnation of a request inside the engine: from its engine-side add to its finish or abort."""
 
-    __slots__ = ("req_id", "add", "proc", "outs", "ended", "end_rec", "client")
+    __slots__ = ("req_id", "add", "proc", "outs", "ended", "end_rec", "client", "resume")
 
     def __init__(self, req_id: str, add, proc: int):
         self.req_id, self.add, self.proc = req_id, add, proc
+        self.resume = None  # (sched record, SchedReq, tokens emitted before it) of a resume not yet sampled
         self.outs: list = []  # (step, sampled, upd record) of every applied, non-stale output with tokens
         self.ended: str | None = None  # "finished" or "aborted"
         self.end_rec = None
@@ -83,6 +84,9 @@ class Index:
     # facts for the sequential engine invariants: (code, Step or None, record, detail...)
     step_faults: list = field(default_factory=list)
     frame_faults: list = field(default_factory=list)
+    # resumes whose rebuilt context is not prompt + emitted tokens: (inc, resume sched, its SchedReq, tokens
+    # emitted before it, sched of the chunk that sampled, its SchedReq, context length fed by then, upd)
+    resume_faults: list = field(default_factory=list)
     twice_live: list = field(default_factory=list)  # (side, new add record, old incarnation)
     in_flight_at_end: dict = field(default_factory=dict)  # proc -> steps scheduled, never updated, at the end
     t0_ns: int | None = None  # the first record's time: the trace start that messages count from
@@ -165,7 +169,9 @@ class _Scanner:
         snap = {}
         for q in rec.reqs:
             incs = engine.get(q.req_id)
-            snap[q.req_id] = incs[-1] if incs is not None else self._live_engine(q.req_id, proc)
+            inc = snap[q.req_id] = incs[-1] if incs is not None else self._live_engine(q.req_id, proc)
+            if q.resumed:  # judged at the resume's first sampled output (resumed_context_complete)
+                inc.resume = (rec, q, sum(n for _s, n, _u in inc.outs))
         self.pending[key] = (snap, self.resets)
 
     def upd(self, rec: StepUpdated) -> None:
@@ -194,9 +200,24 @@ class _Scanner:
                 elif reset_since is not None:
                     ix.frame_faults.append(("reset", st, rec, out, inc, reset_since))
                 if cur is not None:
+                    if cur.resume is not None and inc is cur and rec.step >= cur.resume[0].step:
+                        self._resumed(cur, st, rec)
                     cur.outs.append((rec.step, out.sampled, rec))
             if out.finish_reason is not None and cur is not None and cur.ended is None:
                 cur.ended, cur.end_rec = ("aborted" if out.finish_reason == "abort" else "finished"), rec
+
+    def _resumed(self, inc: EngineInc, st, upd: StepUpdated) -> None:
+        """The first output with tokens since ``inc``'s resume: the chunk that sampled it fed the context up to
+        ``computed_tokens + scheduled``, which is the prompt plus every token emitted before the resume."""
+        sched, q, emitted = inc.resume
+        inc.resume = None
+        prompt_len = inc.add.prompt_len if inc.add is not None else 0
+        q2 = next((r for r in st.sched.reqs if r.req_id == inc.req_id), None)
+        if not prompt_len or q2 is None:
+            return  # no engine add with the prompt length: nothing to compare with
+        fed = q2.computed_tokens + q2.prefill_tokens + q2.decode_tokens
+        if fed != prompt_len + emitted:
+            self.ix.resume_faults.append((inc, sched, q, emitted, st.sched, q2, fed, upd))
 
     def add(self, rec: RequestAdded) -> None:
         if rec.side == "client":

@@ -82,6 +82,12 @@ class EngineSettings(dict):
     # --- the simulated engine (tracesim.sim.scenario.EngineConfig) ---
     scheduler_backend = Setting(_STR, 'simulator scheduler: "native" or "vllm" (vLLM\'s own, in virtual time)')
     discard_stale_frames = Setting(_BOOL, "a stale output frame is discarded (false: applied to the new incarnation)")
+    fault_drop_inflight_frame = Setting(_FLOAT, "fault: probability that a frame in flight at a preemption is lost")
+    fault_frame_to_new_incarnation = Setting(_FLOAT, "fault: probability that a frame voided by a reset is applied "
+                                                     "to the resumed request")
+    fault_resume_context_missing_tokens = Setting(_FLOAT, "fault: probability that a resumed request's context "
+                                                          "lacks the tokens its in-flight frames delivered")
+    fault_duplicate_frame = Setting(_FLOAT, "fault: probability that a frame in flight at a preemption is sent twice")
     sched_us = Setting(_INT, "schedule() cost")
     update_us = Setting(_INT, "update_from_output() cost")
     step_gap_us = Setting(_INT, "engine-core overhead between an update and the next schedule")

@@ -52,6 +52,7 @@ cdef class Engine:
     cdef public object hooks
     cdef public object _wake
     cdef public bint client_stepped
+    cdef public object out_faults
 
     cpdef bint _feed_due(self)
     cpdef _drain_inputs(self)
@@ -64,5 +65,5 @@ cdef class Engine:
 
 cpdef Frame _frame(SimReq req, Py_ssize_t sampled, reason)
 
-@cython.locals(frames=list, req=SimReq, discard_stale=bint, p=Planned)
-cpdef list _frames(planned, outs, discard_stale)
+@cython.locals(frames=list, req=SimReq, p=Planned)
+cpdef list _frames(planned, outs, faults)

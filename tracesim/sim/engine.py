@@ -9,10 +9,17 @@ schedules and submits step N+1 before it blocks on step N and applies its output
 Weights: ``weights_version`` is what is on the GPU (a forward pass runs with the value read when it starts);
 ``version`` is the label stamped on outputs by each update. A weight write changes the first, setting the
 version changes the second: the client decides when (``rlloop.py``).
+
+Output-path fault modes (``EngineConfig.fault_drop_inflight_frame`` / ``fault_duplicate_frame``, docs/simulator.md
+"Engine fault modes") strike the frames of a request's stale share (output in flight when it was preempted,
+``OutReq.stale`` with tokens): the update applied the token, but the frame is lost on its way to the client, or
+sent twice. Final frames are left alone (the finish must reach the client for the loop to go on). Each frame
+in the window is a draw of the run's fault generator, made only when the probability is above 0.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 
 from simpy.events import URGENT, Event
@@ -23,7 +30,7 @@ from tracesim.format.records import (
 from tracesim.sim.records_hot import step_executed, step_scheduled, step_updated
 import tracesim.sim.tuplenew as tuplenew  # item: a NamedTuple's field read in place where compiled
 from tracesim.sim.scenario import batch_queue_depth
-from tracesim.sim.scheduler import sched_reqs
+from tracesim.sim.scheduler import fault_hit, sched_reqs
 from tracesim.sim.vllm_scheduler import make_scheduler
 
 # Where OutReq's fields lie, by name (C integers where compiled, engine.pxd): _frames reads them in place with
@@ -101,9 +108,14 @@ class Engine:
     """``emit(record)`` receives every engine-side record; ``on_output(step, frames)`` the output path: the
     ``Frame`` list of one update, or of aborts (step None)."""
 
-    def __init__(self, env, cfg, timing, emit, on_output, progress=None):
+    def __init__(self, env, cfg, timing, emit, on_output, progress=None, fault_rng=None):
+        """``fault_rng``: the random.Random the fault modes draw from (the run's; a fixed one if None)."""
         self.env, self.cfg, self.timing, self.emit, self.on_output = env, cfg, timing, emit, on_output
-        self.sched = make_scheduler(cfg)  # a SchedulerInterface: the native model, or vLLM's own scheduler
+        if fault_rng is None:
+            fault_rng = random.Random("faults")
+        # a SchedulerInterface: the native model, or vLLM's own scheduler
+        self.sched = make_scheduler(cfg, fault_rng)
+        self.out_faults = OutputFaults.of(cfg, fault_rng)  # None without output-path faults
         self.version = 0
         self.weights_version = 0
         self.step = 0
@@ -341,7 +353,7 @@ class Engine:
         self.actions += 1
         outs = self.sched.update(flight.planned, flight.exec_version, self.version)
         self.emit(step_updated(t_ns=t0, end_ns=self.env.now, step=flight.step, outs=tuple(outs), version=self.version))
-        frames = _frames(flight.planned, outs, self.cfg.discard_stale_frames)
+        frames = _frames(flight.planned, outs, self.out_faults)
         if frames:
             self.on_output(flight.step, frames)
         if self.hooks is not None:
@@ -368,9 +380,31 @@ def _frame(req, sampled: int, reason) -> Frame:
     return new_frame(req_id=req.req_id, sampled=0, tokens=(), stamps=(), finish_reason=reason)
 
 
-def _frames(planned, outs, discard_stale: bool) -> list:
-    """The output frames (``_frame``) of an update's ``outs``: those that carry a token or a finish, without
-    the stale ones the engine discards."""
+class OutputFaults:
+    """The output-path fault modes of a run (module docstring): probabilities and the generator they draw from."""
+
+    __slots__ = ("p_drop", "p_duplicate", "rng")
+
+    def __init__(self, p_drop: float, p_duplicate: float, rng):
+        self.p_drop, self.p_duplicate, self.rng = p_drop, p_duplicate, rng
+
+    @classmethod
+    def of(cls, cfg, rng):
+        p_drop, p_dup = float(cfg.fault_drop_inflight_frame), float(cfg.fault_duplicate_frame)
+        return cls(p_drop, p_dup, rng) if p_drop > 0 or p_dup > 0 else None
+
+    def send(self, frames: list, frame) -> None:
+        """Append a stale-share frame with tokens to ``frames`` zero (dropped), one or two (duplicated) times."""
+        if fault_hit(self.rng, self.p_drop):
+            return
+        frames.append(frame)
+        if fault_hit(self.rng, self.p_duplicate):
+            frames.append(frame)
+
+
+def _frames(planned, outs, faults) -> list:
+    """The output frames (``_frame``) of an update's ``outs``: those that carry a token or a finish (the
+    scheduler gives a discarded stale frame no tokens), through the output-path ``faults`` (None: none)."""
     frames = []
     if len(planned) == len(outs):  # the usual case, one out per planned entry in order: one loop
         for p, o in zip(planned, outs):
@@ -379,14 +413,20 @@ def _frames(planned, outs, discard_stale: bool) -> list:
             reason, stale = tuplenew.item(o, OUT_FINISH_REASON), tuplenew.item(o, OUT_STALE)
             if req.req_id != req_id:
                 break
-            if (sampled or reason) and not (stale and discard_stale):
-                frames.append(_frame(req, sampled, reason))
+            if sampled or reason:
+                if faults is not None and stale and sampled and reason is None:
+                    faults.send(frames, _frame(req, sampled, reason))
+                else:
+                    frames.append(_frame(req, sampled, reason))
         else:
             return frames
         frames = []
     for p, o in zip(_applied(planned, outs), outs):
-        if (o.sampled or o.finish_reason) and not (o.stale and discard_stale):
-            frames.append(_frame(p.req, o.sampled, o.finish_reason))
+        if o.sampled or o.finish_reason:
+            if faults is not None and o.stale and o.sampled and o.finish_reason is None:
+                faults.send(frames, _frame(p.req, o.sampled, o.finish_reason))
+            else:
+                frames.append(_frame(p.req, o.sampled, o.finish_reason))
     return frames
 
 

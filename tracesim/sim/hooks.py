@@ -220,7 +220,7 @@ class Hooks:
             elif isinstance(p, Retry):
                 client.retry(p.req)
             elif isinstance(p, ResetCache):
-                client.control("reset", False)
+                client.control("reset", p.running)
             elif isinstance(p, ExtraUpdate) and self.trainer is not None:
                 self.trainer.extra_update()
 

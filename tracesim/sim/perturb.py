@@ -247,13 +247,23 @@ class Retry(Perturbation):
 
 @dataclass(frozen=True)
 class ResetCache(Perturbation):
-    """At ``at``, the client asks the engine to reset its prefix cache (refused while blocks are in use)."""
+    """At ``at``, the client asks the engine to reset its prefix cache (refused while blocks are in use), or
+    with ``running`` to preempt the running requests first (vLLM's ``reset_running_requests=True``: output
+    of their steps still in flight is void and dropped, the window of ``fault_frame_to_new_incarnation``)."""
 
     KIND = "reset_cache"
     at: str
+    running: bool = False
+
+    def __str__(self) -> str:  # the text form predating ``running`` stays the same
+        return f"reset_cache(at={_fmt(self.at)}{',running=true' if self.running else ''})"
+
+    def simpler(self) -> list:
+        return [dataclasses.replace(self, running=False)] if self.running else []
 
     def validate(self) -> None:
         _check_point(self)
+        _check(isinstance(self.running, bool), self, "running", "expected true or false")
 
 
 @dataclass(frozen=True)
@@ -278,6 +288,9 @@ CONFIG_KEYS = {
     "enable_prefix_caching": ("engine", bool),
     "num_gpu_blocks": ("engine", int), "max_num_seqs": ("engine", int), "max_num_batched_tokens": ("engine", int),
     "reward_workers": ("loop", int), "pause_mode": ("loop", str), "clear_cache": ("loop", bool),
+    # engine fault modes (docs/simulator.md "Engine fault modes"): a probability in [0, 1]
+    "fault_drop_inflight_frame": ("engine", float), "fault_frame_to_new_incarnation": ("engine", float),
+    "fault_resume_context_missing_tokens": ("engine", float), "fault_duplicate_frame": ("engine", float),
 }
 
 
@@ -299,6 +312,8 @@ class SetConfig(Perturbation):
         _check(ok, self, self.key, f"expected {kind.__name__}")
         if kind is int:
             _check(self.value > 0, self, self.key, "must be positive")
+        if kind is float:
+            _check(0.0 <= self.value <= 1.0, self, self.key, "a probability in [0, 1]")
         if self.key == "pause_mode":
             _check(self.value in ("abort", "wait", "keep"), self, self.key, "abort, wait or keep")
 

@@ -76,12 +76,13 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
     emit = records.append
     rng_work = random.Random(f"{inputs.seed}:workload")
     rng_reward = random.Random(f"{inputs.seed}:reward")
-    engine = Engine(env, s.engine, hooks.timing(ModelTiming(s.steptime, s.engine)), emit, None, progress)
+    engine = Engine(env, s.engine, hooks.timing(ModelTiming(s.steptime, s.engine)), emit, None, progress,
+                    fault_rng=random.Random(f"{inputs.seed}:faults"))
     done = env.event()
     trainer: Trainer
     rollout = Rollout(env, s, engine, emit, rng_work, lambda smp: pool.put(smp),
                       lambda g: trainer.group_dropped(g))
-    trainer = Trainer(env, s, engine, rollout, emit, done)
+    trainer = Trainer(env, s, engine, rollout, emit, done, reserve=lambda: _reserve(records))
     pool = RewardPool(env, s.loop, emit, rng_reward, rollout, trainer.rewarded)
     if hooks:
         hooks.install(env, engine, rollout, trainer, pool)
@@ -91,4 +92,16 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
     env.run(until=simpy.AnyOf(env, [done, env.timeout(MAX_VIRTUAL_NS)]))
     if not done.triggered:
         raise StuckRunError(f"run did not finish within {MAX_VIRTUAL_NS} virtual ns (stuck at step {engine.step})")
+    if None in records:  # a place reserved for a record that never came (an update cut short by the end)
+        records = [r for r in records if r is not None]
     return Trace(sim_header(inputs, s.engine), records, [], None)
+
+
+def _reserve(records: list):
+    """Keep the next place in ``records`` for a record known later; return the function that fills it."""
+    at = len(records)
+    records.append(None)
+
+    def fill(record) -> None:
+        records[at] = record
+    return fill

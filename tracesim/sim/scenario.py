@@ -54,13 +54,25 @@ class EngineConfig:
     # in-process core (LLM with VLLM_ENABLE_V1_MULTIPROCESSING=0) is stepped by LLMEngine only while the client
     # has unfinished requests: no step follows the last output.
     engine_loop: str = "busy"
-    discard_stale_frames: bool = True  # False: a stale output frame is applied to the new incarnation (bug)
+    discard_stale_frames: bool = True  # False: fault_frame_to_new_incarnation = 1 (the old name of that bug)
+    # Engine fault modes (docs/simulator.md "Engine fault modes"): the probability, in [0, 1], that each
+    # occurrence of the fault's window goes wrong; 0 (the default) is vLLM's correct behaviour.
+    fault_drop_inflight_frame: float = 0.0  # a stale-share frame (in flight at a preemption) never reaches the client
+    fault_frame_to_new_incarnation: float = 0.0  # a frame voided by a reset is applied to the resumed request
+    fault_resume_context_missing_tokens: float = 0.0  # a resume rebuilds the context without its stale share's tokens
+    fault_duplicate_frame: float = 0.0  # a stale-share frame reaches the client twice
     sched_us: int = 150  # schedule() cost
     update_us: int = 100  # update_from_output() cost
     step_gap_us: int = 50  # engine-core overhead between update and the next schedule
     output_latency_us: int = 400  # engine core -> client transport of one output frame
     add_latency_us: int = 200  # client -> engine core transport of one request
     scheduler_backend: str = "native"  # native (scheduler.py) | vllm (vLLM's own scheduler, vllm_scheduler.py)
+
+
+ENGINE_FAULTS = ("fault_drop_inflight_frame", "fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens",
+                 "fault_duplicate_frame")
+# Faults inside the native scheduler: vLLM's own scheduler (backend "vllm") cannot behave like them.
+SCHEDULER_FAULTS = ("fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens")
 
 
 def batch_queue_depth(cfg: EngineConfig) -> int:
@@ -215,6 +227,10 @@ def _validate(s: Scenario, where: str) -> None:
     if s.engine.max_concurrent_batches < 0:
         raise ScenarioError(f"{where}: [engine].max_concurrent_batches: must be 0 (derived) or positive, "
                             f"got {s.engine.max_concurrent_batches}")
+    for name in ENGINE_FAULTS:
+        if getattr(s.engine, name) > 1.0:
+            raise ScenarioError(f"{where}: [engine].{name}: a probability, must be in [0, 1], "
+                                f"got {getattr(s.engine, name)}")
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")
@@ -243,6 +259,10 @@ def _validate_backend(s: Scenario, where: str) -> None:
     if not s.engine.discard_stale_frames:
         raise ScenarioError(f"{where}: [engine].discard_stale_frames: false has no vLLM counterpart; "
                             "use scheduler_backend = 'native'")
+    for name in SCHEDULER_FAULTS:
+        if getattr(s.engine, name) > 0:
+            raise ScenarioError(f"{where}: [engine].{name}: a fault inside the native scheduler, vLLM's own "
+                                "scheduler has no counterpart; use scheduler_backend = 'native'")
     longest = s.workload.prompt_len[1] + s.workload.max_tokens
     if longest > MAX_MODEL_LEN:
         raise ScenarioError(f"{where}: [workload]: requests of up to {longest} tokens exceed the vLLM backend's "

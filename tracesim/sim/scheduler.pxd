@@ -7,6 +7,9 @@ from tracesim.sim.kvcache cimport BlockPool
 from tracesim.sim.records_hot cimport out_req, sched_req
 
 
+cpdef bint fault_hit(rng, double p)
+
+
 cdef class SimReq:
     cdef public str req_id
     cdef public long long prompt_len
@@ -23,6 +26,8 @@ cdef class SimReq:
     cdef public long long incarnation
     cdef public bint preempted
     cdef public bint drop_inflight
+    cdef public long long stale_share
+    cdef public long long preempt_out_len
     cdef public list blocks
     cdef public long long committed
     cdef public object arrival_ns
@@ -70,6 +75,9 @@ cdef class Scheduler:
     cdef public dict requests
     cdef public long long pause_state
     cdef public list finished_since
+    cdef public double p_new_incarnation
+    cdef public double p_missing_context
+    cdef public object fault_rng
 
     cpdef _finish(self, SimReq req, str reason)
     @cython.locals(live=list, req=SimReq)
@@ -95,7 +103,8 @@ cdef class Scheduler:
     cpdef _commit(self, SimReq req, long long upto)
     @cython.locals(req=SimReq)
     cpdef _after_schedule(self, Planned p)
-    @cython.locals(discard=bint, async_sched=bint, bs=cython.longlong, version_term=cython.longlong, outs=list,
+    cpdef _resume_context(self, SimReq req)
+    @cython.locals(p_apply_stale=double, share=bint, async_sched=bint, bs=cython.longlong, version_term=cython.longlong, outs=list,
                    req=SimReq, stale=bint, status=cython.longlong, out_tokens=list, n_out=cython.longlong,
                    upto=cython.longlong, incarnation=cython.longlong, samples=bint, p=Planned)
     cpdef list update(self, list planned, long long exec_version, long long stamp_version)

@@ -9,9 +9,16 @@ watermark while others run), with prefix-cache hits counted on admission (full b
 last token). ``update()`` applies one step's output: a sampled token per request that caught
 up with its tokens, finishing at the stop length or ``max_tokens``.
 
-Async scheduling adds one output placeholder per scheduled non-chunk request, resolved by the update; an
-output frame for a request that was reset (aborted, or preempted by a cache reset) since it was scheduled is
-stale and dropped, unless ``discard_stale_frames`` is off (a deliberate bug setting).
+Async scheduling adds one output placeholder per scheduled non-chunk request, resolved by the update. Output
+in flight when a request is preempted is its stale share (vLLM's ``num_stale_output_tokens``): after a plain
+(KV-pressure) preemption it is still applied and delivered, marked ``stale``, and the request resumes only once
+the share has drained; after a reset (abort, or a cache reset preempting running requests) it is dropped.
+
+Engine fault modes (``EngineConfig.fault_*``, docs/simulator.md "Engine fault modes") that live in the
+scheduler: a dropped stale frame applied to the new incarnation instead (``fault_frame_to_new_incarnation``;
+``discard_stale_frames = false`` is the same at probability 1), and a resumed request rebuilt without the
+tokens its stale share delivered (``fault_resume_context_missing_tokens``). Each is drawn per occurrence from
+the run's fault generator, and only when its probability is above 0: a run without faults draws nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ WAITING, RUNNING, FINISHED = 0, 1, 2
 def token_id(req_hash: int, pos: int, version: int) -> int:
     """Deterministic pseudo token id: differs when another weight version produced the position."""
     return (req_hash * 1_000_003 + pos * 7_919 + version * 104_729) % 50_257
+
+
+def fault_hit(rng, p: float) -> bool:
+    """Whether a fault of probability ``p`` strikes this occurrence: never draws at 0 (a run without faults
+    stays byte-identical) nor at 1."""
+    if p <= 0.0:
+        return False
+    if p >= 1.0:
+        return True
+    return rng.random() < p
 
 
 class SimReq:
@@ -53,6 +70,8 @@ class SimReq:
         self.incarnation = 0  # bumped when in-flight output must be dropped (abort, cache-reset preemption)
         self.preempted = False  # next admission is a resume
         self.drop_inflight = False  # in-flight output of the last preemption is dropped, not delivered
+        self.stale_share = 0  # entries in flight at the last preemption, not yet updated (vLLM: stale output)
+        self.preempt_out_len = 0  # output tokens at the last preemption: the stale share appends past it
         self.blocks: list = []
         self.committed = 0  # leading blocks already given their content key
         self.arrival_ns = None  # replay: the recorded time the engine core added it
@@ -164,8 +183,12 @@ def sched_reqs(planned) -> tuple:
 class Scheduler:
     """The native scheduling backend (``interface.SchedulerInterface``; see the module docstring)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, fault_rng=None):
         self.cfg = cfg
+        # Fault probabilities (see the module docstring); fault_rng is drawn only where one is above 0.
+        self.p_new_incarnation = 1.0 if not cfg.discard_stale_frames else float(cfg.fault_frame_to_new_incarnation)
+        self.p_missing_context = float(cfg.fault_resume_context_missing_tokens)
+        self.fault_rng = fault_rng
         self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.watermark_blocks = int(cfg.watermark * cfg.num_gpu_blocks)
         self.waiting: deque = deque()
@@ -244,6 +267,9 @@ class Scheduler:
         req.placeholders = 0
         req.preempted = True
         req.drop_inflight = drop_inflight
+        # vLLM assigns num_stale_output_tokens = num_in_flight_tokens: every entry still in flight is stale
+        req.stale_share = req.inflight
+        req.preempt_out_len = len(req.out_tokens)
         if drop_inflight:
             req.incarnation += 1
         self.waiting.appendleft(req)
@@ -329,6 +355,8 @@ class Scheduler:
             if req.inflight and not req.drop_inflight:
                 skipped.append(self.waiting.popleft())  # its in-flight output lands before it is rescheduled
                 continue
+            if req.preempted and len(req.out_tokens) > req.preempt_out_len:
+                self._resume_context(req)
             hits = self.pool.lookup(req.block_keys(req.num_tokens - 1, bs))
             cached = len(hits) * bs
             n = req.num_tokens - cached
@@ -351,6 +379,16 @@ class Scheduler:
             budget -= n
         self.waiting.extendleft(reversed(skipped))
         return budget
+
+    def _resume_context(self, req: SimReq) -> None:
+        """A resumed request whose stale share delivered tokens after its preemption: with
+        ``fault_resume_context_missing_tokens`` its context is rebuilt without them (the engine recomputes and
+        resamples those positions; the client already has them). Drawn once per preemption."""
+        n_kept = req.preempt_out_len
+        req.preempt_out_len = len(req.out_tokens)  # the window closes: one draw per preemption
+        if fault_hit(self.fault_rng, self.p_missing_context):
+            del req.out_tokens[n_kept:]
+            del req.stamp_versions[n_kept:]
 
     def _allocate(self, req: SimReq, n: int, hits: list, reserve: int = 0) -> bool:
         bs = self.cfg.block_size
@@ -394,24 +432,28 @@ class Scheduler:
     def update(self, planned: list, exec_version: int, stamp_version: int) -> list:
         """Apply one step's output; return OutReq entries (finished and stale ones included)."""
         cfg = self.cfg
-        discard, async_sched, bs = cfg.discard_stale_frames, cfg.async_scheduling, cfg.block_size
+        async_sched, bs = cfg.async_scheduling, cfg.block_size
+        p_apply_stale = self.p_new_incarnation
         version_term = exec_version * 104_729  # token_id(), inlined below
         outs = []
         for p in planned:
             req, incarnation, samples = p.req, p.incarnation, p.samples
             req.inflight -= 1
-            stale = incarnation != req.incarnation
+            stale = incarnation != req.incarnation  # reset since scheduled: the frame is void
+            share = req.stale_share > 0  # in flight at a preemption: vLLM marks it stale (and drains the share)
+            if share:
+                req.stale_share -= 1
             status = req.status
             if status == FINISHED and not stale:  # finished while in flight (async)
                 outs.append(out_req(req_id=req.req_id, sampled=0, finish_reason=None, stale=False, token_ids=None,
                                     logprobs=None))
                 continue
-            if stale and discard:
+            if stale and not fault_hit(self.fault_rng, p_apply_stale):
                 outs.append(out_req(req_id=req.req_id, sampled=0, finish_reason=None, stale=True, token_ids=None,
                                     logprobs=None))
                 continue
             if not samples:
-                outs.append(out_req(req_id=req.req_id, sampled=0, finish_reason=None, stale=False, token_ids=None,
+                outs.append(out_req(req_id=req.req_id, sampled=0, finish_reason=None, stale=share, token_ids=None,
                                     logprobs=None))
                 continue
             if stale and status == FINISHED:
@@ -432,7 +474,7 @@ class Scheduler:
                 reason = "stop"
             elif n_out >= req.max_tokens:
                 reason = "length"
-            elif stale:
+            elif stale or share:
                 outs.append(out_req(req_id=req.req_id, sampled=1, finish_reason=None, stale=True, token_ids=None,
                                     logprobs=None))
                 continue
@@ -445,13 +487,13 @@ class Scheduler:
                 elif req in self.waiting:
                     self.waiting.remove(req)
                 self._finish(req, reason)
-            outs.append(out_req(req_id=req.req_id, sampled=1, finish_reason=reason, stale=stale, token_ids=None,
-                                logprobs=None))
+            outs.append(out_req(req_id=req.req_id, sampled=1, finish_reason=reason, stale=stale or share,
+                                token_ids=None, logprobs=None))
         return outs
 
     def counts(self) -> tuple:
         return len(self.waiting), len(self.running)
 
 
-__all__ = ["Scheduler", "SimReq", "Planned", "sched_reqs", "token_id", "WAITING", "RUNNING", "FINISHED",
+__all__ = ["Scheduler", "SimReq", "fault_hit", "Planned", "sched_reqs", "token_id", "WAITING", "RUNNING", "FINISHED",
            "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]

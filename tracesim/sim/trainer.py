@@ -79,8 +79,11 @@ class RewardPool:
 
 
 class Trainer:
-    def __init__(self, env, scenario, engine, rollout, emit, done):
+    def __init__(self, env, scenario, engine, rollout, emit, done, reserve=None):
+        """``reserve()``: keep the next place in the record stream for a record known later; returns the
+        function that fills it (None: such records are emitted when known)."""
         self.env, self.policy, self.engine, self.rollout, self.emit = env, scenario.loop, engine, rollout, emit
+        self.reserve = reserve
         self.done = done
         self.rewards: dict = {}  # req_id -> reward
         self.ready: deque = deque()  # groups whose every sample has a reward
@@ -186,6 +189,9 @@ class Trainer:
         self.in_update = True
         tw = self.tweaks(self.updates) if self.tweaks is not None else None
         t0 = env.now
+        # The client's Paused carries the call (t0) and its return (end_ns): its place in the stream is the
+        # call's, before the engine's own Paused and what the drain records, as in a recording sorted by time.
+        put_paused = self.reserve() if self.reserve is not None else self.emit
         drained = engine.request_pause(policy.pause_mode, policy.clear_cache)
         if policy.wait_for_drain:
             if tw is not None and tw.early_ns is not None:
@@ -193,8 +199,8 @@ class Trainer:
             else:
                 yield drained
         state = PAUSED_ALL if policy.pause_mode == "keep" else PAUSED_NEW
-        self.emit(Paused(t_ns=t0, side="client", mode=policy.pause_mode, clear_cache=policy.clear_cache, state=state,
-                         end_ns=env.now))
+        put_paused(Paused(t_ns=t0, side="client", mode=policy.pause_mode, clear_cache=policy.clear_cache, state=state,
+                          end_ns=env.now))
         if tw is not None and tw.late_ns:
             yield env.timeout(tw.late_ns)
         t_write = env.now

@@ -16,9 +16,12 @@ built on the CPU without a model by ``tracesim.record.standalone`` (as vLLM's ow
   set, whose order would depend on the hash seed); pauses: ``set_pause_state``; cache resets:
   ``reset_prefix_cache``.
 
-Stale frames are vLLM's: output of a request preempted by KV pressure is delivered, output of an aborted
-request or of one preempted by a cache reset is dropped (``OutReq.stale``). ``discard_stale_frames=false``
-(a deliberate bug of the native model) has no vLLM counterpart and is rejected by the scenario.
+Stale frames are vLLM's: output of a request preempted by KV pressure is delivered and marked stale (the
+request had ``num_stale_output_tokens`` when the update began, as the recorder marks it), output of an aborted
+request or of one preempted by a cache reset is dropped (``OutReq.stale``). The scheduler-internal fault
+settings (``fault_frame_to_new_incarnation``, ``discard_stale_frames=false``,
+``fault_resume_context_missing_tokens``: deliberate bugs of the native model) have no vLLM counterpart and are
+rejected by the scenario; the output-path faults (engine.py) apply to both backends.
 
 vLLM is imported when this module is imported; ``make_scheduler`` imports it only for the "vllm" backend.
 """
@@ -36,13 +39,14 @@ MAX_MODEL_LEN = 2048  # the tiny model config's max_position_embeddings (tracesi
 STOP_TOKEN = 50_257  # fed at a sample's stop length; pseudo token ids are below it
 
 
-def make_scheduler(cfg):
-    """The scheduler the engine uses: native ``Scheduler`` or ``VllmScheduler`` per ``cfg.scheduler_backend``.
+def make_scheduler(cfg, fault_rng=None):
+    """The scheduler the engine uses: native ``Scheduler`` or ``VllmScheduler`` per ``cfg.scheduler_backend``;
+    ``fault_rng`` draws the native scheduler's fault modes.
 
     Raises ImportError (backend "vllm" without vLLM installed) and ValueError (unknown backend)."""
     backend = getattr(cfg, "scheduler_backend", "native")
     if backend == "native":
-        return Scheduler(cfg)
+        return Scheduler(cfg, fault_rng)
     if backend == "vllm":
         return VllmScheduler(cfg)
     raise ValueError(f"scheduler_backend must be 'native' or 'vllm', got {backend!r}")
@@ -226,10 +230,12 @@ class VllmScheduler(SchedulerInterface):
         """Apply one step's output; return OutReq entries (finished and stale ones included)."""
         out = planned.out
         vreqs = self.v.requests
-        req_ids, sampled = [], []
+        req_ids, sampled, share = [], [], set()
         for p in planned:
             req_ids.append(p.req.req_id)
             vreq = vreqs.get(p.req.req_id)
+            if vreq is not None and vreq.num_stale_output_tokens > 0:
+                share.add(p.req.req_id)  # in flight at a preemption: vLLM drains it as stale output
             if not p.samples or vreq is None or vreq.is_finished():
                 sampled.append([])
                 continue
@@ -243,7 +249,7 @@ class VllmScheduler(SchedulerInterface):
             req = p.req
             o = by_id.get(req.req_id)
             if o is None:  # prefill chunk, finished while in flight, or a dropped stale frame
-                stale = p.incarnation != req.incarnation
+                stale = p.incarnation != req.incarnation or req.req_id in share
                 outs.append(OutReq(req.req_id, 0, None, True) if stale else OutReq(req.req_id, 0))
                 continue
             for _ in o.new_token_ids:
@@ -252,7 +258,7 @@ class VllmScheduler(SchedulerInterface):
             reason = str(o.finish_reason) if o.finish_reason is not None else None
             if reason is not None:
                 self._finished(req, reason)
-            outs.append(OutReq(req.req_id, len(o.new_token_ids), reason, False))
+            outs.append(OutReq(req.req_id, len(o.new_token_ids), reason, req.req_id in share))
         return outs
 
 
