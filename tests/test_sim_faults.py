@@ -168,3 +168,17 @@ def test_client_paused_record_sits_at_its_call_in_the_stream():
         t_ns = recs[ci].t_ns
         assert all(getattr(r, "t_ns", t_ns) <= t_ns for r in recs[:ci])
         assert recs[ci].end_ns >= t_ns
+
+
+def test_vllm_backend_refuses_native_only_faults_however_they_are_set():
+    """A set(KEY=VALUE) switch bypasses scenario validation: the backend itself refuses what it cannot do."""
+    import dataclasses
+
+    pytest.importorskip("vllm")
+    from tracesim.sim.scenario import EngineConfig
+    from tracesim.sim.vllm_scheduler import make_scheduler
+
+    for key in ("fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens"):
+        cfg = dataclasses.replace(EngineConfig(scheduler_backend="vllm"), **{key: 1.0})
+        with pytest.raises(ValueError, match=key):
+            make_scheduler(cfg)

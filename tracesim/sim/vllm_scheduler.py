@@ -43,11 +43,20 @@ def make_scheduler(cfg, fault_rng=None):
     """The scheduler the engine uses: native ``Scheduler`` or ``VllmScheduler`` per ``cfg.scheduler_backend``;
     ``fault_rng`` draws the native scheduler's fault modes.
 
-    Raises ImportError (backend "vllm" without vLLM installed) and ValueError (unknown backend)."""
+    Raises ImportError (backend "vllm" without vLLM installed) and ValueError (unknown backend, or a fault of the
+    native scheduler asked of the vllm backend)."""
     backend = getattr(cfg, "scheduler_backend", "native")
     if backend == "native":
         return Scheduler(cfg, fault_rng)
     if backend == "vllm":
+        # Faults of the native scheduler have no vLLM counterpart: refuse them however they were set (a scenario
+        # is validated when loaded; an exploration's set(KEY=VALUE) switch reaches here unvalidated).
+        from tracesim.sim.scenario import SCHEDULER_FAULTS
+
+        native_only = [k for k in SCHEDULER_FAULTS if getattr(cfg, k, 0)]
+        if native_only or not getattr(cfg, "discard_stale_frames", True):
+            what = ", ".join(native_only) or "discard_stale_frames = false"
+            raise ValueError(f"scheduler_backend 'vllm' has no counterpart of {what}; use the native backend")
         return VllmScheduler(cfg)
     raise ValueError(f"scheduler_backend must be 'native' or 'vllm', got {backend!r}")
 
