@@ -53,10 +53,12 @@ def make_scheduler(cfg, fault_rng=None):
         # is validated when loaded; an exploration's set(KEY=VALUE) switch reaches here unvalidated).
         from tracesim.sim.scenario import SCHEDULER_FAULTS
 
+        # (The old name discard_stale_frames = false is refused when a scenario is loaded; code that builds an
+        # EngineConfig with it for the vllm backend keeps getting vLLM's behaviour, as before.)
         native_only = [k for k in SCHEDULER_FAULTS if getattr(cfg, k, 0)]
-        if native_only or not getattr(cfg, "discard_stale_frames", True):
-            what = ", ".join(native_only) or "discard_stale_frames = false"
-            raise ValueError(f"scheduler_backend 'vllm' has no counterpart of {what}; use the native backend")
+        if native_only:
+            raise ValueError(f"scheduler_backend 'vllm' has no counterpart of {', '.join(native_only)}; "
+                             "use the native backend")
         return VllmScheduler(cfg)
     raise ValueError(f"scheduler_backend must be 'native' or 'vllm', got {backend!r}")
 
