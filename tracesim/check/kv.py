@@ -9,6 +9,11 @@ computed by other weights, may attend stale KV. An effective ``CacheReset(ok=Tru
 request's KV. Which cached blocks a hit used is not recorded: a hit is judged against the versions computed
 for the same prompt (``prompt_digest``) since the last reset when there are any, else against the whole cache.
 
+An external KV tier (an offload cache or KV connector) outlives a prefix-cache reset unless reset with it: the
+engine then follows its ``CacheReset`` with one of ``side = "kv_tier"``, ``ok`` false when the tier kept its
+blocks. What the GPU cache held then stays hittable through the tier, so a later hit is also judged against
+it, until a tier reset (``ok`` true). A ``kv_tier`` record is not a refused reset.
+
 The policy can accept one kind and not the other: ``allow_stale_running_kv`` (a running request keeps its own
 KV across an update) and ``allow_stale_prefix_hits`` (a hit on blocks of other weights); ``allow_stale_kv``
 accepts both and waives the invariant.
@@ -20,6 +25,7 @@ from tracesim.check.base import NotCheckable, ms, ref, step_versions, violation
 from tracesim.format.records import Aborted, CacheReset, RequestAdded, StepScheduled
 
 KV = "no_stale_kv"
+KV_TIER = "kv_tier"  # CacheReset.side of what a reset did to the external KV tier (tracesim/sim/engine.py)
 
 
 def no_stale_kv(ix, policy) -> list:
@@ -34,6 +40,10 @@ def no_stale_kv(ix, policy) -> list:
     kv: dict = {}  # req_id -> {version: step that first wrote KV of it}
     cache: dict = {}  # version -> step that wrote it into the prefix cache
     by_prompt: dict = {}  # prompt digest -> {version: step}
+    tier: dict = {}  # as ``cache``, for what the external KV tier kept through resets
+    tier_by_prompt: dict = {}  # as ``by_prompt``, for the tier
+    cleared = None  # (cache, by_prompt) the last effective GPU reset emptied: a kv_tier ok=false record keeps it
+    tier_reset = None  # the CacheReset(side="kv_tier", ok=false) that last kept the tier
     flagged: set = set()
     out = []
     for proc, rec in ix.timeline:
@@ -51,9 +61,21 @@ def no_stale_kv(ix, policy) -> list:
                     mine = kv[r] = {}
                     if q.cached_tokens > 0 and r not in flagged and not policy.allow_stale_prefix_hits:
                         pd = prompts.get(r)
-                        src = by_prompt.get(pd) if pd is not None else None
-                        src = src or cache
+                        gpu = by_prompt.get(pd) if pd is not None else None
+                        src = gpu or cache
                         old = next((w for w in src if w != v), None)
+                        if old is None and tier:  # not from the GPU cache: loaded from the tier?
+                            src = (tier_by_prompt.get(pd) if pd is not None else None) or ({} if gpu else tier)
+                            old = next((w for w in src if w != v), None)
+                            if old is not None:
+                                flagged.add(r)
+                                cause, first = _tier_cause(ix, v, tier_reset)
+                                out.append(violation(
+                                    KV, f"{r} reused {q.cached_tokens} cached tokens at step {rec.step} under "
+                                    f"version {v} while the external KV tier held KV computed by version {old} "
+                                    f"(step {src[old]}): the cache resets since kept the tier", r, rec.step,
+                                    first + [ref(rec, r)], cause))
+                                old = None
                         if old is not None:
                             flagged.add(r)
                             cause, first = _cause(ix, v, rec.t_ns, "the prefix cache")
@@ -76,9 +98,22 @@ def no_stale_kv(ix, policy) -> list:
                 if pd is not None:
                     by_prompt.setdefault(pd, {}).setdefault(v, rec.step)
         elif t is CacheReset:
-            if rec.ok:
-                cache.clear()
-                by_prompt.clear()
+            if rec.side == KV_TIER:
+                if rec.ok:
+                    tier.clear()
+                    tier_by_prompt.clear()
+                elif cleared is not None:  # what the GPU reset emptied lives on in the tier
+                    tier_reset = rec
+                    for w, step in cleared[0].items():
+                        tier.setdefault(w, step)
+                    for pd, vs in cleared[1].items():
+                        into = tier_by_prompt.setdefault(pd, {})
+                        for w, step in vs.items():
+                            into.setdefault(w, step)
+                cleared = None
+            elif rec.ok:
+                cleared = (cache, by_prompt)
+                cache, by_prompt = {}, {}
                 if rec.reset_running:
                     kv.clear()
         elif t is RequestAdded:
@@ -98,7 +133,7 @@ def _cause(ix, version, t_ns: int, what: str) -> tuple:
     found = ix.derived.get("kv_causes")
     if found is None:
         found = ix.derived["kv_causes"] = ({w.version: w for w in ix.weights},
-                                          [c for c in ix.resets if not c.ok])
+                                          [c for c in ix.resets if not c.ok and c.side != KV_TIER])
     updates, refused = found
     w = updates.get(version)
     if w is None:
@@ -111,3 +146,13 @@ def _cause(ix, version, t_ns: int, what: str) -> tuple:
         return (f"the cache reset at {ms(ix, bad.t_ns)} after the update to version {version} was refused "
                 f"(ok = false) and the loop went on", [ref(w), ref(bad)])
     return f"the update to version {version} at {ms(ix, w.t_ns)} kept {what}", [ref(w)]
+
+
+def _tier_cause(ix, version, kept) -> tuple:
+    """``(cause, [records])`` of a hit on KV the external tier kept: the reset that left the tier (``kept``,
+    the ``kv_tier`` record with ``ok`` false) and the update that made its KV stale."""
+    w = next((u for u in ix.weights if u.version == version), None)
+    refs = ([ref(w)] if w is not None else []) + ([ref(kept)] if kept is not None else [])
+    at = f" at {ms(ix, kept.t_ns)}" if kept is not None else ""
+    return (f"the cache reset{at} left the external KV tier (kv_tier ok = false: reset_connector off) and a "
+            f"later admission under version {version} loaded KV of older weights from it", refs)

@@ -104,6 +104,22 @@ class Pause:
         self.mode, self.clear_cache, self.done, self.abort_all = mode, clear_cache, done, abort_all
 
 
+class ResetCall:
+    """The loop's own ``reset_prefix_cache(reset_running, reset_connector)`` call (a "reset" input whose
+    result the caller awaits): ``done`` fires with ``ok``. A plain bool payload is a reset whose result nobody
+    reads (explore's ``reset_cache`` perturbation, replay): vLLM's call with ``reset_connector = false``."""
+
+    __slots__ = ("reset_running", "reset_connector", "done")
+
+    def __init__(self, reset_running: bool, reset_connector: bool, done):
+        self.reset_running, self.reset_connector, self.done = reset_running, reset_connector, done
+
+
+# CacheReset.side of the record that says what became of the external KV tier at a reset (only where there is
+# one): ok = true, emptied with the prefix cache (reset_connector); ok = false, it kept its blocks.
+KV_TIER_SIDE = "kv_tier"
+
+
 class Engine:
     """``emit(record)`` receives every engine-side record; ``on_output(step, frames)`` the output path: the
     ``Frame`` list of one update, or of aborts (step None)."""
@@ -146,6 +162,13 @@ class Engine:
         done = self.env.event()
         self.submit("pause", Pause(mode=mode, clear_cache=clear_cache, done=done,
                                    abort_all=mode == "abort" if abort_all is None else abort_all))
+        return done
+
+    def request_reset(self, reset_running: bool, reset_connector: bool):
+        """Queue the loop's ``reset_prefix_cache`` call; the returned event fires with ``ok`` when the core
+        has taken it (vLLM refuses it, ``ok`` false, while blocks are in use unless ``reset_running``)."""
+        done = self.env.event()
+        self.submit("reset", ResetCall(bool(reset_running), bool(reset_connector), done))
         return done
 
     def _take_inputs(self):
@@ -208,18 +231,29 @@ class Engine:
             return
         self.pause = None
         if pause.clear_cache:
-            self._on_reset(True)
+            # vLLM 0.32's pause resets with reset_running and reset_connector (EngineCore._reset_caches)
+            self._reset(True, True)
         pause.done.succeed(self.env.now)
 
     def _on_resume(self, payload) -> None:
         self.sched.set_pause_state(UNPAUSED)
         self.emit(Resumed(t_ns=self.env.now, side="engine"))
 
-    def _on_reset(self, reset_running) -> None:
+    def _on_reset(self, payload) -> None:
+        if type(payload) is ResetCall:
+            ok = self._reset(payload.reset_running, payload.reset_connector)
+            payload.done.succeed(ok)
+        else:
+            self._reset(bool(payload), False)
+
+    def _reset(self, reset_running: bool, reset_connector: bool) -> bool:
+        """Reset the prefix cache (and the external KV tier with ``reset_connector``); record it."""
         had_running = self.sched.num_running() > 0
-        ok, _ = self.sched.reset_prefix_cache(bool(reset_running))
-        self.emit(CacheReset(t_ns=self.env.now, ok=ok, side="engine",
-                             reset_running=bool(reset_running) and had_running))
+        ok, _ = self.sched.reset_prefix_cache(reset_running, reset_connector)
+        self.emit(CacheReset(t_ns=self.env.now, ok=ok, side="engine", reset_running=reset_running and had_running))
+        if self.sched.has_kv_tier():  # what the reset did to the tier, which outlives it unless reset too
+            self.emit(CacheReset(t_ns=self.env.now, ok=reset_connector, side=KV_TIER_SIDE))
+        return ok
 
     # --- the busy loop -----------------------------------------------------------------------------------
 

@@ -60,10 +60,16 @@ class SchedulerInterface(ABC):
         """The state last set (``PAUSED_ALL``, ``PAUSED_NEW`` or ``UNPAUSED``); recorded with each step."""
 
     @abstractmethod
-    def reset_prefix_cache(self, reset_running: bool) -> tuple:
+    def reset_prefix_cache(self, reset_running: bool, reset_connector: bool = False) -> tuple:
         """Called when the engine core takes a "reset" input, or when a pause with ``clear_cache`` completes.
         With ``reset_running`` running requests are preempted first (from the back, their in-flight output
-        dropped). Returns ``(ok, preempted req_ids)``: ``ok`` is whether the cache was reset."""
+        dropped); with ``reset_connector`` an external KV tier is emptied too (vLLM's argument of the same
+        name). Returns ``(ok, preempted req_ids)``: ``ok`` is whether the cache (and the tier, when asked) was
+        reset."""
+
+    @abstractmethod
+    def has_kv_tier(self) -> bool:
+        """Whether an external KV tier (an offload cache or KV connector) outlives GPU prefix-cache resets."""
 
     # --- the busy loop -------------------------------------------------------------------------------------
 

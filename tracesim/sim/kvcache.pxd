@@ -12,9 +12,17 @@ cdef class BlockPool:
     cdef public list version_of
     cdef public dict cached
     cdef public object free
+    cdef public long long offload_blocks
+    cdef public object tier
+    cdef public long long tier_hits
 
     cpdef double usage(self)
     cpdef list lookup(self, list keys)
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t)
+    cpdef long long lookup_tier(self, list keys, Py_ssize_t start)
+    @cython.locals(i=Py_ssize_t)
+    cpdef load_tier(self, list keys, Py_ssize_t start, Py_ssize_t n)
+    cpdef _offload(self, object key)
     @cython.locals(b=Py_ssize_t, evictable=Py_ssize_t)
     cpdef bint can_take(self, list hits, long long num_new)
     @cython.locals(b=Py_ssize_t)
@@ -25,3 +33,4 @@ cdef class BlockPool:
     cpdef release(self, list blocks)
     cpdef commit(self, Py_ssize_t block, object key, long long version)
     cpdef bint reset(self)
+    cpdef bint reset_tier(self)

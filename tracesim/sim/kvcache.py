@@ -9,8 +9,14 @@ the back (LRU: it can be hit again until an allocation evicts it) and a freed bl
 hittable) to the front, to be reused first. One block is reserved (vLLM's null block), so
 ``num_gpu_blocks - 1`` are usable.
 
-Each cached block remembers the weight version that computed it: ``stale_hits`` counts hits on KV written
-by older weights (what a cache clear at a weight update prevents).
+Each cached block remembers the weight version that computed it (``version_of``).
+
+External KV tier (``offload_blocks`` > 0, ``[engine].kv_offload_blocks``): an offload cache or KV connector
+beside the GPU pool, keyed like the prefix cache, holding up to ``offload_blocks`` content keys in LRU order.
+A cached block evicted from the GPU (``take``) and, on a successful ``reset``, every cached block move their
+key there; ``lookup_tier`` continues a GPU prefix hit into the tier (the caller loads those blocks into fresh
+GPU blocks, which are keyed again). ``reset`` leaves the tier: only ``reset_tier`` (vLLM's
+``reset_connector``) empties it, which is how KV of old weights can survive a successful prefix-cache reset.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections import OrderedDict
 
 
 class BlockPool:
-    def __init__(self, num_gpu_blocks: int, block_size: int, prefix_caching: bool):
+    def __init__(self, num_gpu_blocks: int, block_size: int, prefix_caching: bool, offload_blocks: int = 0):
         self.block_size = block_size
         self.prefix_caching = prefix_caching
         self.num_blocks = num_gpu_blocks - 1
@@ -28,6 +34,9 @@ class BlockPool:
         self.version_of = [0] * self.num_blocks
         self.cached: dict = {}  # content key -> {block id: None}, in caching order (first one is hit)
         self.free = OrderedDict.fromkeys(range(self.num_blocks))  # front is allocated (evicted) first
+        self.offload_blocks = offload_blocks if prefix_caching else 0  # the tier's capacity in blocks (0: none)
+        self.tier = OrderedDict()  # content key -> None, least recently stored or hit first (dropped first)
+        self.tier_hits = 0  # blocks loaded from the tier into the GPU
 
     @property
     def num_free(self) -> int:
@@ -47,6 +56,33 @@ class BlockPool:
                 break
             hits.append(next(iter(blocks)))
         return hits
+
+    def lookup_tier(self, keys: list, start: int) -> int:
+        """How many of ``keys[start:]`` (the keys past a GPU hit of ``start`` blocks) continue the prefix in the
+        external tier (no side effect: an admission that goes ahead calls ``load_tier``)."""
+        n = 0
+        tier = self.tier
+        for i in range(start, len(keys)):
+            if keys[i] not in tier:
+                break
+            n += 1
+        return n
+
+    def load_tier(self, keys: list, start: int, n: int) -> None:
+        """``keys[start:start + n]`` were loaded from the tier: count them and mark them recently used (vLLM's
+        offload cache keeps its copy after a load)."""
+        tier = self.tier
+        for i in range(start, start + n):
+            tier.move_to_end(keys[i])
+        self.tier_hits += n
+
+    def _offload(self, key) -> None:
+        """Store ``key`` in the external tier (most recently used), dropping the least recent past capacity."""
+        tier = self.tier
+        tier[key] = None
+        tier.move_to_end(key)
+        if len(tier) > self.offload_blocks:
+            tier.popitem(last=False)
 
     def can_take(self, hits: list, num_new: int) -> bool:
         """Whether ``num_new`` fresh blocks fit after touching the cache hits ``hits``."""
@@ -73,6 +109,8 @@ class BlockPool:
                 del same[b]
                 if not same:
                     del self.cached[key]
+                    if self.offload_blocks:  # its last GPU copy is evicted: the tier keeps the content
+                        self._offload(key)
                 self.key_of[b] = None
             self.ref[b] = 1
             out.append(b)
@@ -102,10 +140,19 @@ class BlockPool:
         self.version_of[block] = version
 
     def reset(self) -> bool:
-        """Forget every cached key; fails (returns False) while any block is referenced."""
+        """Forget every cached key; fails (returns False) while any block is referenced. With an external
+        tier the cached blocks move there first (it outlives the reset: ``reset_tier``)."""
         if len(self.free) != self.num_blocks:
             return False
+        if self.offload_blocks:
+            for key in self.cached:
+                self._offload(key)
         for b in range(self.num_blocks):
             self.key_of[b] = None
         self.cached.clear()
+        return True
+
+    def reset_tier(self) -> bool:
+        """Empty the external tier (vLLM's ``reset_connector``); always succeeds."""
+        self.tier.clear()
         return True

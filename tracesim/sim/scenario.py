@@ -67,6 +67,10 @@ class EngineConfig:
     output_latency_us: int = 400  # engine core -> client transport of one output frame
     add_latency_us: int = 200  # client -> engine core transport of one request
     scheduler_backend: str = "native"  # native (scheduler.py) | vllm (vLLM's own scheduler, vllm_scheduler.py)
+    # External KV tier (an offload cache / KV connector) of this many blocks beside the GPU prefix cache: evicted
+    # and reset cached blocks move there, admissions hit it after the GPU cache, and only a reset with
+    # reset_connector empties it (kvcache.py). 0: none. Native backend only.
+    kv_offload_blocks: int = 0
 
 
 ENGINE_FAULTS = ("fault_drop_inflight_frame", "fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens",
@@ -112,6 +116,15 @@ class LoopPolicy:
     # where the trainer's behaviour logprobs (the ratio's denominator) come from: "none" (not recorded),
     # "engine" (returned with the tokens: the sampling weights), "recompute" (the trainer's weights at consumption)
     behaviour_logprobs: str = "none"
+    # The loop's own reset_prefix_cache() call in the update cycle (NeMo-RL's refit), after the pause and before
+    # the weight write, without reset_running: vLLM refuses it (ok = false) while any request holds KV blocks.
+    reset_prefix_cache: bool = False
+    # What the loop does when that call is refused: "ignore" (goes on: the bug), "retry" (every
+    # RESET_RETRY_US until ok; needs the pause to drain, so not with pause_mode "keep"), "reset_running"
+    # (asks again with reset_running_requests = true, preempting running requests)
+    on_reset_refused: str = "reset_running"
+    # the call's reset_connector: also empty the external KV tier ([engine].kv_offload_blocks)
+    reset_connector: bool = True
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -123,6 +136,7 @@ _CHOICES = {
     "on_abort": ("drop", "requeue"),
     "retry_ids": ("fresh", "reuse"),
     "behaviour_logprobs": ("none", "engine", "recompute"),
+    "on_reset_refused": ("ignore", "retry", "reset_running"),
 }
 
 
@@ -231,6 +245,12 @@ def _validate(s: Scenario, where: str) -> None:
         if getattr(s.engine, name) > 1.0:
             raise ScenarioError(f"{where}: [engine].{name}: a probability, must be in [0, 1], "
                                 f"got {getattr(s.engine, name)}")
+    if s.engine.kv_offload_blocks < 0:
+        raise ScenarioError(f"{where}: [engine].kv_offload_blocks: must be 0 (no external KV tier) or positive, "
+                            f"got {s.engine.kv_offload_blocks}")
+    if s.loop.reset_prefix_cache and s.loop.on_reset_refused == "retry" and s.loop.pause_mode == "keep":
+        raise ScenarioError(f"{where}: [loop].on_reset_refused: 'retry' never succeeds under pause_mode 'keep' "
+                            "(the held requests keep their KV blocks until resume); use 'reset_running'")
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")
@@ -263,6 +283,9 @@ def _validate_backend(s: Scenario, where: str) -> None:
         if getattr(s.engine, name) > 0:
             raise ScenarioError(f"{where}: [engine].{name}: a fault inside the native scheduler, vLLM's own "
                                 "scheduler has no counterpart; use scheduler_backend = 'native'")
+    if s.engine.kv_offload_blocks > 0:
+        raise ScenarioError(f"{where}: [engine].kv_offload_blocks: an external KV tier of the native model, the "
+                            "vLLM backend runs without a KV connector; use scheduler_backend = 'native'")
     longest = s.workload.prompt_len[1] + s.workload.max_tokens
     if longest > MAX_MODEL_LEN:
         raise ScenarioError(f"{where}: [workload]: requests of up to {longest} tokens exceed the vLLM backend's "

@@ -95,10 +95,12 @@ cdef class Scheduler:
     cpdef tuple schedule(self)
     cpdef long long _cap(self, long long n, long long budget, long long threshold)
     @cython.locals(bs=cython.longlong, skipped=list, req=SimReq, hits=list, cached=cython.longlong,
-                   n=cython.longlong, reserve=cython.longlong, whole=cython.longlong)
+                   n=cython.longlong, reserve=cython.longlong, whole=cython.longlong, keys=list,
+                   loaded=cython.longlong)
     cpdef long long _admit(self, list planned, long long budget, long long threshold)
-    @cython.locals(bs=cython.longlong, have=cython.longlong, total=cython.longlong, need=cython.longlong)
-    cpdef bint _allocate(self, SimReq req, long long n, list hits, long long reserve=*)
+    @cython.locals(bs=cython.longlong, have=cython.longlong, base=cython.longlong, total=cython.longlong,
+                   need=cython.longlong)
+    cpdef bint _allocate(self, SimReq req, long long n, list hits, long long reserve=*, long long loaded=*)
     @cython.locals(bs=cython.longlong, full=cython.longlong, i=cython.longlong)
     cpdef _commit(self, SimReq req, long long upto)
     @cython.locals(req=SimReq)

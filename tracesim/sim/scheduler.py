@@ -189,7 +189,8 @@ class Scheduler:
         self.p_new_incarnation = 1.0 if not cfg.discard_stale_frames else float(cfg.fault_frame_to_new_incarnation)
         self.p_missing_context = float(cfg.fault_resume_context_missing_tokens)
         self.fault_rng = fault_rng
-        self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.pool = BlockPool(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching,
+                              getattr(cfg, "kv_offload_blocks", 0))
         self.watermark_blocks = int(cfg.watermark * cfg.num_gpu_blocks)
         self.waiting: deque = deque()
         self.running: list = []
@@ -274,15 +275,24 @@ class Scheduler:
             req.incarnation += 1
         self.waiting.appendleft(req)
 
-    def reset_prefix_cache(self, reset_running: bool) -> tuple:
-        """Return (ok, preempted req_ids); with ``reset_running`` running requests are preempted first."""
+    def reset_prefix_cache(self, reset_running: bool, reset_connector: bool = False) -> tuple:
+        """Return (ok, preempted req_ids); with ``reset_running`` running requests are preempted first. With
+        ``reset_connector`` the external KV tier is emptied too, whether or not the GPU reset succeeds (as
+        vLLM's ``Scheduler.reset_prefix_cache`` calls ``reset_connector_cache`` either way)."""
         preempted = []
         if reset_running:
             while self.running:
                 req = self.running.pop()
                 self.preempt(req, drop_inflight=True)
                 preempted.append(req.req_id)
-        return self.pool.reset(), tuple(preempted)
+        ok = self.pool.reset()
+        if reset_connector and self.pool.offload_blocks:
+            ok = self.pool.reset_tier() and ok
+        return ok, tuple(preempted)
+
+    def has_kv_tier(self) -> bool:
+        """Whether an external KV tier (``[engine].kv_offload_blocks``) sits beside the GPU prefix cache."""
+        return self.pool.offload_blocks > 0
 
     # --- schedule ----------------------------------------------------------------------------------------
 
@@ -357,8 +367,11 @@ class Scheduler:
                 continue
             if req.preempted and len(req.out_tokens) > req.preempt_out_len:
                 self._resume_context(req)
-            hits = self.pool.lookup(req.block_keys(req.num_tokens - 1, bs))
-            cached = len(hits) * bs
+            keys = req.block_keys(req.num_tokens - 1, bs)
+            hits = self.pool.lookup(keys)
+            # the external tier continues the GPU hit; its blocks are loaded into fresh GPU blocks
+            loaded = self.pool.lookup_tier(keys, len(hits)) if self.pool.offload_blocks else 0
+            cached = (len(hits) + loaded) * bs
             n = req.num_tokens - cached
             if not self.cfg.enable_chunked_prefill and n > budget:
                 break
@@ -369,8 +382,10 @@ class Scheduler:
             whole = -(-req.num_tokens // bs) - len(hits) if self.cfg.reserve_full_sequence else 0
             if whole and not self.pool.can_take(hits, whole + reserve):
                 break
-            if not self._allocate(req, n, hits, reserve):
+            if not self._allocate(req, n, hits, reserve, loaded):
                 break
+            if loaded:
+                self.pool.load_tier(keys, len(hits), loaded)
             self.waiting.popleft()
             req.num_computed = cached
             resumed, req.preempted = req.preempted, False
@@ -390,10 +405,13 @@ class Scheduler:
             del req.out_tokens[n_kept:]
             del req.stamp_versions[n_kept:]
 
-    def _allocate(self, req: SimReq, n: int, hits: list, reserve: int = 0) -> bool:
+    def _allocate(self, req: SimReq, n: int, hits: list, reserve: int = 0, loaded: int = 0) -> bool:
+        """Blocks for ``n`` more tokens of ``req`` past the GPU cache ``hits`` and ``loaded`` blocks from the
+        external tier (those need fresh GPU blocks: they count in ``need``)."""
         bs = self.cfg.block_size
         have = len(req.blocks) + len(hits)
-        total = (len(hits) * bs if hits else req.num_computed) + n
+        base = (len(hits) + loaded) * bs if (hits or loaded) else req.num_computed
+        total = base + n
         need = max(0, -(-total // bs) - have)
         if hits or need:
             if not self.pool.can_take(hits, need + reserve):
@@ -403,7 +421,7 @@ class Scheduler:
         req.status = RUNNING
         # Blocks whose tokens are all known get their content key now, as vLLM caches at allocation: a
         # request admitted later in the same schedule already hits them.
-        self._commit(req, (len(hits) * bs if hits else req.num_computed) + n)
+        self._commit(req, total)
         return True
 
     def _commit(self, req: SimReq, upto: int) -> None:

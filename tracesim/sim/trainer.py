@@ -4,7 +4,14 @@ Finished samples queue for a pool of reward workers whose latencies differ, so r
 order. ``reward_match="id"`` binds each result to the sample it was computed on; ``"arrival"`` binds the
 k-th result to the k-th sample handed out (a real-world bug this model must be able to show). The trainer
 consumes whole groups in batches and, every ``update_every`` training steps, runs a weight-update cycle:
-pause (mode, clear_cache) -> write weights -> set version -> resume.
+pause (mode, clear_cache) -> the loop's own cache reset (``reset_prefix_cache``, optional) -> write weights ->
+set version -> resume.
+
+The loop's cache reset (``reset_prefix_cache = true``) is vLLM's ``reset_prefix_cache(reset_running_requests=
+False, reset_connector)``: refused (``ok`` false) while any request holds KV blocks, e.g. the requests a keep
+pause holds or a pause not waited for. ``on_reset_refused`` is the loop's reaction: "ignore" goes on with the
+stale cache (the bug of NeMo-RL #3929's review), "retry" calls again every ``RESET_RETRY_US`` until ``ok``,
+"reset_running" calls again with ``reset_running_requests = True``.
 
 Behaviour logprobs (``behaviour_logprobs``): with "engine" the trainer uses the logprobs the engine returned
 with the tokens, computed by the weights that sampled them, and records one ``SampleLogprobs`` per version span
@@ -24,6 +31,8 @@ from tracesim.format.records import (
     TrainerConsumed, WeightsUpdated,
 )
 from tracesim.sim.rollout import spans_of
+
+RESET_RETRY_US = 1000  # on_reset_refused = "retry": the loop calls reset_prefix_cache again after this
 
 
 def reward_of(digest: str) -> float:
@@ -201,6 +210,8 @@ class Trainer:
         state = PAUSED_ALL if policy.pause_mode == "keep" else PAUSED_NEW
         put_paused(Paused(t_ns=t0, side="client", mode=policy.pause_mode, clear_cache=policy.clear_cache, state=state,
                           end_ns=env.now))
+        if policy.reset_prefix_cache:
+            yield from self._reset_cache()
         if tw is not None and tw.late_ns:
             yield env.timeout(tw.late_ns)
         t_write = env.now
@@ -235,6 +246,19 @@ class Trainer:
         engine.submit("resume")
         self.emit(Resumed(env.now, "client"))
         self.in_update = False
+
+    def _reset_cache(self):
+        """The loop's ``reset_prefix_cache`` call and its reaction to a refusal (``on_reset_refused``)."""
+        engine, policy = self.engine, self.policy
+        ok = yield engine.request_reset(False, policy.reset_connector)
+        if ok or policy.on_reset_refused == "ignore":
+            return
+        if policy.on_reset_refused == "reset_running":
+            yield engine.request_reset(True, policy.reset_connector)
+            return
+        while not ok:
+            yield self.env.timeout(RESET_RETRY_US * 1000)
+            ok = yield engine.request_reset(False, policy.reset_connector)
 
     def _set_label(self, version: int) -> None:
         """The engine stamps outputs, and the client labels samples, with ``version`` from now on."""

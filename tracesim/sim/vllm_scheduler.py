@@ -203,14 +203,19 @@ class VllmScheduler(SchedulerInterface):
             self._abort(req)
         return reqs
 
-    def reset_prefix_cache(self, reset_running: bool) -> tuple:
+    def reset_prefix_cache(self, reset_running: bool, reset_connector: bool = False) -> tuple:
         """Return (ok, preempted req_ids); vLLM preempts running requests from the back, dropping their
-        in-flight output."""
+        in-flight output. No KV connector is configured, so ``reset_connector`` is vLLM's no-op success."""
         preempted = tuple(r.request_id for r in reversed(self.v.running)) if reset_running else ()
         for req_id in preempted:
             self.requests[req_id].incarnation += 1
-        ok = self.v.reset_prefix_cache(reset_running_requests=bool(reset_running))
+        ok = self.v.reset_prefix_cache(reset_running_requests=bool(reset_running),
+                                       reset_connector=bool(reset_connector))
         return bool(ok), preempted
+
+    def has_kv_tier(self) -> bool:
+        """No external KV tier: ``[engine].kv_offload_blocks`` is native-only (scenario.py refuses it here)."""
+        return False
 
     # --- schedule / update ---------------------------------------------------------------------------------
 
