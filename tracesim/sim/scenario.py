@@ -99,7 +99,12 @@ class LoopPolicy:
     reward_match: str = "id"  # id | arrival (pair reward results with samples by completion order: bug)
     pause_mode: str = "abort"  # abort | wait | keep
     clear_cache: bool = True  # reset the prefix cache at the pause
-    on_abort: str = "drop"  # drop (drop the whole group) | requeue (resubmit aborted samples)
+    # what the loop does with an aborted sample: drop (drop the whole group) | requeue (resubmit it from scratch)
+    # | continue (a partial rollout: resubmit prompt + tokens so far for the rest of the output, same group)
+    on_abort: str = "drop"
+    # on_abort = "continue": the label the joined sample keeps. "spans": the version spans of every segment
+    # (correct); "first": the first segment's label only, no spans (slime#2092: tokens of later versions unmasked)
+    continue_label: str = "spans"
     retry_ids: str = "fresh"  # fresh | reuse (a requeued sample keeps its request id)
     wait_for_drain: bool = True  # False: write weights without waiting for the pause to drain (bug)
     max_version_lag: int = -1  # drop groups older than this at consumption; -1: no bound enforced
@@ -120,7 +125,8 @@ _CHOICES = {
     "version_read": ("once", "late"),
     "reward_match": ("id", "arrival"),
     "pause_mode": PAUSE_MODES,
-    "on_abort": ("drop", "requeue"),
+    "on_abort": ("drop", "requeue", "continue"),
+    "continue_label": ("spans", "first"),
     "retry_ids": ("fresh", "reuse"),
     "behaviour_logprobs": ("none", "engine", "recompute"),
 }
