@@ -123,6 +123,16 @@ class Rollout:
         req = SimReq(req_id, group.prompt_len + carried, wl.max_tokens - carried, sample.stop_len - carried,
                      engine_key, group.group_id, sample.idx, wl.group_size)
         self._later(self.add_latency_ns, lambda: self.engine.submit("add", req))
+        if self.policy.request_timeout_ms and sample.retries < self.policy.timeout_retries:
+            attempt = sample.retries
+            self._later(self.policy.request_timeout_ms * 1_000_000, lambda: self._timed_out(sample, req_id, attempt))
+
+    def _timed_out(self, sample: Sample, req_id: str, attempt: int) -> None:
+        """``request_timeout_ms`` after ``req_id`` was admitted: retry the sample if that incarnation is still
+        the live one (not finished, retried, continued or dropped since)."""
+        if sample.retries != attempt or self.samples.get(req_id) is not sample or sample.group.dropped:
+            return
+        self.retry(req_id, "timeout", abort=self.policy.abort_on_timeout)
 
     def _later(self, delay_ns: int, fn) -> None:
         ev = self.env.timeout(delay_ns)
@@ -253,18 +263,20 @@ class Rollout:
             self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(ids), reason="client", side="client"))
         self.control("abort", tuple(ids))
 
-    def retry(self, req_id: str) -> None:
+    def retry(self, req_id: str, reason: str = "retry", abort: bool = True) -> None:
         """Give up on ``req_id`` and resubmit its sample at once, without waiting for the abort to be processed:
         under a fresh id, or the same one with ``retry_ids = "reuse"`` (then the old incarnation's abort frame
-        can reach the new one). A request the client does not track is left alone."""
+        can reach the new one). ``abort=False``: the old incarnation is not aborted, only forgotten (its frames
+        are ignored). A request the client does not track is left alone."""
         sample = self.samples.get(req_id)
         if sample is not None and sample.group is None:  # replay's stand-in client: the engine knows the request
             self._retry_untracked(req_id)
             return
         if sample is None or sample.finished:
             return
-        self.emit(Aborted(t_ns=self.env.now, req_ids=(req_id,), reason="retry", side="client"))
-        self.control("abort", (req_id,))
+        if abort:
+            self.emit(Aborted(t_ns=self.env.now, req_ids=(req_id,), reason=reason, side="client"))
+            self.control("abort", (req_id,))
         del self.samples[req_id]
         sample.retries += 1
         sample.tokens, sample.stamps = [], []

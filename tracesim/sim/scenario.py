@@ -106,6 +106,12 @@ class LoopPolicy:
     # (correct); "first": the first segment's label only, no spans (slime#2092: tokens of later versions unmasked)
     continue_label: str = "spans"
     retry_ids: str = "fresh"  # fresh | reuse (a requeued sample keeps its request id)
+    # a request not finished this long after its admission is retried (0: no timeout): resubmitted from scratch
+    # under a fresh or the same id (retry_ids), the first incarnation aborted first, or left running with
+    # abort_on_timeout = false (an HTTP client that gives up while the server generates on: it is never accounted)
+    request_timeout_ms: int = 0
+    abort_on_timeout: bool = True
+    timeout_retries: int = 1  # retries a sample gets by timeout; after them it waits (a bound ends the run)
     wait_for_drain: bool = True  # False: write weights without waiting for the pause to drain (bug)
     max_version_lag: int = -1  # drop groups older than this at consumption; -1: no bound enforced
     reward_workers: int = 4
@@ -222,6 +228,15 @@ def _validate(s: Scenario, where: str) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ScenarioError(f"{where}: {name}: must be positive, got {value}")
+    if s.loop.request_timeout_ms < 0:
+        raise ScenarioError(f"{where}: [loop].request_timeout_ms: must be 0 (no timeout) or positive, "
+                            f"got {s.loop.request_timeout_ms}")
+    if s.loop.timeout_retries < 0:
+        raise ScenarioError(f"{where}: [loop].timeout_retries: must be 0 or positive, got {s.loop.timeout_retries}")
+    if s.loop.request_timeout_ms and not s.loop.abort_on_timeout and s.loop.retry_ids == "reuse":
+        raise ScenarioError(f"{where}: [loop].abort_on_timeout: false with retry_ids = 'reuse' adds an id that is "
+                            "still running; vLLM 0.32 makes the two internal ids distinct and the model does not "
+                            "follow that: use retry_ids = 'fresh' or abort_on_timeout = true")
     if s.engine.watermark >= 1.0:
         raise ScenarioError(f"{where}: [engine].watermark: must be below 1, got {s.engine.watermark}")
     need = -(-(s.workload.prompt_len[1] + s.workload.max_tokens) // s.engine.block_size)
