@@ -276,6 +276,8 @@ class _Scanner:
     # --- client ------------------------------------------------------------------------------------------
 
     def continued(self, rec: SampleContinued) -> None:
+        if type(rec.from_req_id) is not str or type(rec.req_id) is not str:
+            return  # odd content: nothing to join
         incs = self.ix.client.get(rec.from_req_id)
         if incs is not None and type(rec.carried_tokens) is int and rec.carried_tokens >= 0:
             self.continuing[rec.req_id] = (incs[-1], rec.carried_tokens)
