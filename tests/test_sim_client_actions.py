@@ -169,3 +169,19 @@ def test_bad_client_action_settings_name_the_field(loop, words):
 def test_new_settings_default_to_todays_behaviour():
     loop = LoopPolicy()
     assert (loop.on_abort, loop.continue_label, loop.request_timeout_ms) == ("drop", "spans", 0)
+
+
+# --- cancellation during a pause ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["abort", "wait", "keep"])
+@pytest.mark.parametrize("on_abort", ["drop", "continue"])
+def test_cancel_at_a_pause_of_each_mode_is_handled(mode, on_abort):
+    """`abort(at=pause:N)` cancels a group as the engine enters a pause: the loop accounts for it in every mode."""
+    from tracesim.sim.perturb import parse
+
+    s = _loop(pause_mode=mode, clear_cache=mode != "keep", on_abort=on_abort)
+    trace = simulate(RunInputs(s, seed=0, perturbations=(parse("abort(at=pause:1,req=*,scope=group)"),)))
+    assert [a for a in trace.of(Aborted) if a.reason == "client" and a.side == "client"]
+    policy = Policy(allow_mixed_versions=True, max_version_lag=None, allow_stale_kv=mode == "keep")
+    assert check_trace(trace, policy).violated() == []
