@@ -9,7 +9,7 @@ not a silent pass.
 
 from __future__ import annotations
 
-from tracesim.check.base import NotCheckable, ms, ref, violation
+from tracesim.check.base import NotCheckable, ms, ref, segments, violation
 from tracesim.format.digest import prefix_digests
 
 REWARDED = "reward_bound_before_consumption"
@@ -101,10 +101,21 @@ def _engine_tokens(ix, e):
     return ids
 
 
+def _joined_tokens(ix, c):
+    """The ids of a continued sample: each segment's engine tokens up to where the next one took over."""
+    ids: list = []
+    for seg, start, end in segments(c):
+        own = _engine_tokens(ix, seg.engine) if seg.engine is not None else None
+        if own is None or len(ids) != start:
+            return None
+        ids.extend(own if end is None else own[:end - start])
+    return ids
+
+
 def client_tokens_match_engine(ix, policy) -> list:
     """Where the engine recorded its sampled token ids (``OutReq.token_ids``): every frame the client received
     carries the digest of exactly the tokens the engine appended up to its end (``OutputDelivered.digest`` is
-    that of all output tokens so far), per incarnation, so a token changed, lost or invented between the
+    that of all output tokens so far), per incarnation (a continuation's: of the whole sample), so a token changed, lost or invented between the
     engine and the client is caught at the first frame it shows in."""
     if not ix.n_deliver:
         return NotCheckable("missing output deliveries (no OutputDelivered)")
@@ -113,7 +124,7 @@ def client_tokens_match_engine(ix, policy) -> list:
         e = c.engine
         if e is None or not e.outs or not any(f.digest is not None for f in c.frames):
             continue
-        ids = _engine_tokens(ix, e)
+        ids = _engine_tokens(ix, e) if c.continues is None else _joined_tokens(ix, c)
         if ids is None:
             continue
         compared += 1

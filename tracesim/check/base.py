@@ -94,6 +94,19 @@ def produced_runs(ix, inc) -> list:
     return runs
 
 
+def segments(c) -> list:
+    """The client incarnations a continued sample (``ClientInc.continues``) was joined from, the first first,
+    with the output positions each owns: ``[(inc, start, end)]``, ``end`` None for the last (``c``). A sample
+    that continues nothing is ``[(c, 0, None)]``."""
+    chain, seen, node = [], set(), c
+    while node is not None and id(node) not in seen:  # a hostile trace may make a cycle
+        seen.add(id(node))
+        chain.append(node)
+        node = node.continues
+    chain.reverse()
+    return [(seg, seg.carried, chain[i + 1].carried if i + 1 < len(chain) else None) for i, seg in enumerate(chain)]
+
+
 def ms(ix, t_ns) -> str:
     """``t_ns`` as milliseconds since the trace started (its first record), as messages print times."""
     return f"{(t_ns - (ix.t0_ns or 0)) / 1e6:.3f} ms"

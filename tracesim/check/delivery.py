@@ -10,7 +10,8 @@ ONCE = "tokens_delivered_exactly_once"
 def tokens_delivered_exactly_once(ix, policy) -> list:
     """Per client incarnation: frames are contiguous (each ``start_idx`` equals the tokens delivered so far),
     nothing follows the final frame, and, where the engine side is recorded, the client received exactly the
-    tokens the engine appended to the request (fewer is allowed only for an aborted request)."""
+    tokens the engine appended to the request (fewer is allowed only for an aborted request). A continuation's
+    frames count from the tokens it carried (``SampleContinued``)."""
     if not ix.n_deliver:
         return NotCheckable("missing output deliveries (no OutputDelivered)")
     out = []
@@ -26,8 +27,9 @@ def tokens_delivered_exactly_once(ix, policy) -> list:
 
 
 def _frames(c):
-    """The first gap, overlap or frame after the end, as a violation; None when the frames are contiguous."""
-    expected, prev, final = 0, None, None
+    """The first gap, overlap or frame after the end, as a violation; None when the frames are contiguous. A
+    continuation's frames start after the tokens it carried."""
+    expected, prev, final = c.carried, None, None
     for f in c.frames:
         if final is not None:
             return violation(ONCE, f"{c.req_id} received tokens {f.start_idx}..{f.start_idx + f.num_tokens} "
@@ -52,7 +54,7 @@ def _against_engine(c):
     if e is None or c.final is None:
         return None
     sampled = sum(n for _s, n, _u in e.outs)
-    delivered = c.final.start_idx + c.final.num_tokens
+    delivered = c.final.start_idx + c.final.num_tokens - c.carried  # a continuation's engine counts from 0
     aborted = c.final.finish_reason == "abort" or e.ended == "aborted" or bool(c.aborted)
     if delivered > sampled:
         what = f"{delivered - sampled} more token(s) than the engine produced"

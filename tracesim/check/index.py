@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from tracesim.format.index import Step, index_trace  # noqa: F401 - Step: re-exported for checkers
 from tracesim.format.records import (
     Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
-    SampleDropped, SampleLogprobs, SampleSettings, StepScheduled, StepUpdated, TrainerConsumed, WeightsFingerprint,
-    WeightsUpdated,
+    SampleContinued, SampleDropped, SampleLogprobs, SampleSettings, StepScheduled, StepUpdated, TrainerConsumed,
+    WeightsFingerprint, WeightsUpdated,
 )
 
 
@@ -46,7 +46,7 @@ class ClientInc:
     """One incarnation of a sample on the client side: admission, deliveries, rewards, consumption, drops."""
 
     __slots__ = ("req_id", "add", "frames", "final", "rewards", "consumed", "dropped", "aborted", "engine",
-                 "superseded_by")
+                 "superseded_by", "continues", "carried")
 
     def __init__(self, req_id: str, add):
         self.req_id, self.add = req_id, add  # add is None for a sample seen without a client admission
@@ -58,6 +58,10 @@ class ClientInc:
         self.aborted: list = []  # Aborted (either side)
         self.engine: EngineInc | None = None
         self.superseded_by = None  # the client RequestAdded that re-admitted the same id
+        # a continuation (SampleContinued before its add): the incarnation whose tokens it carries, and how many;
+        # its frames count output positions from ``carried``, its engine incarnation's from 0
+        self.continues: ClientInc | None = None
+        self.carried = 0
 
 
 @dataclass
@@ -115,7 +119,7 @@ def build_index(trace) -> Index:
         SampleDropped: scan.drop, Aborted: scan.abort, WeightsUpdated: scan.weights, CacheReset: scan.reset,
         Paused: ix.pauses.append, Resumed: ix.resumes.append, RecorderLost: ix.lost.append,
         SampleSettings: ix.sampling.append, SampleLogprobs: ix.sample_logprobs.append,
-        WeightsFingerprint: ix.fingerprints.append,
+        WeightsFingerprint: ix.fingerprints.append, SampleContinued: scan.continued,
     }
     get = handlers.get
     if trace.procs:
@@ -147,6 +151,7 @@ class _Scanner:
         # group id -> members a group-wide drop still applies to (not superseded, dropped fewer than
         # MAX_GROUP_DROPS times): each drop walks these only, so 100k drops of a big group stay linear
         self.group_live: dict = {}
+        self.continuing: dict = {}  # req_id -> (ClientInc continued, tokens carried) until the id's client add
 
     # --- engine ------------------------------------------------------------------------------------------
 
@@ -270,10 +275,21 @@ class _Scanner:
 
     # --- client ------------------------------------------------------------------------------------------
 
+    def continued(self, rec: SampleContinued) -> None:
+        if type(rec.from_req_id) is not str or type(rec.req_id) is not str:
+            return  # odd content: nothing to join
+        incs = self.ix.client.get(rec.from_req_id)
+        if incs is not None and type(rec.carried_tokens) is int and rec.carried_tokens >= 0:
+            self.continuing[rec.req_id] = (incs[-1], rec.carried_tokens)
+
     def _client_add(self, rec: RequestAdded) -> None:
         ix = self.ix
         ix.n_client_adds += 1
         inc = ClientInc(rec.req_id, rec)
+        if self.continuing:
+            cont = self.continuing.pop(rec.req_id, None)
+            if cont is not None:
+                inc.continues, inc.carried = cont
         incs = ix.client.get(rec.req_id)
         if incs is None:
             ix.client[rec.req_id] = [inc]

@@ -3,7 +3,7 @@ version lag at consumption stays within the policy's bound."""
 
 from __future__ import annotations
 
-from tracesim.check.base import NotCheckable, ms, produced_runs, ref, violation
+from tracesim.check.base import NotCheckable, ms, produced_runs, ref, segments, violation
 
 LABEL = "tokens_from_labelled_version"
 LAG = "version_lag_within_bound"
@@ -39,7 +39,11 @@ def production_of(ix, c) -> tuple:
 
 
 def _production(ix, c) -> tuple:
-    if c.engine is not None and c.engine.outs:
+    if c.continues is not None:  # a partial rollout: its segments' engine runs, joined
+        runs = _joined_runs(ix, c)
+        if runs is not None:
+            return runs, True
+    elif c.engine is not None and c.engine.outs:
         runs = produced_runs(ix, c.engine)
         if any(r[0] is not None for r in runs):
             return runs, True
@@ -48,6 +52,23 @@ def _production(ix, c) -> tuple:
         return [(sp.version if sp.version >= 0 else None, sp.start, sp.end, None, c.final)
                 for sp in c.final.spans], False
     return [], False
+
+
+def _joined_runs(ix, c):
+    """Version runs of a continued sample over its whole output: each segment's engine runs shifted by the
+    tokens it carried, cut where the next segment took over. None when a segment's engine side is missing or
+    produced fewer tokens than were carried on, or no version is known."""
+    runs: list = []
+    for seg, start, end in segments(c):
+        if seg.engine is None or not seg.engine.outs or (runs and runs[-1][2] != start) or (not runs and start):
+            return None
+        for v, a, b, step, upd in produced_runs(ix, seg.engine):
+            a, b = a + start, b + start if end is None else min(b + start, end)
+            if b > a:
+                runs.append((v, a, b, step, upd))
+        if end is not None and (not runs or runs[-1][2] != end):
+            return None
+    return runs if any(r[0] is not None for r in runs) else None
 
 
 def _group(c):
@@ -178,7 +199,7 @@ def tokens_from_labelled_version(ix, policy) -> list:
             conflict = _span_conflict(c, runs)
             if conflict is not None:
                 run, sp, pos = conflict
-                step, upd = _step_at(c.engine, pos)
+                step, upd = _step_at(c.engine, pos - c.carried) if pos >= c.carried else (None, None)
                 step, upd = (step, upd) if step is not None else (run[3], run[4])
                 end = min(run[2], sp.end)
                 out.append(violation(

@@ -305,11 +305,27 @@ class WeightsFingerprint(NamedTuple):
     method: str = ""  # how it was computed (e.g. "slices-v1"): only equal methods compare
 
 
+class SampleContinued(NamedTuple):
+    """The client resubmitted an aborted sample as a continuation (a partial rollout): request ``req_id``'s
+    prompt is the prompt of ``from_req_id`` plus the ``carried_tokens`` output tokens the sample held when it
+    was aborted, and its output continues the sample: the client's frames for ``req_id`` count positions from
+    ``carried_tokens``, and its final frame's digest (and spans, when kept) cover the whole sample. Written just
+    before the continuation's client ``RequestAdded``."""
+
+    KIND = "continue"
+    t_ns: int
+    req_id: str  # the continuation's request id (fresh, or the aborted one's reused)
+    from_req_id: str  # the aborted incarnation whose tokens it carries
+    carried_tokens: int = 0  # output tokens carried into the prompt: the continuation's first output position
+    group_id: str | None = None
+    spans_kept: bool = True  # false: the loop keeps no version spans of the joined sample, only its first label
+
+
 __all__ = [
     "UNPAUSED", "PAUSED_NEW", "PAUSED_ALL", "ProcessInfo", "Header", "SchedReq", "OutReq", "VersionSpan",
     "ConsumedSample", "RequestAdded", "StepScheduled", "StepExecuted", "StepUpdated", "Paused", "Resumed",
     "CacheReset", "WeightsUpdated", "Aborted", "OutputDelivered", "RewardBound", "TrainerConsumed",
-    "SampleDropped", "RecorderLost", "SampleSettings", "SampleLogprobs",
+    "SampleDropped", "RecorderLost", "SampleSettings", "SampleLogprobs", "SampleContinued",
     "WeightsFingerprint", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
 ]
 
@@ -324,6 +340,6 @@ def check_arity(cls, n: int) -> None:
 EVENT_TYPES: tuple = (
     RequestAdded, StepScheduled, StepExecuted, StepUpdated, Paused, Resumed, CacheReset, WeightsUpdated,
     Aborted, OutputDelivered, RewardBound, TrainerConsumed, SampleDropped, RecorderLost, SampleSettings,
-    SampleLogprobs, WeightsFingerprint,
+    SampleLogprobs, WeightsFingerprint, SampleContinued,
 )
 EVENT_KINDS: dict = {cls.KIND: cls for cls in EVENT_TYPES}

@@ -19,6 +19,8 @@ cdef class Sample:
     cdef public object digest
     cdef public long long retries
     cdef public object stop_len
+    cdef public long long carried
+    cdef public bint spans_kept
 
 
 @cython.locals(spans=list, start=Py_ssize_t, i=Py_ssize_t, n=Py_ssize_t)

@@ -2,7 +2,8 @@
 
 Client-side policies (``LoopPolicy``, DESIGN §4) that decide bindings live here: when a sample's version label
 is read (admission, first token, finish, per-token spans; once or again after the reward await) and what an
-abort does (drop the group, or requeue the sample under a fresh or a reused id).
+abort does (drop the group, requeue the sample under a fresh or a reused id, or continue it: resubmit its
+prompt plus the tokens so far for the rest of its output, a partial rollout).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 import zlib
 
 from tracesim.format.digest import token_digest
-from tracesim.format.records import Aborted, RequestAdded, SampleDropped, VersionSpan
+from tracesim.format.records import Aborted, RequestAdded, SampleContinued, SampleDropped, VersionSpan
 from tracesim.sim.records_hot import output_delivered
 from tracesim.sim.scheduler import SimReq, token_id
 
@@ -30,11 +31,13 @@ class Sample:
     """One sample as the client sees it."""
 
     __slots__ = ("req_id", "group", "idx", "tokens", "stamps", "label", "finished", "reason", "digest",
-                 "retries", "stop_len")
+                 "retries", "stop_len", "carried", "spans_kept")
 
     def __init__(self, req_id, group, idx, stop_len, label):
         self.req_id, self.group, self.idx, self.stop_len, self.label = req_id, group, idx, stop_len, label
         self.tokens, self.stamps, self.finished, self.reason, self.digest, self.retries = [], [], False, None, None, 0
+        self.carried = 0  # output tokens carried into the current request's prompt (a continuation)
+        self.spans_kept = True  # False: the loop keeps only the first segment's label (continue_label = "first")
 
 
 class Group:
@@ -109,12 +112,27 @@ class Rollout:
         sample.req_id = req_id
         self.samples[req_id] = sample
         prompt_key = group.prompt_digest
+        carried = sample.carried
+        # A continuation's prompt is the group's prompt plus the tokens carried: the client add names the
+        # group's prompt (the sample's), the engine's request has a prompt of its own (its own prefix keys:
+        # no cache hits on the original's blocks, an approximation) and the rest of the output to generate.
+        engine_key = prompt_key if not carried else _continued_prompt_key(group, sample.tokens)
         self.emit(RequestAdded(t_ns=self.env.now, req_id=req_id, side="client", group_id=group.group_id,
-                               sample_idx=sample.idx, group_size=wl.group_size, prompt_len=group.prompt_len,
-                               max_tokens=wl.max_tokens, prompt_digest=prompt_key, version=self.version))
-        req = SimReq(req_id, group.prompt_len, wl.max_tokens, sample.stop_len, prompt_key, group.group_id,
-                     sample.idx, wl.group_size)
+                               sample_idx=sample.idx, group_size=wl.group_size, prompt_len=group.prompt_len + carried,
+                               max_tokens=wl.max_tokens - carried, prompt_digest=prompt_key, version=self.version))
+        req = SimReq(req_id, group.prompt_len + carried, wl.max_tokens - carried, sample.stop_len - carried,
+                     engine_key, group.group_id, sample.idx, wl.group_size)
         self._later(self.add_latency_ns, lambda: self.engine.submit("add", req))
+        if self.policy.request_timeout_ms and sample.retries < self.policy.timeout_retries:
+            attempt = sample.retries
+            self._later(self.policy.request_timeout_ms * 1_000_000, lambda: self._timed_out(sample, req_id, attempt))
+
+    def _timed_out(self, sample: Sample, req_id: str, attempt: int) -> None:
+        """``request_timeout_ms`` after ``req_id`` was admitted: retry the sample if that incarnation is still
+        the live one (not finished, retried, continued or dropped since)."""
+        if sample.retries != attempt or self.samples.get(req_id) is not sample or sample.group.dropped:
+            return
+        self.retry(req_id, "timeout", abort=self.policy.abort_on_timeout)
 
     def _later(self, delay_ns: int, fn) -> None:
         ev = self.env.timeout(delay_ns)
@@ -152,6 +170,9 @@ class Rollout:
         del self.samples[sample.req_id]
         sample.finished, sample.reason, sample.digest = True, reason, digest
         if reason == "abort":
+            if self.policy.on_abort == "continue":
+                self._continue(sample)
+                return
             if self.policy.on_abort == "requeue":
                 sample.retries += 1
                 sample.tokens, sample.stamps, sample.finished = [], [], False
@@ -161,12 +182,38 @@ class Rollout:
                 return
             self.drop_group(sample.group, "aborted")
             return
-        if self.policy.version_label == "finish":
+        if not sample.spans_kept:
+            pass  # the first segment's label stays (continue_label = "first")
+        elif self.policy.version_label == "finish":
             sample.label = self.version
         elif self.policy.version_label == "spans":
             sample.label = min(s.version for s in spans_of(sample.stamps)) if sample.stamps else self.version
         self.on_finished(sample)
         self._check_generated(sample.group)
+
+    def _continue(self, sample: Sample) -> None:
+        """Resubmit an aborted sample as a continuation (partial rollout): prompt + the tokens so far, for the
+        rest of its output, in its group. Its tokens and stamps stay: the next frames extend them, so the final
+        frame's digest and spans are the whole sample's. With ``continue_label = "first"`` the loop keeps the
+        label it had and drops the spans (what it would have labelled at the abort, once)."""
+        policy = self.policy
+        sample.finished = False
+        if len(sample.tokens) >= min(sample.stop_len, self.wl.max_tokens):  # nothing left to generate: cannot happen
+            self.drop_group(sample.group, "aborted")  # for an abort frame, kept as a guard
+            return
+        if policy.continue_label == "first" and sample.spans_kept:
+            sample.spans_kept = False
+            if policy.version_label == "finish":
+                sample.label = self.version
+            elif policy.version_label == "spans" and sample.stamps:
+                sample.label = min(s.version for s in spans_of(sample.stamps))
+        sample.retries += 1
+        old = sample.req_id
+        sample.carried = len(sample.tokens)
+        rid = old if policy.retry_ids == "reuse" else f"{sample.group.group_id}-s{sample.idx}-c{sample.retries}"
+        self.emit(SampleContinued(t_ns=self.env.now, req_id=rid, from_req_id=old, carried_tokens=sample.carried,
+                                  group_id=sample.group.group_id, spans_kept=sample.spans_kept))
+        self._add(sample, rid)
 
     def _check_generated(self, group: Group) -> None:
         if not group.resolved and all(s.finished for s in group.samples):
@@ -216,21 +263,24 @@ class Rollout:
             self.emit(Aborted(t_ns=self.env.now, req_ids=tuple(ids), reason="client", side="client"))
         self.control("abort", tuple(ids))
 
-    def retry(self, req_id: str) -> None:
+    def retry(self, req_id: str, reason: str = "retry", abort: bool = True) -> None:
         """Give up on ``req_id`` and resubmit its sample at once, without waiting for the abort to be processed:
         under a fresh id, or the same one with ``retry_ids = "reuse"`` (then the old incarnation's abort frame
-        can reach the new one). A request the client does not track is left alone."""
+        can reach the new one). ``abort=False``: the old incarnation is not aborted, only forgotten (its frames
+        are ignored). A request the client does not track is left alone."""
         sample = self.samples.get(req_id)
         if sample is not None and sample.group is None:  # replay's stand-in client: the engine knows the request
             self._retry_untracked(req_id)
             return
         if sample is None or sample.finished:
             return
-        self.emit(Aborted(t_ns=self.env.now, req_ids=(req_id,), reason="retry", side="client"))
-        self.control("abort", (req_id,))
+        if abort:
+            self.emit(Aborted(t_ns=self.env.now, req_ids=(req_id,), reason=reason, side="client"))
+            self.control("abort", (req_id,))
         del self.samples[req_id]
         sample.retries += 1
         sample.tokens, sample.stamps = [], []
+        sample.carried, sample.spans_kept = 0, True  # a retry starts the sample over, continued or not
         sample.label = self.version
         rid = req_id if self.policy.retry_ids == "reuse" else f"{sample.group.group_id}-s{sample.idx}-r{sample.retries}"
         self._add(sample, rid)
@@ -247,6 +297,12 @@ class Rollout:
                      old.sample_idx, old.group_size)
         req.prompt_block_keys, req.known_output = old.prompt_block_keys, old.known_output
         self.control("add", req)
+
+
+def _continued_prompt_key(group: Group, carried_tokens: list) -> str:
+    """The prompt digest of a continuation: the group's prompt token ids followed by the carried output."""
+    seed = zlib.crc32(group.group_id.encode())
+    return token_digest([token_id(seed, i, 0) for i in range(group.prompt_len)] + list(carried_tokens))
 
 
 def _deliver(client: Rollout, batch) -> None:
@@ -275,7 +331,7 @@ def _deliver(client: Rollout, batch) -> None:
             emit(output_delivered(t_ns=now, req_id=req_id, start_idx=start, num_tokens=sampled, finished=False,
                                   finish_reason=None, spans=None, digest=None))
             continue
-        spans = spans_of(sample.stamps)
+        spans = spans_of(sample.stamps) if sample.spans_kept else None
         digest = token_digest(sample_tokens)
         emit(output_delivered(t_ns=now, req_id=req_id, start_idx=start, num_tokens=sampled, finished=True,
                               finish_reason=reason, spans=spans, digest=digest))

@@ -103,8 +103,19 @@ class LoopPolicy:
     reward_match: str = "id"  # id | arrival (pair reward results with samples by completion order: bug)
     pause_mode: str = "abort"  # abort | wait | keep
     clear_cache: bool = True  # reset the prefix cache at the pause
-    on_abort: str = "drop"  # drop (drop the whole group) | requeue (resubmit aborted samples)
+    # what the loop does with an aborted sample: drop (drop the whole group) | requeue (resubmit it from scratch)
+    # | continue (a partial rollout: resubmit prompt + tokens so far for the rest of the output, same group)
+    on_abort: str = "drop"
+    # on_abort = "continue": the label the joined sample keeps. "spans": the version spans of every segment
+    # (correct); "first": the first segment's label only, no spans (slime#2092: tokens of later versions unmasked)
+    continue_label: str = "spans"
     retry_ids: str = "fresh"  # fresh | reuse (a requeued sample keeps its request id)
+    # a request not finished this long after its admission is retried (0: no timeout): resubmitted from scratch
+    # under a fresh or the same id (retry_ids), the first incarnation aborted first, or left running with
+    # abort_on_timeout = false (an HTTP client that gives up while the server generates on: it is never accounted)
+    request_timeout_ms: int = 0
+    abort_on_timeout: bool = True
+    timeout_retries: int = 1  # retries a sample gets by timeout; after them it waits (a bound ends the run)
     wait_for_drain: bool = True  # False: write weights without waiting for the pause to drain (bug)
     max_version_lag: int = -1  # drop groups older than this at consumption; -1: no bound enforced
     reward_workers: int = 4
@@ -133,7 +144,8 @@ _CHOICES = {
     "version_read": ("once", "late"),
     "reward_match": ("id", "arrival"),
     "pause_mode": PAUSE_MODES,
-    "on_abort": ("drop", "requeue"),
+    "on_abort": ("drop", "requeue", "continue"),
+    "continue_label": ("spans", "first"),
     "retry_ids": ("fresh", "reuse"),
     "behaviour_logprobs": ("none", "engine", "recompute"),
     "on_reset_refused": ("ignore", "retry", "reset_running"),
@@ -230,6 +242,15 @@ def _validate(s: Scenario, where: str) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ScenarioError(f"{where}: {name}: must be positive, got {value}")
+    if s.loop.request_timeout_ms < 0:
+        raise ScenarioError(f"{where}: [loop].request_timeout_ms: must be 0 (no timeout) or positive, "
+                            f"got {s.loop.request_timeout_ms}")
+    if s.loop.timeout_retries < 0:
+        raise ScenarioError(f"{where}: [loop].timeout_retries: must be 0 or positive, got {s.loop.timeout_retries}")
+    if s.loop.request_timeout_ms and not s.loop.abort_on_timeout and s.loop.retry_ids == "reuse":
+        raise ScenarioError(f"{where}: [loop].abort_on_timeout: false with retry_ids = 'reuse' adds an id that is "
+                            "still running; vLLM 0.32 makes the two internal ids distinct and the model does not "
+                            "follow that: use retry_ids = 'fresh' or abort_on_timeout = true")
     if s.engine.watermark >= 1.0:
         raise ScenarioError(f"{where}: [engine].watermark: must be below 1, got {s.engine.watermark}")
     need = -(-(s.workload.prompt_len[1] + s.workload.max_tokens) // s.engine.block_size)
