@@ -81,6 +81,7 @@ class EngineSettings(dict):
     weight_version = Setting((int, str), "policy version of the weights loaded at start (checks start from it)")
     # --- the simulated engine (tracesim.sim.scenario.EngineConfig) ---
     scheduler_backend = Setting(_STR, 'simulator scheduler: "native" or "vllm" (vLLM\'s own, in virtual time)')
+    kv_offload_blocks = Setting(_INT, "blocks of the external KV tier (offload / connector cache); 0: none")
     discard_stale_frames = Setting(_BOOL, "a stale output frame is discarded (false: applied to the new incarnation)")
     fault_drop_inflight_frame = Setting(_FLOAT, "fault: probability that a frame in flight at a preemption is lost")
     fault_frame_to_new_incarnation = Setting(_FLOAT, "fault: probability that a frame voided by a reset is applied "
