@@ -185,3 +185,18 @@ def test_cancel_at_a_pause_of_each_mode_is_handled(mode, on_abort):
     assert [a for a in trace.of(Aborted) if a.reason == "client" and a.side == "client"]
     policy = Policy(allow_mixed_versions=True, max_version_lag=None, allow_stale_kv=mode == "keep")
     assert check_trace(trace, policy).violated() == []
+
+
+def test_loop_settings_are_injectable_as_set_switches():
+    """`set(on_abort=continue)` and the cache-reset switches act like the scenario settings; bad values are one
+    error naming the key and the choices."""
+    from tracesim.sim.perturb import PerturbationError, parse_list
+
+    base = _loop(pause_mode="abort", on_abort="drop")
+    switched = simulate(RunInputs(base, 0, parse_list("set(on_abort=continue)")))
+    direct = simulate(RunInputs(_loop(pause_mode="abort", on_abort="continue"), 0))
+    assert switched.of(SampleContinued) and records_digest(switched.records) == records_digest(direct.records)
+    assert records_digest(switched.records) != records_digest(simulate(RunInputs(base, 0)).records)
+    with pytest.raises(PerturbationError, match="on_abort.*drop, requeue, continue"):
+        parse_list("set(on_abort=resume)")
+    assert parse_list("set(reset_connector=false)")[0].value is False

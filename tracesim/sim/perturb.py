@@ -291,6 +291,11 @@ CONFIG_KEYS = {
     # engine fault modes (docs/simulator.md "Engine fault modes"): a probability in [0, 1]
     "fault_drop_inflight_frame": ("engine", float), "fault_frame_to_new_incarnation": ("engine", float),
     "fault_resume_context_missing_tokens": ("engine", float), "fault_duplicate_frame": ("engine", float),
+    # client actions of real loops (docs/simulator.md "Client actions of real loops", cache resets): what-if
+    # switches of the user's own loop, injectable with --perturb / repro
+    "on_abort": ("loop", str), "continue_label": ("loop", str), "retry_ids": ("loop", str),
+    "request_timeout_ms": ("loop", int), "reset_prefix_cache": ("loop", bool), "on_reset_refused": ("loop", str),
+    "reset_connector": ("loop", bool),
 }
 
 
@@ -314,8 +319,11 @@ class SetConfig(Perturbation):
             _check(self.value > 0, self, self.key, "must be positive")
         if kind is float:
             _check(0.0 <= self.value <= 1.0, self, self.key, "a probability in [0, 1]")
-        if self.key == "pause_mode":
-            _check(self.value in ("abort", "wait", "keep"), self, self.key, "abort, wait or keep")
+        if kind is str:
+            from tracesim.sim.scenario import _CHOICES
+
+            choices = _CHOICES[self.key]
+            _check(self.value in choices, self, self.key, ", ".join(choices))
 
 
 KINDS: dict = {cls.KIND: cls for cls in (
