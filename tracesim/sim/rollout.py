@@ -78,6 +78,10 @@ class Rollout:
         self.submitted = 0
         self.stand_in = stand_in
         self.client_records = not stand_in  # the stand-in writes none: the recording has the client's records
+        # prefix-cache keys of the shared system prefix's full blocks (Workload.shared_prefix_len): the same for
+        # every group, where a prompt's own blocks are keyed by its group's prompt
+        bs = scenario.engine.block_size
+        self.shared_prefix_keys = tuple(("shared-prefix", i) for i in range(scenario.workload.shared_prefix_len // bs))
         self.on_first_frame, self.on_final_frame = on_first_frame, on_final_frame
         self._slot = env.event()
         engine.on_output = self.send
@@ -122,6 +126,8 @@ class Rollout:
                                max_tokens=wl.max_tokens - carried, prompt_digest=prompt_key, version=self.version))
         req = SimReq(req_id, group.prompt_len + carried, wl.max_tokens - carried, sample.stop_len - carried,
                      engine_key, group.group_id, sample.idx, wl.group_size)
+        if self.shared_prefix_keys:
+            req.prompt_block_keys = self.shared_prefix_keys
         self._later(self.add_latency_ns, lambda: self.engine.submit("add", req))
         if self.policy.request_timeout_ms and sample.retries < self.policy.timeout_retries:
             attempt = sample.retries

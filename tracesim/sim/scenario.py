@@ -30,6 +30,9 @@ class Workload:
     max_tokens: int = 96  # sampling max_tokens: output_len above it finishes with "length"
     concurrency: int = 8  # closed loop: groups kept in flight by the rollout client
     submit_gap_us: int = 200  # client think time between two group submissions
+    # Tokens of a system prefix every prompt starts with (part of prompt_len): its full blocks are the same for
+    # every group, so prefix-cache hits cross groups (a chat template or system prompt shared by the dataset).
+    shared_prefix_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,9 @@ def _validate(s: Scenario, where: str) -> None:
                             f"one request of {s.workload.prompt_len[1] + s.workload.max_tokens} tokens")
     if s.workload.prompt_len[0] < 1:
         raise ScenarioError(f"{where}: [workload].prompt_len: prompts need at least one token")
+    if not 0 <= s.workload.shared_prefix_len <= s.workload.prompt_len[0]:
+        raise ScenarioError(f"{where}: [workload].shared_prefix_len: must be in [0, the shortest prompt "
+                            f"({s.workload.prompt_len[0]})], got {s.workload.shared_prefix_len}")
     if s.engine.max_concurrent_batches < 0:
         raise ScenarioError(f"{where}: [engine].max_concurrent_batches: must be 0 (derived) or positive, "
                             f"got {s.engine.max_concurrent_batches}")
