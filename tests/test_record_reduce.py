@@ -14,7 +14,7 @@ pytest.importorskip("vllm")
 from tracesim.record import reduce  # noqa: E402
 from tracesim.record.capture import plain  # noqa: E402
 from tracesim.record.convert import Converter  # noqa: E402
-from tracesim.record.items import CompactSched, PlainUpd, QueuedSched, QueuedUpd  # noqa: E402
+from tracesim.record.items import CompactSched, QueuedSched, QueuedUpd, ReducedUpd  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -71,6 +71,7 @@ def test_the_compiled_update_pass_gives_what_the_reference_and_the_legacy_reduct
         assert compiled(result, out.num_scheduled_tokens) == expected, f"step {i}"
         legacy = plain(QueuedUpd(0, 0, i, out.num_scheduled_tokens, result, None))
         assert (legacy.version_label, legacy.out_ids, legacy.sampled, legacy.reasons) == expected
+        assert reduce.version_label(result) == legacy.version_label  # read on the sink's thread
         seen["out_ids"] += expected[1] is not None
         seen["reasons"] += expected[3] is not None
     assert seen["out_ids"] and seen["reasons"]  # both rare branches ran
@@ -88,7 +89,7 @@ def test_the_compiled_update_pass_gives_what_the_reference_and_the_legacy_reduct
         result = {0: EngineCoreOutputs(outputs=outs)}
         result[0].weight_version = label
         assert compiled(result, {}) == reduce.upd_columns(result, {}) and compiled(result, {})[0] == (
-            label if isinstance(label, (int, str)) else str(label))
+            label if isinstance(label, (int, str)) else str(label)) == reduce.version_label(result)
 
 
 def _sched_item(reducer, out, step):
@@ -167,7 +168,8 @@ def test_the_reduce_setting_picks_what_the_hooks_queue(tmp_path):
             driver.step()
         queued[mode] = {type(item) for item in sink._pending}
         driver.scheduler.shutdown()
-    assert CompactSched in queued["compact"] and PlainUpd in queued["compact"] and QueuedSched not in queued["compact"]
+    assert CompactSched in queued["compact"] and ReducedUpd in queued["compact"]
+    assert QueuedSched not in queued["compact"]
     assert QueuedSched in queued["legacy"] and QueuedUpd in queued["legacy"] and CompactSched not in queued["legacy"]
 
 

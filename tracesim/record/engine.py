@@ -22,8 +22,10 @@ from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
 from tracesim.record.capture import plain
 from tracesim.record.convert import Converter
-from tracesim.record.reduce import StepReducer
-from tracesim.record.items import PlainAbort, PlainPause, PlainReset, QueuedAdd, QueuedSched, QueuedUpd
+from tracesim.record.reduce import StepReducer, finish_upd
+from tracesim.record.items import (
+    PlainAbort, PlainPause, PlainReset, QueuedAdd, QueuedSched, QueuedUpd, ReducedUpd,
+)
 from tracesim.record.sidecar import ProcessSink
 from tracesim.record.sink import RecordSink, host_name, process_anchors
 
@@ -83,10 +85,12 @@ def _make_sink(config: RecorderConfig, path, header, on_lost=None) -> RecordSink
     converter = Converter(raw_ids=config.raw_ids)
 
     def prepare(item):  # queued vLLM objects (adds; every step with the legacy reduction) -> plain values
+        if type(item) is ReducedUpd:
+            return finish_upd(item)
         return plain(item, record_tokens)
 
     def convert(item):
-        return converter.convert(plain(item, record_tokens))
+        return converter.convert(prepare(item))
 
     if config.convert_in == "thread":
         return RecordSink(path, header, convert=convert, flush_interval_s=config.flush_interval_s,

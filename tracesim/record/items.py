@@ -60,6 +60,15 @@ class QueuedUpd(NamedTuple):
     stale: list | None  # request ids whose output in this step vLLM treats as stale
 
 
+class ReducedUpd(NamedTuple):
+    """``on_update`` with the compact reduction (``reduce.py``): the step reduced in the hook, but for its
+    weight-version label, which vLLM's engine core stamps on the outputs only after ``update_from_output``
+    returned: read on the sink's thread (``reduce.finish_upd``), as the legacy reduction reads it."""
+
+    upd: Any  # the PlainUpd, version_label not filled in
+    result: Any  # what update_from_output returned: {client index: EngineCoreOutputs}
+
+
 # --- plain (values only; the converter's input) ---------------------------------------------------------
 
 

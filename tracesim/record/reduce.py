@@ -27,7 +27,7 @@ from operator import attrgetter
 
 from tracesim import compiled as _build
 from tracesim.record.capture import _resumed_ids
-from tracesim.record.items import CompactSched, PlainUpd
+from tracesim.record.items import CompactSched, PlainUpd, ReducedUpd
 
 _request_id_of = attrgetter("request_id")
 _token_ids_of = attrgetter("new_token_ids")
@@ -116,8 +116,25 @@ class StepReducer:
         self._prev_step = step  # last: an item that raised above leaves the state as the converter knows it
         return item
 
-    def upd(self, scheduled: dict, result, stale, t0_ns: int, t1_ns: int, step: int) -> PlainUpd:
-        """The step's update item, from what ``update_from_output`` returned."""
-        label, out_ids, sampled, reasons = self.upd_columns(result, scheduled)
-        return _new(PlainUpd, (PlainUpd.KIND, t0_ns, t1_ns, step, label, out_ids, sampled, reasons,
-                               list(stale) if stale else None, None, None))
+    def upd(self, scheduled: dict, result, stale, t0_ns: int, t1_ns: int, step: int) -> ReducedUpd:
+        """The step's update item, from what ``update_from_output`` returned; ``finish_upd`` adds its label."""
+        _label, out_ids, sampled, reasons = self.upd_columns(result, scheduled)  # no label stamped yet
+        return ReducedUpd(_new(PlainUpd, (PlainUpd.KIND, t0_ns, t1_ns, step, None, out_ids, sampled, reasons,
+                                          list(stale) if stale else None, None, None)), result)
+
+
+def version_label(result):
+    """The weight-version label vLLM's engine core stamped on ``result``'s outputs (as ``capture._upd`` reads it)."""
+    label = None
+    for batch in (result or {}).values():
+        label = getattr(batch, "weight_version", None)
+        if label is not None:
+            break
+    if label is not None and not isinstance(label, (int, str)):
+        label = str(label)
+    return label
+
+
+def finish_upd(item: ReducedUpd) -> PlainUpd:
+    """On the sink's thread: the update item with the label stamped after the hook ran."""
+    return item.upd._replace(version_label=version_label(item.result))
