@@ -1,45 +1,50 @@
 """Overhead of the recording scheduler on vLLM's scheduling path.
 
 Drives vLLM's real scheduler standalone (no model: a fake output samples one token per request) with 256
-running decode requests, with and without recording, in the same run. Target (issue 3): at most 3% more time
-per step on the scheduling path.
+running decode requests, with and without recording, in the same run. Targets: at most 3% more time per step
+on the scheduling path (issue 3), and on the whole engine loop with all of the recorder's engine-process
+work charged (issue 16).
 
 How it is measured, so that noise and bookkeeping can neither hide nor invent the difference:
 
-* one driver (a ``RecordingScheduler``) runs alternating blocks of ``--block`` steps with its recorder
-  attached and detached (order swapped every round): slow phases of the machine hit both alike, and both
-  run on the same requests and memory. Three separately built plain drivers of the same configuration
-  differed by up to 16% from each other here, far more than the 3% to resolve. Detached, each hook costs
-  one attribute check before calling vLLM's method;
+* one driver (a ``RecordingScheduler``) runs rounds of one block of ``--block`` steps per variant: recorder
+  detached ("plain"), the default compact reduction ("compact", ``tracesim/record/reduce.py``) and, as the
+  baseline measured in the same rounds, a second recorder with the reduction before issue 16 ("legacy",
+  ``TRACESIM_RECORD_REDUCE=legacy``; ``--no-legacy`` leaves it out). The order of the variants goes through
+  every permutation: slow phases of the machine hit all alike, and all run on the same requests and memory.
+  Three separately built plain drivers of the same configuration differed by up to 16% from each other here,
+  far more than the 3% to resolve. Detached, each hook costs one attribute check before calling vLLM's method;
 * the GC heap is frozen after warm-up, as vLLM's ``EngineCore`` does once initialised (without it, full
   collections rescan torch's and vLLM's startup objects and stall single blocks by a few hundred ms);
 * a step is one engine-core iteration: ``schedule()``, the fake forward pass and ``update_from_output()``
   (in the batch-queue order of ``step_with_batch_queue`` for the AsyncScheduler);
-* the recorder's background thread is stopped and its work (reducing vLLM's objects to plain values,
-  packing them, writing them to the converter process) is done by a ``drain()`` after every recorded block,
-  timed, so every microsecond the recorder spends in the engine process is accounted for and none of it
-  lands in a plain block.
+* the recorders' background threads are stopped and their work (reducing what is left of vLLM's objects,
+  packing, writing to the converter process) is done by a ``drain()`` after every recorded block, timed and
+  charged to the block, so every microsecond a recorder spends in the engine process is accounted for and
+  none of it lands in another variant's block.
 
-Four numbers come out:
+Numbers that come out, per recorded variant against plain:
 
-1. scheduling path: ``schedule()`` + ``update_from_output()`` per step, recorded vs plain: what the hooks
-   add to the engine's critical path (the issue's target);
-2. engine loop with all of the recorder's engine-process work charged to it (the hooks and the drains):
-   what recording costs an engine that never waits on a device, where the recorder's thread can only run by
-   taking the GIL from the scheduler. A GPU engine runs that thread while it waits on the forward pass;
-3. the time spent inside the hooks, timed from within: the precise part of (1), which single steps vary
-   too much to resolve below ~2% (per-step times move by tens of percent on a shared machine);
-4. the converter process's CPU time per step, which runs on another core.
+1. scheduling path: ``schedule()`` + ``update_from_output()`` per step: what the hooks add to the engine's
+   critical path;
+2. engine loop with all of the recorder's engine-process work charged (the hooks and the drains): what
+   recording costs an engine that never waits on a device, where the recorder's thread can only run by
+   taking the GIL from the scheduler (a GPU engine runs that thread while it waits on the forward pass);
+   for both, the pooled mean and median per step and the spread of the per-round ratios (each round: one
+   block of each variant);
+3. the time spent inside the hooks, timed from within, and in the drains;
+4. the converter processes' CPU time, which runs on other cores.
 
 Records are built in the recorder's converter process (``TRACESIM_RECORD_CONVERT=process``, the default);
-``--convert thread`` measures the variant that builds them in the engine process.
+``--convert thread`` measures the variant that builds them in the engine process. ``--hog`` runs a process
+that burns a core beside the benchmark (a machine busy with other work).
 
 With ``--device-ms X`` each step also waits X ms with the GIL released (what a GPU forward pass looks like
-to the engine-core thread) and the recorder's thread runs on its own, as in a GPU engine, instead of being
-drained after each block: the scheduling-path ratio then includes the thread's interference.
+to the engine-core thread) and the recorders' threads run on their own, as in a GPU engine, instead of being
+drained after each block: the scheduling-path ratio then includes the threads' interference.
 
-    python benchmarks/bench_recorder.py [--drivers 3] [--rounds 90] [--block 10] [--sync] [--convert thread]
-                                        [--device-ms 0]
+    python benchmarks/bench_recorder.py [--drivers 3] [--rounds 60] [--block 10] [--sync] [--convert thread]
+                                        [--device-ms 0] [--hog] [--no-legacy]
 """
 
 from __future__ import annotations
