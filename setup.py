@@ -3,6 +3,8 @@
 Everything else is in pyproject.toml. A failed build costs speed, never function:
 
 * ``tracesim.format._fastcols`` (a .pyx) has a pure-Python reference implementation in columns.py;
+* ``tracesim.record._fastcapture`` (a .pyx, the recorder's per-step update pass) has its reference in
+  tracesim/record/reduce.py;
 * the simulator's hot modules (``SIM_MODULES``) are compiled from their own .py files, typed by the .pxd
   beside each; the .py files run as they are where the build is missing or stale (tracesim/sim/_compiled.py).
 
@@ -30,7 +32,8 @@ def write_build_record() -> None:
     sys.modules[spec.name] = compiled  # dataclasses look their module up
     spec.loader.exec_module(compiled)
     compiled.write_record({"tracesim.sim": (SIM_MODULES, SIM_SOURCES),
-                           "tracesim.format": (("_fastcols",), ("_fastcols.pyx",))},
+                           "tracesim.format": (("_fastcols",), ("_fastcols.pyx",)),
+                           "tracesim.record": (("_fastcapture",), ("_fastcapture.pyx",))},
                           root=os.path.abspath("tracesim"))
 
 
@@ -39,7 +42,8 @@ try:
 except ImportError:  # building without pyproject's build requirements (e.g. --no-build-isolation)
     ext_modules = []
 else:
-    ext_modules = cythonize([Extension("tracesim.format._fastcols", ["tracesim/format/_fastcols.pyx"])],
+    ext_modules = cythonize([Extension("tracesim.format._fastcols", ["tracesim/format/_fastcols.pyx"]),
+                             Extension("tracesim.record._fastcapture", ["tracesim/record/_fastcapture.pyx"])],
                             language_level=3, quiet=True)
     # Types come from the .pxd files only: Cython's annotation typing would turn e.g. `features: bool` into a
     # C boolean that rejects what Python accepts.

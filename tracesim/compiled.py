@@ -1,7 +1,7 @@
 """Whether a compiled fast path is current: one build record, checked by the digests of the sources.
 
-setup.py compiles two groups of modules with Cython: the simulator's hot modules (``tracesim.sim``) and the
-columnizer (``tracesim.format._fastcols``). It then writes ``tracesim/_built_from.py`` (``write_record``): for
+setup.py compiles three groups of modules with Cython: the simulator's hot modules (``tracesim.sim``), the
+columnizer (``tracesim.format._fastcols``) and the recorder's update pass (``tracesim.record._fastcapture``). It then writes ``tracesim/_built_from.py`` (``write_record``): for
 each group, the package, the modules compiled and the sha256 of every source they were built from. A group's
 compiled modules are used only while every one of them is present and no source changed since (``status``);
 otherwise the group's Python sources run, all or none. Digests, not file times: they hold for wheel installs,
@@ -9,7 +9,8 @@ copies and checkouts, whose times say nothing about which source a module was co
 not shipped (a wheel without its ``.pyx``) counts as unchanged.
 
 What each group does with the answer is its own: ``tracesim/sim/_compiled.py`` imports the simulator's ``.py``
-files in front of their compiled modules; ``tracesim/format/columns.py`` does not import the columnizer.
+files in front of their compiled modules; ``tracesim/format/columns.py`` does not import the columnizer, nor
+``tracesim/record/reduce.py`` the update pass.
 
 Nothing here imports the rest of tracesim: setup.py loads this file by its path to write the record.
 """

@@ -12,6 +12,9 @@ starts (``enable_engine_recording`` sets them for you):
                               the ids the client passed, which the client-side records use
 ``TRACESIM_RECORD_CONVERT``   ``process`` (default): build and write records in a converter process
                               (``sidecar.py``), off the engine's GIL; ``thread``: on a thread of the engine
+``TRACESIM_RECORD_REDUCE``    ``compact`` (default): per step only what changed, the update pass compiled
+                              (``reduce.py``), msgspec on the pipe; ``legacy``: the reduction before issue 16
+                              (``capture.plain``, msgpack's Packer), for comparison. Same trace either way
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ ENV_FLUSH_S = "TRACESIM_RECORD_FLUSH_S"
 ENV_RAW_IDS = "TRACESIM_RECORD_RAW_IDS"
 ENV_CONVERT = "TRACESIM_RECORD_CONVERT"
 CONVERT_MODES = ("process", "thread")
+ENV_REDUCE = "TRACESIM_RECORD_REDUCE"
+REDUCE_MODES = ("compact", "legacy")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class RecorderConfig:
     flush_interval_s: float = 0.5
     raw_ids: bool = False
     convert_in: str = "process"  # where records are built: "process" (converter process) or "thread"
+    reduce: str = "compact"  # the engine side's per-step reduction: "compact" (reduce.py) or "legacy"
 
     @classmethod
     def from_env(cls, environ=None) -> "RecorderConfig":
@@ -47,9 +53,11 @@ class RecorderConfig:
         except ValueError:
             flush_s = 0.5
         convert_in = env.get(ENV_CONVERT, "process")
+        reduce = env.get(ENV_REDUCE, "compact")
         return cls(out_dir=env.get(ENV_DIR) or None, record_tokens=env.get(ENV_TOKENS, "") == "1",
                    flush_interval_s=flush_s if flush_s > 0 else 0.5, raw_ids=env.get(ENV_RAW_IDS, "") == "1",
-                   convert_in=convert_in if convert_in in CONVERT_MODES else "process")
+                   convert_in=convert_in if convert_in in CONVERT_MODES else "process",
+                   reduce=reduce if reduce in REDUCE_MODES else "compact")
 
     def engine_path(self, pid: int, dp_rank: int = 0) -> Path:
         """One file per engine-core process: ``engine-<pid>-dp<rank>.msgpack``."""

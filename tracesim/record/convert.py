@@ -21,7 +21,9 @@ from tracesim.format.records import (
     PAUSED_ALL, UNPAUSED, Aborted, CacheReset, OutReq, Paused, RecorderLost, RequestAdded, Resumed, SchedReq,
     SampleSettings, StepScheduled, StepUpdated, check_arity,
 )
-from tracesim.record.items import PlainAbort, PlainAdd, PlainLost, PlainPause, PlainReset, PlainSched, PlainUpd
+from tracesim.record.items import (
+    CompactSched, PlainAbort, PlainAdd, PlainLost, PlainPause, PlainReset, PlainSched, PlainUpd,
+)
 
 _SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 _new = tuple.__new__  # a NamedTuple from all its values, without its Python-level __new__ (hot loops)
@@ -58,8 +60,11 @@ class Converter:
         self._ids: dict = {}
         self._prompt_len: dict = {}  # internal id -> prompt tokens: splits prefill from decode
         self._batch_of: dict = {}  # step -> its scheduled ids, until its update arrives
+        self._prev_batch = None  # the ids of the last CompactSched received ...
+        self._prev_step = -1  # ... and its step: what a successor's batch_ids (a step) may name
         self._handlers = {PlainAdd: self._add, PlainSched: self._sched, PlainUpd: self._upd, PlainAbort: self._abort,
-                          PlainPause: self._pause, PlainReset: self._reset, PlainLost: self._lost}
+                          PlainPause: self._pause, PlainReset: self._reset, PlainLost: self._lost,
+                          CompactSched: self._compact_sched}
 
     def rid(self, internal_id: str) -> str:
         ids = self._ids
@@ -112,6 +117,23 @@ class Converter:
         yield StepScheduled(item.t0_ns, item.t1_ns, step, tuple(reqs), tuple(sorted(map(rid, item.preempted))),
                             tuple(sorted(map(rid, item.finished))), item.waiting, item.running, item.queue_depth,
                             item.pause_state, float(item.kv_usage))
+
+    def _compact_sched(self, item: CompactSched):
+        """``reduce.StepReducer``'s schedule item: expanded into the ``PlainSched`` the legacy reduction makes."""
+        ids = item.batch_ids
+        if isinstance(ids, int):  # the ids of step `ids`, which must be the last schedule item received
+            if ids != self._prev_step or self._prev_batch is None:
+                raise ValueError(f"step {item.step} reuses the batch of step {ids}, but the last batch received "
+                                 f"is step {self._prev_step}'s (an item was lost)")
+            ids = self._prev_batch
+        else:
+            self._prev_batch = ids
+        self._prev_step = item.step
+        cached_ids = ids if item.cached_ids is None else item.cached_ids
+        return self._sched(_new(PlainSched, (
+            PlainSched.KIND, item.t0_ns, item.t1_ns, item.step, dict(zip(ids, item.counts)), item.new_reqs,
+            cached_ids, item.cached_computed, item.resumed_ids, item.spec_of, item.placeholders, item.preempted,
+            item.finished, item.running, item.waiting, item.queue_depth, item.pause_state, item.kv_usage)))
 
     def _upd(self, item: PlainUpd):
         out_ids, sampled, reasons, stale = item.out_ids, item.sampled, item.reasons, item.stale

@@ -1,9 +1,11 @@
 """Engine-side recorder state: what each scheduler hook captures on the hot path.
 
-Hooks only read values that change later (clock, step counter, placeholders, pause state, KV usage, queue
-lengths) and queue them with references to vLLM's per-step objects (``SchedulerOutput``, the
+Hooks read values that change later (clock, step counter, placeholders, pause state, KV usage, queue lengths)
+and reduce each schedule and update step to plain values at once (``reduce.py``: the compact reduction, while
+vLLM's objects are still in the CPU's cache). With the legacy reduction (``TRACESIM_RECORD_REDUCE=legacy``),
+and for adds and token ids, they queue references to vLLM's objects (``SchedulerOutput``, the
 ``EngineCoreOutputs`` returned by ``update_from_output``), which vLLM creates fresh each step and does not
-mutate afterwards. The sink's thread reduces them to plain values (``capture.py``); ``convert.Converter``
+mutate afterwards, and the sink's thread reduces them (``capture.py``); ``convert.Converter``
 builds the records in a converter process (``sidecar.py``) or on that thread. Nothing here imports vllm, so
 the same code serves the standalone driver and the engine.
 """
@@ -21,7 +23,10 @@ from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
 from tracesim.record.capture import plain
 from tracesim.record.convert import Converter
-from tracesim.record.items import PlainAbort, PlainPause, PlainReset, QueuedAdd, QueuedSched, QueuedUpd
+from tracesim.record.reduce import StepReducer, finish_upd
+from tracesim.record.items import (
+    PlainAbort, PlainPause, PlainReset, QueuedAdd, QueuedSched, QueuedUpd, ReducedUpd,
+)
 from tracesim.record.sidecar import ProcessSink
 from tracesim.record.sink import RecordSink, host_name, process_anchors
 
@@ -109,33 +114,40 @@ def dp_rank_of(scheduler) -> int:
         return 0
 
 
-def _make_sink(config: RecorderConfig, path, header) -> RecordSink:
-    """The engine's sink: records built in a converter process (default) or on the sink's own thread."""
+def _make_sink(config: RecorderConfig, path, header, on_lost=None) -> RecordSink:
+    """The engine's sink: records built in a converter process (default) or on the sink's own thread.
+    ``on_lost``: called when an item is lost on its way to the converter (``StepReducer.resync``)."""
     record_tokens = config.record_tokens
     converter = Converter(raw_ids=config.raw_ids)
 
-    def prepare(item):
+    def prepare(item):  # queued vLLM objects (adds; every step with the legacy reduction) -> plain values
+        if type(item) is ReducedUpd:
+            return finish_upd(item)
         return plain(item, record_tokens)
 
     def convert(item):
-        return converter.convert(plain(item, record_tokens))
+        return converter.convert(prepare(item))
 
     if config.convert_in == "thread":
         return RecordSink(path, header, convert=convert, flush_interval_s=config.flush_interval_s,
-                          max_pending=ENGINE_MAX_PENDING)
+                          max_pending=ENGINE_MAX_PENDING, on_lost=on_lost)
     return ProcessSink(path, header, prepare=prepare, convert=convert, options={"raw_ids": config.raw_ids},
-                       flush_interval_s=config.flush_interval_s, max_pending=ENGINE_MAX_PENDING)
+                       flush_interval_s=config.flush_interval_s, max_pending=ENGINE_MAX_PENDING, on_lost=on_lost,
+                       encoder="msgpack" if config.reduce == "legacy" else "msgspec")
 
 
 class EngineRecorder:
     """Per-scheduler recording state. Create with ``start``; every ``on_*`` is called by a hook in
     ``scheduler.py`` (which catches whatever they raise and reports it through ``failed``)."""
 
-    def __init__(self, sink: RecordSink, is_async: bool, *, record_sampling: bool = False,
-                 logprobs_mode: str | None = None):
+    def __init__(self, sink: RecordSink, is_async: bool, reducer: StepReducer | None = None,
+                 record_tokens: bool = False, *, logprobs_mode: str | None = None):
         self.sink = sink
         self.is_async = is_async
-        self.record_sampling = record_sampling  # record_tokens: one SampleSettings per request (parity needs it)
+        # The compact reduction (reduce.py) reduces steps in the hooks; None: the legacy one queues vLLM's objects.
+        self.reducer = reducer
+        self.reduce_updates = reducer is not None and not record_tokens  # token ids: read on the sink's thread
+        self.record_sampling = record_tokens  # record_tokens: one SampleSettings per request (parity needs it)
         self.logprobs_mode = logprobs_mode  # the engine's model_config.logprobs_mode, read once at start
         self.step = 0  # index of the next schedule() call
         self.in_flight = 0  # scheduled steps whose output has not been applied yet
@@ -155,7 +167,9 @@ class EngineRecorder:
             header = make_header("vllm", (proc,),
                             engine_config=engine_config_of(scheduler, is_async), created_wall_ns=wall)
             out = path if path is not None else config.engine_path(os.getpid(), rank)
-            return cls(_make_sink(config, out, header), is_async, record_sampling=config.record_tokens,
+            reducer = StepReducer() if config.reduce == "compact" else None
+            sink = _make_sink(config, out, header, on_lost=reducer.resync if reducer is not None else None)
+            return cls(sink, is_async, reducer, config.record_tokens,
                        logprobs_mode=logprobs_mode_of(scheduler) if config.record_tokens else None)
         except Exception as exc:  # never take the engine down because recording could not start
             import warnings
@@ -189,6 +203,11 @@ class EngineRecorder:
         if out.preempted_req_ids:
             self.maybe_stale.update(out.preempted_req_ids)
         running, waiting = sched.get_request_counts()
+        reducer = self.reducer
+        if reducer is not None:  # reduced now, while vLLM's objects are in the cache
+            self.sink.put(reducer.sched(out, t0_ns, t1_ns, step, placeholders, running, waiting, self.in_flight,
+                                        int(sched.pause_state), sched.kv_cache_manager.usage))
+            return
         self.sink.put(_new(QueuedSched, (t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
                                          int(sched.pause_state), sched.kv_cache_manager.usage)))
 
@@ -210,6 +229,9 @@ class EngineRecorder:
     def on_update(self, sched, out, result, stale, t0_ns: int, t1_ns: int) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         step = getattr(out, "_tracesim_step", -1)
+        if self.reduce_updates:
+            self.sink.put(self.reducer.upd(out.num_scheduled_tokens, result, stale, t0_ns, t1_ns, step))
+            return
         self.sink.put(_new(QueuedUpd, (t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale)))
 
     def on_finish(self, requests, status, t_ns: int) -> None:

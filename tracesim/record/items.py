@@ -3,7 +3,9 @@
 Two stages (see ``capture.py`` and ``convert.py``):
 
 * **queued** items (``Queued*``) are what the scheduler hooks (``engine.py``) put on the sink's queue, in the
-  engine's hot path: they still hold vLLM's per-step objects, so building one costs a tuple and no reads;
+  engine's hot path: they still hold vLLM's per-step objects, so building one costs a tuple and no reads
+  (the legacy reduction, ``TRACESIM_RECORD_REDUCE=legacy``; by default the hooks reduce schedule and update
+  steps themselves, while vLLM's objects are still in the CPU's cache: ``reduce.py``);
 * **plain** items are what ``capture.plain`` reduces a queued item to on the sink's thread: ints, strings,
   lists and dicts only, which msgpack packs at C speed. They cross the pipe to the converter process
   (``sidecar.py``) as msgpack arrays ``[kind, field, ...]`` (a NamedTuple packs as exactly that) and are
@@ -60,6 +62,15 @@ class QueuedUpd(NamedTuple):
     stale: list | None  # request ids whose output in this step vLLM treats as stale
 
 
+class ReducedUpd(NamedTuple):
+    """``on_update`` with the compact reduction (``reduce.py``): the step reduced in the hook, but for its
+    weight-version label, which vLLM's engine core stamps on the outputs only after ``update_from_output``
+    returned: read on the sink's thread (``reduce.finish_upd``), as the legacy reduction reads it."""
+
+    upd: Any  # the PlainUpd, version_label not filled in
+    result: Any  # what update_from_output returned: {client index: EngineCoreOutputs}
+
+
 # --- plain (values only; the converter's input) ---------------------------------------------------------
 
 
@@ -114,6 +125,39 @@ class PlainUpd(NamedTuple):
     logprobs: list | None  # the same flag: their logprobs per output (None where not requested), aligned
 
 
+class CompactSched(NamedTuple):
+    """``PlainSched`` as the compact reduction (``reduce.py``) makes it in the hook: ids only when they changed.
+
+    In a decode step the batch is the previous step's batch, in the same order, and the running requests are
+    all of it: comparing the id lists costs a pointer compare per request and no string is sent or packed.
+    The converter expands it back into the ``PlainSched`` the legacy reduction makes (``convert.py``). Plain
+    when queued (it holds no vLLM object).
+    """
+
+    KIND = "sched_c"
+    kind: str
+    t0_ns: int
+    t1_ns: int
+    step: int
+    # ids scheduled, in batch order; or, as an int, the step of the earlier CompactSched whose ids they are
+    # (the converter checks that it holds that step's ids: an item lost in between cannot mislabel requests)
+    batch_ids: list | int
+    counts: list  # tokens scheduled, aligned with the batch
+    new_reqs: list  # as PlainSched
+    cached_ids: list | None  # as PlainSched; None: exactly the batch ids
+    cached_computed: list
+    resumed_ids: list
+    spec_of: dict
+    placeholders: list | None
+    preempted: list
+    finished: list
+    running: int
+    waiting: int
+    queue_depth: int
+    pause_state: int
+    kv_usage: float
+
+
 class PlainAbort(NamedTuple):
     KIND = "abort"
     kind: str
@@ -146,7 +190,7 @@ class PlainLost(NamedTuple):
 
 
 PLAIN_TYPES: dict = {cls.KIND: cls for cls in (PlainAdd, PlainSched, PlainUpd, PlainAbort, PlainPause, PlainReset,
-                                              PlainLost)}
+                                              PlainLost, CompactSched)}
 _new = tuple.__new__
 
 

@@ -39,17 +39,25 @@ def _identity(item):
     return (item,)
 
 
+def _nothing() -> None:
+    pass
+
+
 class RecordSink:
     """Buffer items from a hot path and write them as trace records from a background thread.
 
     ``path``/``header``: the trace file to create. ``convert(item) -> iterable of records`` runs on the
     background thread (default: the item is already a record). ``max_pending``: items queued at most while
-    the writer lags (memory bound); more are dropped and counted. Never raises from ``put``/``close``.
+    the writer lags (memory bound); more are dropped and counted. ``on_lost()``: called whenever items are dropped.
+    Never raises from ``put``/``close``.
     """
 
     def __init__(self, path, header, *, convert=_identity, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
-                 proc: int = 0, max_pending: int = MAX_PENDING):
+                 proc: int = 0, max_pending: int = MAX_PENDING, on_lost=None):
         self.path = str(path)
+        # Called (no arguments, any thread) whenever items are dropped: a producer that sends differences
+        # (reduce.StepReducer) then starts again from a full item.
+        self._on_lost = on_lost or _nothing
         self.header = header
         self.proc = proc
         self.dropped = 0  # records (or items) lost so far
@@ -87,6 +95,7 @@ class RecordSink:
             self._pending.append(item)
         else:
             self.dropped += 1
+            self._on_lost()
 
     # --- background ----------------------------------------------------------------------------------
 
@@ -122,6 +131,7 @@ class RecordSink:
                 records.extend(self._convert(item))
             except Exception as exc:
                 self.dropped += 1
+                self._on_lost()
                 self._warn(f"could not convert a recorded event ({type(exc).__name__}: {exc})")
             if time.perf_counter() >= yield_at_s:
                 time.sleep(0)  # hand the GIL back (see _HOLD_GIL_S)
@@ -145,6 +155,7 @@ class RecordSink:
             self.written += len(records)
         except Exception as exc:
             self.dropped += len(records)
+            self._on_lost()
             self._warn(f"cannot write trace file {self.path}: {exc}")
 
     def _finish(self) -> None:

@@ -1,0 +1,140 @@
+"""The compact per-step reduction: made in the scheduler hooks while vLLM's objects are still in the cache.
+
+The legacy reduction (``capture.plain``, ``TRACESIM_RECORD_REDUCE=legacy``) runs on the sink's thread, up to
+50 ms after the step: by then a 256-request step's objects (outputs, token lists, ints) have left the CPU's
+caches, and its three Python-level passes over the outputs, the two copies of every request id and msgpack's
+packing of each id string cost ~120 us per step on the engine's GIL (measured: mostly cache misses). Here, in
+the hook, per step:
+
+* schedule: the ids are kept only when the batch changed; otherwise ``CompactSched.batch_ids`` is the step
+  whose ids they are (a list compare of the same string objects: a pointer compare per request), and the
+  running list only when it is not the batch itself. Counts and computed tokens are lists of ints, which
+  msgspec (``sidecar.py``) encodes at C speed. The converter expands it into the very ``PlainSched`` the
+  legacy reduction makes (``convert.Converter``);
+* update: one pass over vLLM's outputs (``upd_columns``), compiled (``_fastcapture.pyx``) where built; this
+  module's ``upd_columns`` is its pure-Python reference. With ``record_tokens`` the hook queues vLLM's
+  objects for the legacy reduction (token ids and logprobs are read per output anyway).
+
+The reducer keeps the previous batch. When an item is lost between the hook and the converter (a full queue, an
+item that could not be encoded or converted), the sink calls ``resync``: the next schedule item carries its
+ids in full. The converter also checks the step each reuse names, so a lost item costs counted drops, never
+requests named wrongly.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+
+from tracesim import compiled as _build
+from tracesim.record.capture import _resumed_ids
+from tracesim.record.items import CompactSched, PlainUpd, ReducedUpd
+
+_request_id_of = attrgetter("request_id")
+_token_ids_of = attrgetter("new_token_ids")
+_finish_reason_of = attrgetter("finish_reason")
+_new = tuple.__new__  # a NamedTuple from all its values, without its Python-level __new__
+
+
+def upd_columns(result, scheduled: dict) -> tuple:
+    """(weight-version label, output ids or None when they are ``scheduled``'s ids in order, tokens sampled
+    per output, finish reason per output as str or None when none finished) of an ``update_from_output``
+    result ({client index: EngineCoreOutputs}). The reference of ``_fastcapture.upd_columns``; the same
+    values as ``capture._upd``."""
+    label, outputs = None, []
+    for batch in (result or {}).values():
+        if label is None:
+            label = getattr(batch, "weight_version", None)
+        outputs.extend(batch.outputs)
+    if label is not None and not isinstance(label, (int, str)):
+        label = str(label)
+    out_ids = list(map(_request_id_of, outputs))
+    if out_ids == list(scheduled):
+        out_ids = None
+    sampled = list(map(len, map(_token_ids_of, outputs)))
+    reasons = list(map(_finish_reason_of, outputs))
+    reasons = None if reasons.count(None) == len(reasons) else [None if r is None else str(r) for r in reasons]
+    return label, out_ids, sampled, reasons
+
+
+# The compiled pass, used only while it was built from the current _fastcapture.pyx (tracesim/compiled.py);
+# TRACESIM_PURE_PYTHON=1 runs the reference above.
+BUILD = _build.status(__name__.rpartition(".")[0])
+_python_upd_columns = upd_columns
+_compiled_upd_columns = None
+if BUILD.compiled:
+    try:
+        from tracesim.record._fastcapture import upd_columns as _compiled_upd_columns
+    except ImportError:  # e.g. built for another interpreter
+        _compiled_upd_columns = None
+
+
+def compiled_available() -> bool:
+    """Whether the update pass runs compiled (``TRACESIM_PURE_PYTHON=1`` turns it off)."""
+    return _compiled_upd_columns is not None and not _build.pure_python()
+
+
+class StepReducer:
+    """Reduces one schedule / update step to its plain item; called by the hooks (``engine.EngineRecorder``).
+
+    ``compiled``: None picks the compiled update pass where it is current; False forces the reference.
+    """
+
+    def __init__(self, *, compiled: bool | None = None):
+        use_compiled = compiled_available() if compiled is None else bool(compiled) and _compiled_upd_columns is not None
+        self.compiled = use_compiled
+        self.upd_columns = _compiled_upd_columns if use_compiled else _python_upd_columns
+        self._prev_ids = None  # the batch ids of the previous schedule item ...
+        self._prev_step = -1  # ... and its step
+        self._resync = False
+
+    def resync(self) -> None:
+        """An item was lost on its way to the converter: the next schedule item carries its ids in full.
+        Called from the sink's thread (a flag: the hook on the engine thread reads it)."""
+        self._resync = True
+
+    def sched(self, out, t0_ns: int, t1_ns: int, step: int, placeholders, running: int, waiting: int,
+              queue_depth: int, pause_state: int, kv_usage: float) -> CompactSched:
+        """The step's schedule item, from vLLM's ``SchedulerOutput``."""
+        scheduled = out.num_scheduled_tokens
+        ids = list(scheduled)
+        if self._resync:
+            self._resync = False
+            self._prev_ids = None
+        same = ids == self._prev_ids
+        cached = out.scheduled_cached_reqs
+        cached_ids = cached.req_ids
+        spec = out.scheduled_spec_decode_tokens
+        item = _new(CompactSched, (
+            CompactSched.KIND, t0_ns, t1_ns, step, self._prev_step if same else ids, list(scheduled.values()),
+            [(nd.req_id, nd.num_computed_tokens) for nd in out.scheduled_new_reqs],
+            None if cached_ids == ids else list(cached_ids), list(cached.num_computed_tokens), _resumed_ids(cached),
+            {r: len(t) for r, t in spec.items()} if spec else {}, placeholders,
+            list(out.preempted_req_ids or ()), list(out.finished_req_ids), running, waiting, queue_depth,
+            pause_state, float(kv_usage)))
+        if not same:
+            self._prev_ids = ids
+        self._prev_step = step  # last: an item that raised above leaves the state as the converter knows it
+        return item
+
+    def upd(self, scheduled: dict, result, stale, t0_ns: int, t1_ns: int, step: int) -> ReducedUpd:
+        """The step's update item, from what ``update_from_output`` returned; ``finish_upd`` adds its label."""
+        _label, out_ids, sampled, reasons = self.upd_columns(result, scheduled)  # no label stamped yet
+        return ReducedUpd(_new(PlainUpd, (PlainUpd.KIND, t0_ns, t1_ns, step, None, out_ids, sampled, reasons,
+                                          list(stale) if stale else None, None, None)), result)
+
+
+def version_label(result):
+    """The weight-version label vLLM's engine core stamped on ``result``'s outputs (as ``capture._upd`` reads it)."""
+    label = None
+    for batch in (result or {}).values():
+        label = getattr(batch, "weight_version", None)
+        if label is not None:
+            break
+    if label is not None and not isinstance(label, (int, str)):
+        label = str(label)
+    return label
+
+
+def finish_upd(item: ReducedUpd) -> PlainUpd:
+    """On the sink's thread: the update item with the label stamped after the hook ran."""
+    return item.upd._replace(version_label=version_label(item.result))
