@@ -75,30 +75,37 @@ def _resumed_ids(cached) -> list:
     return [req_id for req_id, flag in zip(cached.req_ids, flags) if flag]
 
 
-def _upd(item: QueuedUpd, record_tokens: bool) -> PlainUpd:
+def upd_columns(result, scheduled: dict) -> tuple:
+    """(weight-version label, output ids or None when they are ``scheduled``'s ids in order, tokens sampled
+    per output, finish reason per output as str or None when none finished) of an ``update_from_output``
+    result ({client index: EngineCoreOutputs}). The reference of ``_fastcapture.upd_columns``; the same
+    values as ``_upd`` (which uses it)."""
     label, outputs = None, []
-    for batch in (item.result or {}).values():
+    for batch in (result or {}).values():
         if label is None:
             label = getattr(batch, "weight_version", None)
         outputs.extend(batch.outputs)
     if label is not None and not isinstance(label, (int, str)):
         label = str(label)
-    # C-level passes over the outputs; strings only for the few that finished. vLLM emits outputs in the
-    # step's batch order, so the ids are sent only when they differ from the scheduled ones.
     out_ids = list(map(_request_id_of, outputs))
-    if out_ids == list(item.num_scheduled):
+    if out_ids == list(scheduled):
         out_ids = None
-    token_ids = list(map(_token_ids_of, outputs))
+    sampled = list(map(len, map(_token_ids_of, outputs)))
     reasons = list(map(_finish_reason_of, outputs))
     reasons = None if reasons.count(None) == len(reasons) else [None if r is None else str(r) for r in reasons]
-    logprobs = None
+    return label, out_ids, sampled, reasons
+
+
+def _upd(item: QueuedUpd, record_tokens: bool) -> PlainUpd:
+    label, out_ids, sampled, reasons = upd_columns(item.result, item.num_scheduled)
+    token_ids = logprobs = None
     if record_tokens:
+        outputs = [o for batch in (item.result or {}).values() for o in batch.outputs]
+        token_ids = [[int(t) for t in o.new_token_ids] for o in outputs]
         logprobs = list(map(_first_logprobs, outputs))
-        token_ids = [[int(t) for t in ids] for ids in token_ids]
     stale = item.stale
-    return _new(PlainUpd, (PlainUpd.KIND, item.t0_ns, item.t1_ns, item.step, label, out_ids,
-                           list(map(len, token_ids)), reasons, list(stale) if stale else None,
-                           token_ids if record_tokens else None, logprobs))
+    return _new(PlainUpd, (PlainUpd.KIND, item.t0_ns, item.t1_ns, item.step, label, out_ids, sampled, reasons,
+                           list(stale) if stale else None, token_ids, logprobs))
 
 
 def _first_logprobs(o) -> list | None:

@@ -11,9 +11,9 @@ the hook, per step:
   running list only when it is not the batch itself. Counts and computed tokens are lists of ints, which
   msgspec (``sidecar.py``) encodes at C speed. The converter expands it into the very ``PlainSched`` the
   legacy reduction makes (``convert.Converter``);
-* update: one pass over vLLM's outputs (``upd_columns``), compiled (``_fastcapture.pyx``) where built; this
-  module's ``upd_columns`` is its pure-Python reference. With ``record_tokens`` the hook queues vLLM's
-  objects for the legacy reduction (token ids and logprobs are read per output anyway).
+* update: one pass over vLLM's outputs (``upd_columns``), compiled (``_fastcapture.pyx``) where built;
+  ``capture.upd_columns`` (shared with the legacy path) is its pure-Python reference. With ``record_tokens``
+  the hook queues vLLM's objects for the legacy reduction (token ids and logprobs are read per output anyway).
 
 The reducer keeps the previous batch. When an item is lost between the hook and the converter (a full queue, an
 item that could not be encoded or converted), the sink calls ``resync``: the next schedule item carries its
@@ -23,41 +23,15 @@ requests named wrongly.
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 from tracesim import compiled as _build
-from tracesim.record.capture import _resumed_ids
+from tracesim.record.capture import _resumed_ids, upd_columns
 from tracesim.record.items import CompactSched, PlainUpd, ReducedUpd
 
-_request_id_of = attrgetter("request_id")
-_token_ids_of = attrgetter("new_token_ids")
-_finish_reason_of = attrgetter("finish_reason")
 _new = tuple.__new__  # a NamedTuple from all its values, without its Python-level __new__
 
 
-def upd_columns(result, scheduled: dict) -> tuple:
-    """(weight-version label, output ids or None when they are ``scheduled``'s ids in order, tokens sampled
-    per output, finish reason per output as str or None when none finished) of an ``update_from_output``
-    result ({client index: EngineCoreOutputs}). The reference of ``_fastcapture.upd_columns``; the same
-    values as ``capture._upd``."""
-    label, outputs = None, []
-    for batch in (result or {}).values():
-        if label is None:
-            label = getattr(batch, "weight_version", None)
-        outputs.extend(batch.outputs)
-    if label is not None and not isinstance(label, (int, str)):
-        label = str(label)
-    out_ids = list(map(_request_id_of, outputs))
-    if out_ids == list(scheduled):
-        out_ids = None
-    sampled = list(map(len, map(_token_ids_of, outputs)))
-    reasons = list(map(_finish_reason_of, outputs))
-    reasons = None if reasons.count(None) == len(reasons) else [None if r is None else str(r) for r in reasons]
-    return label, out_ids, sampled, reasons
-
-
 # The compiled pass, used only while it was built from the current _fastcapture.pyx (tracesim/compiled.py);
-# TRACESIM_PURE_PYTHON=1 runs the reference above.
+# TRACESIM_PURE_PYTHON=1 runs the reference (capture.upd_columns).
 BUILD = _build.status(__name__.rpartition(".")[0])
 _python_upd_columns = upd_columns
 _compiled_upd_columns = None
