@@ -1,5 +1,5 @@
 """``tracesim explore (TRACE [--loop FILE] | --scenario FILE) [--policy FILE] [--budget N | --time S]
-[--workers N] [--ray ADDR] [--seed N] [--scheduler native|vllm] [--space env|loop] [--json] [-o DIR]``.
+[--workers N] [--ray ADDR] [--seed N] [--scheduler native|vllm] [--space env|loop|faults[,...]] [--json] [-o DIR]``.
 
 A TRACE's recorded RL loop is replayed with a loop policy inferred from the recording (printed to stderr
 before the search); ``--loop FILE``'s ``[loop]`` keys replace inferred ones.
@@ -10,6 +10,7 @@ input. See docs/explore.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -29,9 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="exploration seed: same seed, same runs and findings")
     p.add_argument("--scheduler", choices=("native", "vllm"),
                    help="scheduling backend: the native model, or vLLM's own scheduler in virtual time")
-    p.add_argument("--space", choices=("env", "loop"), default="env",
+    p.add_argument("--space", type=_spaces, default=("env",), metavar="env|loop|faults[,...]",
                    help="env: timings, races, client actions and engine settings a correct loop must survive; "
-                        "loop: also changes to the loop's own protocol (write before drain, late labels)")
+                        "loop: also changes to the loop's own protocol (write before drain, late labels, abort "
+                        "handling, retry ids, timeouts, cache-reset calls); faults: also the engine's "
+                        "output-accounting faults. A list (loop,faults) searches all of them; env always")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing runs as found")
     p.add_argument("--no-plot", action="store_true", help="do not draw the counterexamples' timelines")
     p.add_argument("--json", action="store_true", help="print the result as JSON (see docs/explore.md)")
@@ -45,6 +48,17 @@ def add_loop_option(p) -> None:
     p.add_argument("--loop", metavar="FILE",
                    help="TRACE: TOML [loop] table (version_label, version_read, reward_match) for the replayed RL "
                         "loop; its keys replace those inferred from the recording")
+
+
+def _spaces(text: str) -> tuple:
+    """``--space``: a comma list of search spaces; ``env`` is always searched."""
+    from tracesim.explore.targets import SPACES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in SPACES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more of {', '.join(SPACES)}, comma-separated")
+    return tuple(n for n in SPACES if n == "env" or n in names)
 
 
 def print_loop_policy(lines, file=None) -> None:
@@ -89,7 +103,7 @@ def run(args) -> int:
     if base.kind == "trace":
         print_loop_policy(loop_policy(base)[1])
     budget = args.budget if args.budget is not None else (None if args.time is not None else 200)
-    spaces = ("env", "loop") if args.space == "loop" else ("env",)
+    spaces = args.space
     with tqdm(total=budget, unit="run", file=sys.stderr, disable=args.no_progress or None, desc="explore") as bar:
         result = explore(base, budget=budget, time_s=args.time, seed=args.seed, workers=args.workers, ray=args.ray,
                          spaces=spaces, shrink_failures=not args.no_shrink, progress=bar)

@@ -197,3 +197,38 @@ def trace_digest(spec: RunSpec) -> str:
 
 def with_perturbations(spec: RunSpec, perturbations) -> RunSpec:
     return dataclasses.replace(spec, perturbations=tuple(perturbations), index=-1)
+
+
+def base_settings(base: Base):
+    """``(settings, is_valid)`` for the configuration switches of ``base``: ``settings`` maps each
+    ``perturb.CONFIG_KEYS`` key to the value the base runs with (a key the base cannot state is absent), and
+    ``is_valid(key, value)`` says whether the base accepts that switch (scenario validation: e.g. a reset retry
+    that never succeeds under a keep pause), so a search does not spend runs on settings that cannot run."""
+    from tracesim.sim.perturb import CONFIG_KEYS
+    from tracesim.sim.scenario import Scenario, ScenarioError, _validate
+
+    loaded, _ = _load(base)
+    if base.kind == "scenario":
+        scenario = loaded
+    else:
+        policy = loop_policy(base)[0]
+        scenario = Scenario() if policy is None else Scenario(loop=policy)
+    settings = {}
+    for key, (part, _kind) in CONFIG_KEYS.items():
+        settings[key] = getattr(getattr(scenario, part), key)
+    if base.kind == "trace":  # the recording states its engine; only its loop comes from a Scenario
+        ec = loaded.header.engine_config
+        settings = {k: v for k, v in settings.items() if CONFIG_KEYS[k][0] == "loop" or getattr(ec, k, None)
+                    is not None}
+        settings.update({k: getattr(ec, k) for k in settings if CONFIG_KEYS[k][0] == "engine"})
+
+    def is_valid(key: str, value) -> bool:
+        part = CONFIG_KEYS[key][0]
+        changed = scenario.replace(**{part: dataclasses.replace(getattr(scenario, part), **{key: value})})
+        try:
+            _validate(changed, "switch")
+        except ScenarioError:
+            return False
+        return True
+
+    return settings, is_valid

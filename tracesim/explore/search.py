@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 from tracesim.explore import targets as T
 from tracesim.explore.pool import make_executor, map_ordered
-from tracesim.explore.runner import Base, Outcome, RunSpec, run_one, simulate_spec, trace_digest, with_perturbations
+from tracesim.explore.runner import (
+    Base, Outcome, RunSpec, base_settings, run_one, simulate_spec, trace_digest, with_perturbations,
+)
 from tracesim.explore.shrink import shrink
 
 ROUND = 32  # runs per base seed (the first one unperturbed)
@@ -82,6 +84,8 @@ class RunPlan:
         if m is None:
             m = self._points[run_seed] = T.meeting_points(simulate_spec(RunSpec(self.base, run_seed)))
             m.client_actions = m.engine_flips = self.base.kind == "scenario" or not m.has_client
+            if len(self.spaces) > 1:  # only the loop and faults spaces draw switches from the base's settings
+                m.settings, m.switch_ok = base_settings(self.base)
         return m
 
 

@@ -13,7 +13,10 @@ margin, ``random_list`` draws perturbations over the same targets without aiming
 Search spaces: ``env`` (the default) holds what a correct loop must tolerate (timings, delivery and reward
 latencies, write durations, transport latency, races of engine inputs, client aborts and retries, cache
 resets, extra updates, engine configuration); ``loop`` adds changes to the user's own protocol (write before
-the drain completes, version label set after resume, another pause mode or cache setting).
+the drain completes, version label set after resume, another pause mode or cache setting, another value of
+each protocol setting in ``perturb.CONFIG_KEYS``: abort handling, retry ids, timeouts, cache-reset calls...);
+``faults`` adds the engine's output-accounting fault modes (``[engine].fault_*``), to ask whether the checkers
+see what a faulty engine does to the loop's samples.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from tracesim.format.records import (
 )
 from tracesim.sim import perturb as P
 
-SPACES = ("env", "loop")
+SPACES = ("env", "loop", "faults")
 MS = 1_000_000
 
 
@@ -66,6 +69,10 @@ class MeetingPoints:
     prefix_caching: bool = True
     consumes: list = field(default_factory=list)  # (t, req_ids) trainer consumptions
     has_behaviour: bool = False  # the trainer records behaviour logprobs (SampleLogprobs of role "behaviour")
+    # The base's value of each configuration switch (perturb.CONFIG_KEYS) and whether it accepts another value
+    # (RunPlan fills both from the base; left empty, switches of the "loop" and "faults" spaces are not drawn)
+    settings: dict = field(default_factory=dict)
+    switch_ok: object = None  # callable(key, value) -> bool
 
     def crossings(self) -> list:
         """Times at which the loop moves a version on: pause starts, label sets, resumes."""
@@ -326,13 +333,84 @@ def _config(m, rng):
 
 
 def _loop_change(m, rng):
-    """What-if changes of the user's own loop protocol (search space "loop")."""
+    """What-if changes of the user's own loop protocol (search space "loop"): the update's timing and label,
+    or another value of one of the loop's protocol settings."""
     if not m.has_loop or not m.updates:
         return None
+    if rng.random() < 0.5:
+        switch = _switch(m, rng, _protocol_keys())
+        if switch is not None:
+            return [switch]
     u = rng.randrange(len(m.updates)) + 1
     return [rng.choice((P.WriteEarly(u, rng.choice((0, 1, 2, 5))), P.VersionShift(u, rng.choice((1, 5, 20, 50))),
                         P.VersionShift(u, -rng.choice((1, 5, 20))), P.SetConfig("pause_mode", rng.choice(("wait", "keep"))),
                         P.SetConfig("clear_cache", False)))]
+
+
+def _engine_fault(m, rng):
+    """An engine output-accounting fault switched on (search space "faults"): would the loop, and the
+    checkers, notice an engine that drops, duplicates or misroutes a frame, or rebuilds a context wrongly?
+
+    A fault acts only in its window (a frame in flight when a request is preempted, a reset of running
+    requests, a resume), which a correct base may never open: the fault comes with what opens one, batches in
+    flight (async scheduling) and a preemption (a reset of the running requests near a version move, or a KV
+    pool tight enough to preempt). Shrinking drops whatever the failure does not need."""
+    fault = _switch(m, rng, _fault_keys())
+    if fault is None:
+        return None
+    out = [fault]
+    if m.engine_flips and not m.async_scheduling and m.switch_ok("async_scheduling", True):
+        out.append(P.SetConfig("async_scheduling", True))
+    steps = _steps_near_moves(m) or m.steps
+    if m.engine_flips and m.longest_request and rng.random() < 0.5:
+        need = -(-m.longest_request // m.block_size) + 1
+        out.append(P.SetConfig("num_gpu_blocks", need * rng.choice((1, 2, 3))))
+    elif steps:
+        out.append(P.ResetCache(f"{rng.choice(('sched', 'upd'))}:{rng.choice(steps)}", running=True))
+    return out
+
+
+# Loop settings in CONFIG_KEYS that are the environment the loop runs in, not its protocol ("env" space).
+ENV_LOOP_KEYS = ("reward_workers",)
+# Values an integer protocol setting is tried with (a key without an entry is not drawn).
+INT_SWITCH_VALUES = {"request_timeout_ms": (20, 100, 500)}
+FAULT_PROBABILITIES = (0.25, 1.0)
+
+
+def _protocol_keys() -> list:
+    return [k for k, (part, _) in P.CONFIG_KEYS.items() if part == "loop" and k not in ENV_LOOP_KEYS
+            and k not in ("pause_mode", "clear_cache")]  # those two are drawn by _loop_change's own list
+
+
+def _fault_keys() -> list:
+    return [k for k, (part, kind) in P.CONFIG_KEYS.items() if part == "engine" and k.startswith("fault_")]
+
+
+def _switch_values(key: str) -> tuple:
+    from tracesim.sim.scenario import _CHOICES
+
+    kind = P.CONFIG_KEYS[key][1]
+    if kind is bool:
+        return (False, True)
+    if kind is str:
+        return tuple(_CHOICES.get(key, ()))
+    if kind is float:
+        return FAULT_PROBABILITIES if key.startswith("fault_") else ()
+    return INT_SWITCH_VALUES.get(key, ())
+
+
+def _switch(m, rng, keys: list):
+    """``SetConfig`` of one of ``keys`` to a value other than the base's and that the base accepts; None when
+    the base states none of them (a recording without its loop) or no other value is valid."""
+    if not m.settings or m.switch_ok is None:
+        return None
+    options = [(k, v) for k in sorted(keys) if k in m.settings
+               for v in _switch_values(k) if v != m.settings[k]]
+    rng.shuffle(options)
+    for key, value in options[:8]:  # a few tries: validity costs a scenario validation each
+        if m.switch_ok(key, value):
+            return P.SetConfig(key, value)
+    return None
 
 
 # generator -> weight, per space
@@ -348,6 +426,8 @@ def targeted(m: MeetingPoints, rng, spaces=("env",)) -> tuple:
         gens[_consume_cross] = 4
     if "loop" in spaces:
         gens[_loop_change] = 2
+    if "faults" in spaces:
+        gens[_engine_fault] = 2
     out = []
     for _ in range(8):  # some generators have no target in a given run
         got = _pick(gens, rng)(m, rng)
@@ -371,6 +451,8 @@ def random_list(m: MeetingPoints, rng, spaces=("env",)) -> tuple:
             out.append(p)
     if "loop" in spaces and rng.random() < 0.2:
         out.extend(_loop_change(m, rng) or ())
+    if "faults" in spaces and rng.random() < 0.2:
+        out.extend(_engine_fault(m, rng) or ())
     return tuple(out)
 
 
