@@ -75,6 +75,17 @@ class RolloutRecorder:
         self._tokens: dict = {}  # sample id -> output token ids seen so far
         self.record_logprobs = record_logprobs
         self.logprobs_mode = logprobs_mode
+        # While a recorded pause call runs, the records of the loop's other coroutines (the outputs the drain
+        # delivers, rewards, drops) wait here and follow the client's Paused, which is written when the call
+        # returns (its end_ns is known only then) but belongs at the call's place in the stream.
+        self._held: list | None = None
+
+    def _put(self, record) -> None:
+        held = self._held
+        if held is None:
+            self.sink.put(record)
+        else:
+            held.append(record)
 
     # --- submissions and outputs ---------------------------------------------------------------------
 
@@ -96,10 +107,10 @@ class RolloutRecorder:
             logprobs = sampling_params.logprobs if logprobs is None else logprobs
         for idx, sid in enumerate(ids):
             self._tokens[sid] = []
-            self.sink.put(RequestAdded(t_ns, sid, "client", group_id, idx, n, len(prompt_ids), max_tokens,
+            self._put(RequestAdded(t_ns, sid, "client", group_id, idx, n, len(prompt_ids), max_tokens,
                                        logprobs, digest, version))
             if self.record_logprobs and sampling_params is not None:
-                self.sink.put(sample_settings(t_ns, sid, sampling_params, "client", self.logprobs_mode, prompt_ids))
+                self._put(sample_settings(t_ns, sid, sampling_params, "client", self.logprobs_mode, prompt_ids))
         return ids
 
     def output(self, request_output) -> list:
@@ -116,7 +127,7 @@ class RolloutRecorder:
             seen.extend(new)
             if self.record_logprobs and new and comp.logprobs is not None:
                 rows = comp.logprobs if self.delta_outputs else comp.logprobs[start:]
-                self.sink.put(SampleLogprobs(t_ns, sid, "returned", "client", start, tuple(new),
+                self._put(SampleLogprobs(t_ns, sid, "returned", "client", start, tuple(new),
                                              tuple(sampled_logprobs(rows, new))))
             finished = comp.finish_reason is not None
             if not new and not finished:
@@ -124,7 +135,7 @@ class RolloutRecorder:
             spans = None
             if comp.weight_versions:
                 spans = tuple(VersionSpan(_int_version(s.version), s.start, s.end) for s in comp.weight_versions)
-            self.sink.put(OutputDelivered(t_ns, sid, start, len(new), finished,
+            self._put(OutputDelivered(t_ns, sid, start, len(new), finished,
                                           str(comp.finish_reason) if finished else None, spans,
                                           token_digest(seen) if finished else None))
             if finished:
@@ -135,14 +146,14 @@ class RolloutRecorder:
 
     def paused(self, t_ns: int, end_ns: int, mode: str, clear_cache: bool) -> None:
         state = PAUSED_ALL if mode == "keep" else PAUSED_NEW
-        self.sink.put(Paused(t_ns, "client", mode, clear_cache, state, end_ns))
+        self._put(Paused(t_ns, "client", mode, clear_cache, state, end_ns))
 
     def resumed(self, t_ns: int | None = None) -> None:
-        self.sink.put(Resumed(_now() if t_ns is None else t_ns, "client"))
+        self._put(Resumed(_now() if t_ns is None else t_ns, "client"))
 
     def weights_updated(self, t_ns: int, end_ns: int, version: int, set_ns: int | None = None) -> None:
         self.version = version
-        self.sink.put(WeightsUpdated(t_ns, end_ns, version, "client", set_ns))
+        self._put(WeightsUpdated(t_ns, end_ns, version, "client", set_ns))
 
     @contextlib.contextmanager
     def weight_write(self, version: int):
@@ -171,10 +182,26 @@ class RolloutRecorder:
         self.weights_updated(t_ns, end_ns, version, _now())
 
     async def pause_async(self, engine, *, mode: str = "abort", clear_cache: bool = True) -> None:
-        """``await engine.pause_generation(mode=..., clear_cache=...)`` on an ``AsyncLLM``, recorded."""
+        """``await engine.pause_generation(mode=..., clear_cache=...)`` on an ``AsyncLLM``, recorded. The
+        client's ``Paused`` takes the call's place in the client's stream: what the loop records while the call
+        runs (the drain's outputs) is written after it. A call that raises writes no ``Paused``."""
         t_ns = _now()
-        await engine.pause_generation(mode=mode, clear_cache=clear_cache)
-        self.paused(t_ns, _now(), mode, clear_cache)
+        outer = self._held is not None  # a pause inside another recorded pause: the outer one holds
+        if not outer:
+            self._held = []
+        ok = False
+        try:
+            await engine.pause_generation(mode=mode, clear_cache=clear_cache)
+            ok = True
+        finally:
+            if not outer:
+                held, self._held = self._held, None
+                if ok:
+                    self.paused(t_ns, _now(), mode, clear_cache)
+                for record in held:
+                    self.sink.put(record)
+            elif ok:
+                self.paused(t_ns, _now(), mode, clear_cache)
 
     async def resume_async(self, engine) -> None:
         t_ns = _now()
@@ -219,14 +246,14 @@ class RolloutRecorder:
     def fingerprint_recorded(self, version: int, fingerprint: str, *, side: str = "engine", rank: int = 0,
                              method: str = "") -> None:
         """A fingerprint computed elsewhere (another engine, another method): recorded as it is."""
-        self.sink.put(WeightsFingerprint(_now(), int(version), str(fingerprint), side, int(rank), method))
+        self._put(WeightsFingerprint(_now(), int(version), str(fingerprint), side, int(rank), method))
 
     # --- rewards and training ------------------------------------------------------------------------
 
     def reward(self, req_id: str, token_ids, reward: float, *, version: int | None = None,
                group_id: str | None = None, worker: int = 0) -> None:
         """A reward was computed on ``token_ids`` for the sample the loop believes is ``req_id``."""
-        self.sink.put(RewardBound(_now(), req_id, token_digest(token_ids), version, float(reward), group_id,
+        self._put(RewardBound(_now(), req_id, token_digest(token_ids), version, float(reward), group_id,
                                   worker))
 
     def consumed(self, train_step: int, samples, trainer_version: int | None = None) -> None:
@@ -234,7 +261,7 @@ class RolloutRecorder:
         reward)`` tuples."""
         entries = tuple(s if isinstance(s, ConsumedSample) else
                         ConsumedSample(s[0], s[1], s[2], token_digest(s[3]), float(s[4])) for s in samples)
-        self.sink.put(TrainerConsumed(_now(), train_step, entries, trainer_version))
+        self._put(TrainerConsumed(_now(), train_step, entries, trainer_version))
 
     def trainer_logprobs(self, req_id: str, token_ids, logprobs, *, role: str = "behaviour",
                          version: int | None = None, start_idx: int = 0) -> None:
@@ -249,12 +276,15 @@ class RolloutRecorder:
         token_ids, logprobs = tuple(int(t) for t in token_ids), tuple(float(x) for x in logprobs)
         if len(token_ids) != len(logprobs):
             raise ValueError(f"trainer_logprobs: {len(token_ids)} token ids but {len(logprobs)} logprobs for {req_id!r}")
-        self.sink.put(SampleLogprobs(_now(), req_id, role, "trainer", start_idx, token_ids, logprobs, version))
+        self._put(SampleLogprobs(_now(), req_id, role, "trainer", start_idx, token_ids, logprobs, version))
 
     def dropped(self, req_ids, reason: str = "", group_id: str | None = None) -> None:
-        self.sink.put(SampleDropped(_now(), tuple(req_ids), reason, group_id))
+        self._put(SampleDropped(_now(), tuple(req_ids), reason, group_id))
 
     def close(self) -> None:
+        held, self._held = self._held, None
+        for record in held or ():  # closed while a pause call ran (the loop was cancelled): nothing is lost
+            self.sink.put(record)
         self.sink.close()
 
     def __enter__(self) -> "RolloutRecorder":
