@@ -28,6 +28,7 @@ BUGS = {
     "prime-rl-admission-label": ("tokens_from_labelled_version", "explore", {"version_label": "spans"}),
     "skyrl-abort-noop": ("no_weight_write_during_forward", "simulate", {"wait_for_drain": True}),
     "skyrl-kv-not-cleared": ("no_stale_kv", "simulate", {"clear_cache": True}),
+    "slime-partial-requeue": ("tokens_from_labelled_version", "simulate", {"on_abort": "drop"}),
     "verl-label-at-finish": ("version_lag_within_bound", "explore", {"version_label": "spans"}),
     "verl-recompute-old-logprob": ("behaviour_logprobs_from_sampling_policy", "simulate",
                                    {"behaviour_logprobs": "engine"}),
