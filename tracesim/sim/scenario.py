@@ -139,6 +139,11 @@ class LoopPolicy:
     on_reset_refused: str = "reset_running"
     # the call's reset_connector: also empty the external KV tier ([engine].kv_offload_blocks)
     reset_connector: bool = True
+    # Who aborts the requests at the update's pause (abort_ids.py): "engine" (vLLM's pause_generation: mode "abort"
+    # aborts all) | "external" (the loop first calls engine.abort(ids) with the ids it submitted) | "internal" (the
+    # loop passes vLLM's internal ids as external ones: nothing is aborted, NovaSky-AI/SkyRL#1243). Not "engine":
+    # the pause then aborts nothing itself and the loop waits for its abort call to return, not for the drain.
+    abort_ids: str = "engine"
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -152,6 +157,7 @@ _CHOICES = {
     "retry_ids": ("fresh", "reuse"),
     "behaviour_logprobs": ("none", "engine", "recompute"),
     "on_reset_refused": ("ignore", "retry", "reset_running"),
+    "abort_ids": ("engine", "external", "internal"),
 }
 
 

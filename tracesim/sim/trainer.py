@@ -30,6 +30,7 @@ from tracesim.format.records import (
     PAUSED_ALL, PAUSED_NEW, ConsumedSample, Paused, RewardBound, Resumed, SampleDropped, SampleLogprobs,
     TrainerConsumed, WeightsUpdated,
 )
+from tracesim.sim.abort_ids import pause_by_ids
 from tracesim.sim.rollout import spans_of
 
 RESET_RETRY_US = 1000  # on_reset_refused = "retry": the loop calls reset_prefix_cache again after this
@@ -201,8 +202,11 @@ class Trainer:
         # The client's Paused carries the call (t0) and its return (end_ns): its place in the stream is the
         # call's, before the engine's own Paused and what the drain records, as in a recording sorted by time.
         put_paused = self.reserve() if self.reserve is not None else self.emit
-        drained = engine.request_pause(policy.pause_mode, policy.clear_cache)
-        if policy.wait_for_drain:
+        if policy.abort_ids != "engine":  # the loop's own abort by id list (abort_ids.py), not vLLM's drain
+            yield from pause_by_ids(self)
+        else:
+            drained = engine.request_pause(policy.pause_mode, policy.clear_cache)
+        if policy.wait_for_drain and policy.abort_ids == "engine":
             if tw is not None and tw.early_ns is not None:
                 yield env.any_of([drained, env.timeout(tw.early_ns)])
             else:
