@@ -13,6 +13,7 @@ import zlib
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import Aborted, RequestAdded, SampleContinued, SampleDropped, VersionSpan
+from tracesim.sim.grouping import duplicate_prompt
 from tracesim.sim.records_hot import output_delivered
 from tracesim.sim.scheduler import SimReq, token_id
 
@@ -41,10 +42,11 @@ class Sample:
 
 
 class Group:
-    __slots__ = ("group_id", "prompt_len", "samples", "dropped", "resolved", "prompt_digest")
+    __slots__ = ("group_id", "prompt_len", "samples", "dropped", "resolved", "prompt_digest", "prompt_of")
 
     def __init__(self, group_id, prompt_len):
         self.group_id, self.prompt_len, self.samples, self.dropped, self.resolved = group_id, prompt_len, [], False, False
+        self.prompt_of = group_id  # whose prompt text it has: its own, or an earlier group's (a duplicate prompt)
         self.prompt_digest = token_digest([token_id(zlib.crc32(group_id.encode()), i, 0) for i in range(prompt_len)])
 
 
@@ -104,6 +106,8 @@ class Rollout:
         wl, gi = self.wl, self.submitted
         self.submitted += 1
         group = Group(f"g{gi}", self.rng.randint(*wl.prompt_len))
+        if wl.duplicate_prompt_share:
+            duplicate_prompt(self, group)
         self.groups.append(group)
         self.generating += 1
         for j in range(wl.group_size):
@@ -307,7 +311,7 @@ class Rollout:
 
 def _continued_prompt_key(group: Group, carried_tokens: list) -> str:
     """The prompt digest of a continuation: the group's prompt token ids followed by the carried output."""
-    seed = zlib.crc32(group.group_id.encode())
+    seed = zlib.crc32(group.prompt_of.encode())
     return token_digest([token_id(seed, i, 0) for i in range(group.prompt_len)] + list(carried_tokens))
 
 

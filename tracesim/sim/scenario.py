@@ -33,6 +33,9 @@ class Workload:
     # Tokens of a system prefix every prompt starts with (part of prompt_len): its full blocks are the same for
     # every group, so prefix-cache hits cross groups (a chat template or system prompt shared by the dataset).
     shared_prefix_len: int = 0
+    # Share of groups, in [0, 1], whose prompt is an earlier group's (drawn uniformly): duplicate prompts in the
+    # dataset (grouping.py). 0: every group has its own prompt.
+    duplicate_prompt_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,9 @@ class LoopPolicy:
     # loop passes vLLM's internal ids as external ones: nothing is aborted, NovaSky-AI/SkyRL#1243). Not "engine":
     # the pause then aborts nothing itself and the loop waits for its abort call to return, not for the drain.
     abort_ids: str = "engine"
+    # How the trainer forms training groups (grouping.py): "id" (the client's group) | "prompt" (by prompt text:
+    # duplicate prompts in flight together merge) | "position" (consecutive rewarded samples: R1-V's reshape)
+    group_by: str = "id"
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -158,6 +164,7 @@ _CHOICES = {
     "behaviour_logprobs": ("none", "engine", "recompute"),
     "on_reset_refused": ("ignore", "retry", "reset_running"),
     "abort_ids": ("engine", "external", "internal"),
+    "group_by": ("id", "prompt", "position"),
 }
 
 
@@ -284,6 +291,9 @@ def _validate(s: Scenario, where: str) -> None:
     if s.loop.reset_prefix_cache and s.loop.on_reset_refused == "retry" and s.loop.pause_mode == "keep":
         raise ScenarioError(f"{where}: [loop].on_reset_refused: 'retry' never succeeds under pause_mode 'keep' "
                             "(the held requests keep their KV blocks until resume); use 'reset_running'")
+    if s.workload.duplicate_prompt_share > 1.0:
+        raise ScenarioError(f"{where}: [workload].duplicate_prompt_share: a share, must be in [0, 1], "
+                            f"got {s.workload.duplicate_prompt_share}")
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")
