@@ -297,7 +297,7 @@ CONFIG_KEYS = {
     "request_timeout_ms": ("loop", int), "reset_prefix_cache": ("loop", bool), "on_reset_refused": ("loop", str),
     "reset_connector": ("loop", bool),
     # workload structure and grouping (docs/simulator.md "Abort by id list", "Grouping")
-    "abort_ids": ("loop", str), "group_by": ("loop", str),
+    "abort_ids": ("loop", str), "group_by": ("loop", str), "aborted_child": ("loop", str),
 }
 
 

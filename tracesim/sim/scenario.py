@@ -36,6 +36,9 @@ class Workload:
     # Share of groups, in [0, 1], whose prompt is an earlier group's (drawn uniformly): duplicate prompts in the
     # dataset (grouping.py). 0: every group has its own prompt.
     duplicate_prompt_share: float = 0.0
+    # "independent": a group is group_size requests of n = 1 | "parent": one request with n = group_size, fanned
+    # out into children by vLLM's frontend, its output delivered when the last child finishes (parent.py)
+    sampling: str = "independent"
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,9 @@ class LoopPolicy:
     # How the trainer forms training groups (grouping.py): "id" (the client's group) | "prompt" (by prompt text:
     # duplicate prompts in flight together merge) | "position" (consecutive rewarded samples: R1-V's reshape)
     group_by: str = "id"
+    # sampling = "parent": what the loop does with a parent output that holds an aborted child (parent.py):
+    # "handle" (its on_abort policy) | "train_rest" (trains the finished ones: bug) | "forget" (loses the group: bug)
+    aborted_child: str = "handle"
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -165,6 +171,7 @@ _CHOICES = {
     "on_reset_refused": ("ignore", "retry", "reset_running"),
     "abort_ids": ("engine", "external", "internal"),
     "group_by": ("id", "prompt", "position"),
+    "aborted_child": ("handle", "train_rest", "forget"),
 }
 
 
@@ -294,6 +301,8 @@ def _validate(s: Scenario, where: str) -> None:
     if s.workload.duplicate_prompt_share > 1.0:
         raise ScenarioError(f"{where}: [workload].duplicate_prompt_share: a share, must be in [0, 1], "
                             f"got {s.workload.duplicate_prompt_share}")
+    if s.workload.sampling not in ("independent", "parent"):
+        raise ScenarioError(f"{where}: [workload].sampling: {s.workload.sampling!r} is not one of independent, parent")
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")
