@@ -76,3 +76,19 @@ def test_explore_can_inject_the_setting():
 def test_a_bad_value_is_one_clear_error():
     with pytest.raises(ScenarioError, match=r"\[loop\]\.abort_ids: 'client' is not one of engine, external, internal"):
         scenario_from_dict({"loop": {"abort_ids": "client"}}, "x.toml")
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("abort_ids", ["external", "internal"])
+def test_vllm_backend_agrees_with_native(abort_ids):
+    pytest.importorskip("vllm")
+    from tracesim.sim.backends import compare_backends, run_both
+    from tracesim.sim.vllm_scheduler import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vllm is installed but tracesim's standalone driver cannot import it")
+    s = with_ids(BUG, abort_ids)
+    both = run_both(scenario=s.replace(workload=dataclasses.replace(s.workload, num_prompts=12)))
+    agreement = compare_backends(both["native"], both["vllm"])
+    assert agreement.records_identical, agreement
+    assert of(both["vllm"], Aborted, side="client", reason="pause")
