@@ -26,7 +26,7 @@ BUGS = {
     "areal-no-drain": ("no_weight_write_during_forward", "simulate", {"wait_for_drain": True}),
     "nemo-rl-stale-prefix-cache": ("no_stale_kv", "simulate", {"clear_cache": True}),
     "prime-rl-admission-label": ("tokens_from_labelled_version", "explore", {"version_label": "spans"}),
-    "skyrl-abort-noop": ("no_weight_write_during_forward", "simulate", {"wait_for_drain": True}),
+    "skyrl-abort-noop": ("no_weight_write_during_forward", "simulate", {"abort_ids": "external"}),
     "skyrl-kv-not-cleared": ("no_stale_kv", "simulate", {"clear_cache": True}),
     "slime-partial-requeue": ("tokens_from_labelled_version", "simulate", {"on_abort": "drop"}),
     "verl-label-at-finish": ("version_lag_within_bound", "explore", {"version_label": "spans"}),

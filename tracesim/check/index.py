@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from tracesim.format.index import Step, index_trace  # noqa: F401 - Step: re-exported for checkers
 from tracesim.format.records import (
-    Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
+    Aborted, CacheReset, OutputDelivered, ParentAdded, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
     SampleContinued, SampleDropped, SampleLogprobs, SampleSettings, StepScheduled, StepUpdated, TrainerConsumed,
     WeightsFingerprint, WeightsUpdated,
 )
@@ -85,6 +85,7 @@ class Index:
     sampling: list = field(default_factory=list)  # SampleSettings, in stream order (logprobs.py)
     sample_logprobs: list = field(default_factory=list)  # SampleLogprobs, in stream order (logprobs.py)
     fingerprints: list = field(default_factory=list)  # WeightsFingerprint, in stream order
+    parent_of: dict = field(default_factory=dict)  # child request id -> ParentAdded naming it (n > 1 requests)
     # facts for the sequential engine invariants: (code, Step or None, record, detail...)
     step_faults: list = field(default_factory=list)
     frame_faults: list = field(default_factory=list)
@@ -120,6 +121,7 @@ def build_index(trace) -> Index:
         Paused: ix.pauses.append, Resumed: ix.resumes.append, RecorderLost: ix.lost.append,
         SampleSettings: ix.sampling.append, SampleLogprobs: ix.sample_logprobs.append,
         WeightsFingerprint: ix.fingerprints.append, SampleContinued: scan.continued,
+        ParentAdded: lambda rec: ix.parent_of.update(dict.fromkeys(rec.child_ids, rec)),
     }
     get = handlers.get
     if trace.procs:

@@ -88,6 +88,11 @@ def sample_ends_exactly_once(ix, policy) -> list:
             events = [ref(c.add)] + ([ref(c.final)] if c.final else [])
             if c.superseded_by is not None:
                 events.append(ref(c.superseded_by))
+            parent = ix.parent_of.get(c.req_id)
+            if parent is not None:  # a child of an n > 1 request: name the request the loop submitted
+                again += f" (a child of request {parent.parent_id}, whose {len(parent.child_ids)} outputs came back " \
+                    "together)"
+                events.insert(0, ref(parent))
             out.append(violation(ENDS, f"{c.req_id} was admitted and {_fate(c)}, but was never consumed or "
                                  f"dropped{again}", c.req_id, events=events))
     return out

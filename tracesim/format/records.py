@@ -321,12 +321,26 @@ class SampleContinued(NamedTuple):
     spans_kept: bool = True  # false: the loop keeps no version spans of the joined sample, only its first label
 
 
+class ParentAdded(NamedTuple):
+    """The client submitted one request with ``n > 1`` samples (``SamplingParams.n``): vLLM's frontend fans it
+    out into ``n`` child requests (``ParentRequest.get_child_info``: ids ``"{index}_{parent id}"``), which the
+    engine admits and runs independently. Written just before the children's client ``RequestAdded`` records
+    (their ``group_id`` is ``parent_id``). With FINAL_ONLY output the client receives every child's output when
+    the last child finishes; aborting the parent's id aborts every child still running."""
+
+    KIND = "parent"
+    t_ns: int
+    parent_id: str  # the id the client submitted the request under
+    child_ids: tuple[str, ...] = ()  # the children's request ids, by index
+    side: str = "client"
+
+
 __all__ = [
     "UNPAUSED", "PAUSED_NEW", "PAUSED_ALL", "ProcessInfo", "Header", "SchedReq", "OutReq", "VersionSpan",
     "ConsumedSample", "RequestAdded", "StepScheduled", "StepExecuted", "StepUpdated", "Paused", "Resumed",
     "CacheReset", "WeightsUpdated", "Aborted", "OutputDelivered", "RewardBound", "TrainerConsumed",
     "SampleDropped", "RecorderLost", "SampleSettings", "SampleLogprobs", "SampleContinued",
-    "WeightsFingerprint", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
+    "WeightsFingerprint", "ParentAdded", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
 ]
 
 def check_arity(cls, n: int) -> None:
@@ -340,6 +354,6 @@ def check_arity(cls, n: int) -> None:
 EVENT_TYPES: tuple = (
     RequestAdded, StepScheduled, StepExecuted, StepUpdated, Paused, Resumed, CacheReset, WeightsUpdated,
     Aborted, OutputDelivered, RewardBound, TrainerConsumed, SampleDropped, RecorderLost, SampleSettings,
-    SampleLogprobs, WeightsFingerprint, SampleContinued,
+    SampleLogprobs, WeightsFingerprint, SampleContinued, ParentAdded,
 )
 EVENT_KINDS: dict = {cls.KIND: cls for cls in EVENT_TYPES}

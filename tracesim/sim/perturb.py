@@ -296,6 +296,8 @@ CONFIG_KEYS = {
     "on_abort": ("loop", str), "continue_label": ("loop", str), "retry_ids": ("loop", str),
     "request_timeout_ms": ("loop", int), "reset_prefix_cache": ("loop", bool), "on_reset_refused": ("loop", str),
     "reset_connector": ("loop", bool),
+    # workload structure and grouping (docs/simulator.md "Abort by id list", "Grouping")
+    "abort_ids": ("loop", str), "group_by": ("loop", str), "aborted_child": ("loop", str),
 }
 
 

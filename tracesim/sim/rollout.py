@@ -13,6 +13,8 @@ import zlib
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import Aborted, RequestAdded, SampleContinued, SampleDropped, VersionSpan
+from tracesim.sim.grouping import duplicate_prompt
+from tracesim.sim.parent import Parents, aborted_child
 from tracesim.sim.records_hot import output_delivered
 from tracesim.sim.scheduler import SimReq, token_id
 
@@ -41,10 +43,11 @@ class Sample:
 
 
 class Group:
-    __slots__ = ("group_id", "prompt_len", "samples", "dropped", "resolved", "prompt_digest")
+    __slots__ = ("group_id", "prompt_len", "samples", "dropped", "resolved", "prompt_digest", "prompt_of")
 
     def __init__(self, group_id, prompt_len):
         self.group_id, self.prompt_len, self.samples, self.dropped, self.resolved = group_id, prompt_len, [], False, False
+        self.prompt_of = group_id  # whose prompt text it has: its own, or an earlier group's (a duplicate prompt)
         self.prompt_digest = token_digest([token_id(zlib.crc32(group_id.encode()), i, 0) for i in range(prompt_len)])
 
 
@@ -85,6 +88,8 @@ class Rollout:
         self.on_first_frame, self.on_final_frame = on_first_frame, on_final_frame
         self._slot = env.event()
         engine.on_output = self.send
+        # [workload] sampling = "parent": a group is one n > 1 request fanned out by vLLM's frontend (parent.py)
+        self.parents = Parents(self) if scenario.workload.sampling == "parent" and not stand_in else None
 
     # --- submission --------------------------------------------------------------------------------------
 
@@ -104,10 +109,14 @@ class Rollout:
         wl, gi = self.wl, self.submitted
         self.submitted += 1
         group = Group(f"g{gi}", self.rng.randint(*wl.prompt_len))
+        if wl.duplicate_prompt_share:
+            duplicate_prompt(self, group)
         self.groups.append(group)
         self.generating += 1
+        ids = self.parents.submit(group) if self.parents is not None else None
         for j in range(wl.group_size):
-            sample = Sample(f"g{gi}-s{j}", group, j, self.rng.randint(*wl.output_len), self.version)
+            sample = Sample(f"g{gi}-s{j}" if ids is None else ids[j], group, j, self.rng.randint(*wl.output_len),
+                            self.version)
             group.samples.append(sample)
             self._add(sample, sample.req_id)
 
@@ -165,6 +174,8 @@ class Rollout:
         return None
 
     def deliver(self, batch) -> None:
+        if self.parents is not None:  # FINAL_ONLY: a child's output reaches the client when its parent ends
+            batch = self.parents.hold(batch)
         _deliver(self, batch)
 
     def _finished(self, sample: Sample, reason: str, digest: str) -> None:
@@ -176,6 +187,8 @@ class Rollout:
         del self.samples[sample.req_id]
         sample.finished, sample.reason, sample.digest = True, reason, digest
         if reason == "abort":
+            if self.parents is not None and aborted_child(self, sample):
+                return
             if self.policy.on_abort == "continue":
                 self._continue(sample)
                 return
@@ -256,7 +269,7 @@ class Rollout:
     def cancel(self, req_id: str, whole_group: bool) -> None:
         """Abort request ``req_id`` (or every live member of its group) from the client. The engine's abort
         frames come back and the loop handles them as any abort (its ``on_abort`` policy)."""
-        ids = [req_id]
+        ids = [req_id] if self.parents is None else self.parents.expand(req_id)
         if whole_group:
             sample = self.samples.get(req_id)
             if sample is not None and sample.group is not None:
@@ -307,7 +320,7 @@ class Rollout:
 
 def _continued_prompt_key(group: Group, carried_tokens: list) -> str:
     """The prompt digest of a continuation: the group's prompt token ids followed by the carried output."""
-    seed = zlib.crc32(group.group_id.encode())
+    seed = zlib.crc32(group.prompt_of.encode())
     return token_digest([token_id(seed, i, 0) for i in range(group.prompt_len)] + list(carried_tokens))
 
 

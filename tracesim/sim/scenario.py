@@ -33,6 +33,12 @@ class Workload:
     # Tokens of a system prefix every prompt starts with (part of prompt_len): its full blocks are the same for
     # every group, so prefix-cache hits cross groups (a chat template or system prompt shared by the dataset).
     shared_prefix_len: int = 0
+    # Share of groups, in [0, 1], whose prompt is an earlier group's (drawn uniformly): duplicate prompts in the
+    # dataset (grouping.py). 0: every group has its own prompt.
+    duplicate_prompt_share: float = 0.0
+    # "independent": a group is group_size requests of n = 1 | "parent": one request with n = group_size, fanned
+    # out into children by vLLM's frontend, its output delivered when the last child finishes (parent.py)
+    sampling: str = "independent"
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,17 @@ class LoopPolicy:
     on_reset_refused: str = "reset_running"
     # the call's reset_connector: also empty the external KV tier ([engine].kv_offload_blocks)
     reset_connector: bool = True
+    # Who aborts the requests at the update's pause (abort_ids.py): "engine" (vLLM's pause_generation: mode "abort"
+    # aborts all) | "external" (the loop first calls engine.abort(ids) with the ids it submitted) | "internal" (the
+    # loop passes vLLM's internal ids as external ones: nothing is aborted, NovaSky-AI/SkyRL#1243). Not "engine":
+    # the pause then aborts nothing itself and the loop waits for its abort call to return, not for the drain.
+    abort_ids: str = "engine"
+    # How the trainer forms training groups (grouping.py): "id" (the client's group) | "prompt" (by prompt text:
+    # duplicate prompts in flight together merge) | "position" (consecutive rewarded samples: R1-V's reshape)
+    group_by: str = "id"
+    # sampling = "parent": what the loop does with a parent output that holds an aborted child (parent.py):
+    # "handle" (its on_abort policy) | "train_rest" (trains the finished ones: bug) | "forget" (loses the group: bug)
+    aborted_child: str = "handle"
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -152,6 +169,9 @@ _CHOICES = {
     "retry_ids": ("fresh", "reuse"),
     "behaviour_logprobs": ("none", "engine", "recompute"),
     "on_reset_refused": ("ignore", "retry", "reset_running"),
+    "abort_ids": ("engine", "external", "internal"),
+    "group_by": ("id", "prompt", "position"),
+    "aborted_child": ("handle", "train_rest", "forget"),
 }
 
 
@@ -278,6 +298,11 @@ def _validate(s: Scenario, where: str) -> None:
     if s.loop.reset_prefix_cache and s.loop.on_reset_refused == "retry" and s.loop.pause_mode == "keep":
         raise ScenarioError(f"{where}: [loop].on_reset_refused: 'retry' never succeeds under pause_mode 'keep' "
                             "(the held requests keep their KV blocks until resume); use 'reset_running'")
+    if s.workload.duplicate_prompt_share > 1.0:
+        raise ScenarioError(f"{where}: [workload].duplicate_prompt_share: a share, must be in [0, 1], "
+                            f"got {s.workload.duplicate_prompt_share}")
+    if s.workload.sampling not in ("independent", "parent"):
+        raise ScenarioError(f"{where}: [workload].sampling: {s.workload.sampling!r} is not one of independent, parent")
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")

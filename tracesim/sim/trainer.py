@@ -30,6 +30,8 @@ from tracesim.format.records import (
     PAUSED_ALL, PAUSED_NEW, ConsumedSample, Paused, RewardBound, Resumed, SampleDropped, SampleLogprobs,
     TrainerConsumed, WeightsUpdated,
 )
+from tracesim.sim.abort_ids import pause_by_ids
+from tracesim.sim.grouping import Grouper, sources_of
 from tracesim.sim.rollout import spans_of
 
 RESET_RETRY_US = 1000  # on_reset_refused = "retry": the loop calls reset_prefix_cache again after this
@@ -103,17 +105,29 @@ class Trainer:
         self.in_update = False  # any update cycle in progress
         self.tweaks = None  # update number -> hooks.UpdateTweaks (perturbations of that cycle)
         self._wake = env.event()
+        self.grouper = None if self.policy.group_by == "id" else \
+            Grouper(self.policy.group_by, scenario.workload.group_size, rollout)
 
     def rewarded(self, sample, reward: float) -> None:
         if sample.group.dropped:
             return
         self.rewards[sample.req_id] = reward
+        if self.grouper is not None:  # group_by "prompt" / "position" (grouping.py)
+            self._ready(self.grouper.rewarded(sample, self.rewards))
+            return
         group = sample.group
         if all(s.req_id in self.rewards for s in group.samples):
             self.ready.append(group)
             self._poke()
 
     def group_dropped(self, group) -> None:
+        if self.grouper is not None:
+            self._ready(self.grouper.dropped(group, self.rewards))
+            return
+        self._poke()
+
+    def _ready(self, groups: list) -> None:
+        self.ready.extend(groups)
         self._poke()
 
     def _poke(self) -> None:
@@ -151,13 +165,14 @@ class Trainer:
     def _tail(self) -> bool:
         """Whether no more groups can arrive: the last partial batch is consumed."""
         ro = self.rollout
-        return ro.all_submitted() and all(g.dropped or g in self._consumed or g in self.ready for g in ro.groups)
+        ready = self.ready if self.grouper is None else {g for tg in self.ready for g in sources_of(tg)}
+        return ro.all_submitted() and all(g.dropped or g in self._consumed or g in ready for g in ro.groups)
 
     def _admit(self, batch) -> tuple:
         """``(ConsumedSample entries, groups kept)`` of a batch: groups older than the lag bound are dropped."""
         samples, kept = [], []
         for group in batch:
-            self._consumed.add(group)
+            self._consumed.update(sources_of(group))
             labels = [s.label for s in group.samples]
             if self.policy.max_version_lag >= 0 and self.version - min(labels) > self.policy.max_version_lag:
                 self.emit(SampleDropped(self.env.now, tuple(s.req_id for s in group.samples), "stale",
@@ -201,8 +216,11 @@ class Trainer:
         # The client's Paused carries the call (t0) and its return (end_ns): its place in the stream is the
         # call's, before the engine's own Paused and what the drain records, as in a recording sorted by time.
         put_paused = self.reserve() if self.reserve is not None else self.emit
-        drained = engine.request_pause(policy.pause_mode, policy.clear_cache)
-        if policy.wait_for_drain:
+        if policy.abort_ids != "engine":  # the loop's own abort by id list (abort_ids.py), not vLLM's drain
+            yield from pause_by_ids(self)
+        else:
+            drained = engine.request_pause(policy.pause_mode, policy.clear_cache)
+        if policy.wait_for_drain and policy.abort_ids == "engine":
             if tw is not None and tw.early_ns is not None:
                 yield env.any_of([drained, env.timeout(tw.early_ns)])
             else:
