@@ -7,8 +7,8 @@ import pytest
 
 from conftest import REPO
 from tracesim.cli.main import main
-from tracesim.explore import Base, explore
-from tracesim.explore.runner import base_settings
+from tracesim.explore import Base, explore, run_one
+from tracesim.explore.runner import RunSpec, base_settings
 from tracesim.explore.search import RunPlan
 from tracesim.explore.targets import ENV_LOOP_KEYS, _fault_keys, _protocol_keys
 from tracesim.sim import perturb as P
@@ -58,14 +58,22 @@ def test_switches_the_base_rejects_are_not_drawn(tmp_path):
 
 
 def test_the_loop_space_finds_what_a_protocol_switch_breaks():
-    # partial-rollout continuation under the strict policy (no mixed versions): the continued sample holds
-    # tokens of the version after the update; the env space cannot say that, the loop space finds it
+    # on the correct scenario, a search of the loop space ends with findings whose minimal counterexample is one
+    # protocol switch alone (e.g. grouping by completion position, or partial-rollout continuation, which gives
+    # samples of two versions that the strict policy forbids); the env space never draws one
     result = explore(DEFAULT, budget=200, seed=0, workers=1, spaces=("env", "loop"))
-    minimal = {str(p) for f in result.findings for p in f.minimal.perturbations}
-    assert "set(on_abort=continue)" in minimal, minimal
+    protocol = set(_protocol_keys())
+    alone = [f.minimal.perturbations[0] for f in result.findings if len(f.minimal.perturbations) == 1
+             and isinstance(f.minimal.perturbations[0], P.SetConfig) and f.minimal.perturbations[0].key in protocol]
+    assert alone, [f.minimal.perturbations for f in result.findings]
     env = explore(DEFAULT, budget=64, seed=0, workers=1)
-    assert not any(isinstance(p, P.SetConfig) and p.key in _protocol_keys()
+    assert not any(isinstance(p, P.SetConfig) and p.key in protocol
                    for f in env.findings for p in f.minimal.perturbations)
+
+
+def test_a_drawn_protocol_switch_is_a_one_line_repro():
+    out = run_one(RunSpec(DEFAULT, 0, (P.SetConfig("on_abort", "continue"),)))
+    assert "tokens_from_labelled_version" in {s.invariant for s in out.signatures()}
 
 
 def test_the_faults_space_finds_each_fault_with_the_window_it_needs():
