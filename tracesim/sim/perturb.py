@@ -296,6 +296,9 @@ CONFIG_KEYS = {
     "on_abort": ("loop", str), "continue_label": ("loop", str), "retry_ids": ("loop", str),
     "request_timeout_ms": ("loop", int), "reset_prefix_cache": ("loop", bool), "on_reset_refused": ("loop", str),
     "reset_connector": ("loop", bool),
+    # the version publisher and the weights served (docs/simulator.md "Publishing a version and the weights served")
+    "label_advance": ("loop", str), "publish_aborts_all": ("loop", bool), "version_reset_at": ("loop", int),
+    "weight_sync_fault": ("loop", str), "weight_fingerprints": ("loop", bool),
 }
 
 
