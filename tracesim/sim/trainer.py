@@ -6,6 +6,9 @@ k-th result to the k-th sample handed out (a real-world bug this model must be a
 consumes whole groups in batches and, every ``update_every`` training steps, runs a weight-update cycle:
 pause (mode, clear_cache) -> the loop's own cache reset (``reset_prefix_cache``, optional) -> write weights ->
 set version -> resume.
+The version publisher (``publisher.py``) says which version a cycle publishes, where in it the label moves
+(``label_advance``) and what the publish does besides (``publish_aborts_all``); ``weights.py`` what the engine
+then serves (``weight_sync_fault``) and the fingerprints of both sides.
 
 The loop's cache reset (``reset_prefix_cache = true``) is vLLM's ``reset_prefix_cache(reset_running_requests=
 False, reset_connector)``: refused (``ok`` false) while any request holds KV blocks, e.g. the requests a keep
