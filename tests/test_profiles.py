@@ -33,6 +33,11 @@ BUGS = {
     "verl-recompute-old-logprob": ("behaviour_logprobs_from_sampling_policy", "simulate",
                                    {"behaviour_logprobs": "engine"}),
     "verl-retry-same-id": ("request_ids_live_once", "explore", {"retry_ids": "fresh"}),
+    # the version publisher and the weights served (tracesim/sim/publisher.py, weights.py)
+    "trl-reload-weights": ("served_weights_match_published", "simulate", {"weight_sync_fault": "none"}),
+    "verl-adapter-not-synced": ("served_weights_match_published", "simulate", {"weight_sync_fault": "none"}),
+    "slime-publish-aborts-all": ("pause_keeps_samples", "simulate", {"publish_aborts_all": False}),
+    "slime-version-reset": ("policy_versions_increase", "simulate", {"version_reset_at": 0}),
 }
 
 

@@ -41,6 +41,7 @@ INVARIANTS: dict = {
     logprobs.PROCESSED: logprobs.logprobs_processed_as_trained,
     fingerprint.SERVED: fingerprint.served_weights_match_published,
     behaviour.BEHAVIOUR: behaviour.behaviour_logprobs_from_sampling_policy,
+    versions.INCREASE: versions.policy_versions_increase,
 }
 
 

@@ -1,5 +1,5 @@
-"""Version invariants: every token of a sample comes from the version(s) it is labelled with, and the
-version lag at consumption stays within the policy's bound."""
+"""Version invariants: every token of a sample comes from the version(s) it is labelled with, the version
+lag at consumption stays within the policy's bound, and policy versions never go backwards."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from tracesim.check.base import NotCheckable, ms, produced_runs, ref, segments, 
 
 LABEL = "tokens_from_labelled_version"
 LAG = "version_lag_within_bound"
+INCREASE = "policy_versions_increase"
 
 
 def label_of(c):
@@ -274,4 +275,39 @@ def version_lag_within_bound(ix, policy) -> list:
             else:
                 continue
             out.append(violation(LAG, msg, s.req_id, events=[ref(tc, s.req_id)]))
+    return out
+
+
+_BACKWARDS = ("the version counter went backwards (a trainer failover or restart that restored the weights but "
+              "restarted the counter): one version now names two sets of weights, and staleness computed "
+              "against it comes out too small or negative")
+
+
+def policy_versions_increase(ix, policy) -> list:
+    """Each side's weight updates publish strictly increasing versions, in time order, and the trainer's
+    version at consumption never decreases. Only numeric versions are compared (a recording may label with
+    strings); each side is judged on its own (client and engine records of one update share a version)."""
+    updates = [w for w in ix.weights if type(w.version) is int]
+    consumes = [tc for tc in ix.consumes if type(tc.trainer_version) is int]
+    if not updates and not consumes:
+        return NotCheckable("missing numeric policy versions (no WeightsUpdated or TrainerConsumed with a "
+                            "numeric version)")
+    out = []
+    last: dict = {}  # side -> the previous update
+    for w in sorted(updates, key=lambda w: w.t_ns):  # stable: records of one time keep their stream order
+        prev = last.get(w.side)
+        if prev is not None and w.version <= prev.version:
+            out.append(violation(
+                INCREASE, f"the {w.side} side updated the weights to version {w.version} at {ms(ix, w.t_ns)}, "
+                f"after version {prev.version} at {ms(ix, prev.t_ns)}", events=[ref(prev), ref(w)],
+                cause=_BACKWARDS))
+        last[w.side] = w
+    prev = None
+    for tc in consumes:
+        if prev is not None and tc.trainer_version < prev.trainer_version:
+            out.append(violation(
+                INCREASE, f"train step {tc.train_step} ran at trainer version {tc.trainer_version} "
+                f"({ms(ix, tc.t_ns)}), after train step {prev.train_step} at version {prev.trainer_version}",
+                events=[ref(prev), ref(tc)], cause=_BACKWARDS))
+        prev = tc
     return out

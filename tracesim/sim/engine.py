@@ -151,7 +151,7 @@ class Engine:
     # --- inputs (called by client processes) -------------------------------------------------------------
 
     def submit(self, kind: str, payload=None):
-        """Queue an input for the core ("add", "abort", "pause", "resume", "reset"); return nothing."""
+        """Queue an input for the core ("add", "abort", "pause", "resume", "reset", "version"); return nothing."""
         self.inputs.append((kind, payload))
         if not self._wake.triggered:
             self._wake.succeed()
@@ -245,6 +245,11 @@ class Engine:
             payload.done.succeed(ok)
         else:
             self._reset(bool(payload), False)
+
+    def _on_version(self, version) -> None:
+        # The loop's version publish reaching the core as an input (publisher.py, label_advance =
+        # "after_resume"): taken between actions, so a forward pass already running is stamped the old version.
+        self.version = version
 
     def _reset(self, reset_running: bool, reset_connector: bool) -> bool:
         """Reset the prefix cache (and the external KV tier with ``reset_connector``); record it."""

@@ -298,6 +298,9 @@ CONFIG_KEYS = {
     "reset_connector": ("loop", bool),
     # workload structure and grouping (docs/simulator.md "Abort by id list", "Grouping")
     "abort_ids": ("loop", str), "group_by": ("loop", str), "aborted_child": ("loop", str),
+    # the version publisher and the weights served (docs/simulator.md "Publishing a version and the weights served")
+    "label_advance": ("loop", str), "publish_aborts_all": ("loop", bool), "version_reset_at": ("loop", int),
+    "weight_sync_fault": ("loop", str), "weight_fingerprints": ("loop", bool),
 }
 
 

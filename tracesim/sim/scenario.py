@@ -156,6 +156,16 @@ class LoopPolicy:
     # sampling = "parent": what the loop does with a parent output that holds an aborted child (parent.py):
     # "handle" (its on_abort policy) | "train_rest" (trains the finished ones: bug) | "forget" (loses the group: bug)
     aborted_child: str = "handle"
+    # The version publisher (publisher.py) and the weight payload (weights.py), docs/simulator.md "Publishing a
+    # version and the weights served". Where the label source moves to the new version in an update cycle:
+    # "before_pause" | "publish" (the write starts) | "apply" (the weights are in: correct) | "after_resume"
+    label_advance: str = "apply"
+    publish_aborts_all: bool = False  # the version publish aborts every request the engine holds (miles#2296)
+    version_reset_at: int = 0  # the N-th update publishes version 1 again (a trainer failover); 0: never
+    # what reaches the engine at a sync: "none" (the published weights) | "skip" (nothing: it keeps its weights)
+    # | "reload_base" (the base checkpoint reloaded at wake-up over them) | "torn" (a mix of old and new)
+    weight_sync_fault: str = "none"
+    weight_fingerprints: bool = False  # record WeightsFingerprint of both sides (on with any weight_sync_fault)
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -172,6 +182,8 @@ _CHOICES = {
     "abort_ids": ("engine", "external", "internal"),
     "group_by": ("id", "prompt", "position"),
     "aborted_child": ("handle", "train_rest", "forget"),
+    "label_advance": ("before_pause", "publish", "apply", "after_resume"),
+    "weight_sync_fault": ("none", "skip", "reload_base", "torn"),
 }
 
 
@@ -303,6 +315,9 @@ def _validate(s: Scenario, where: str) -> None:
                             f"got {s.workload.duplicate_prompt_share}")
     if s.workload.sampling not in ("independent", "parent"):
         raise ScenarioError(f"{where}: [workload].sampling: {s.workload.sampling!r} is not one of independent, parent")
+    if s.loop.version_reset_at < 0 or s.loop.version_reset_at == 1:
+        raise ScenarioError(f"{where}: [loop].version_reset_at: must be 0 (never) or the update (2 or later) that "
+                            f"publishes version 1 again, got {s.loop.version_reset_at}")
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")

@@ -6,6 +6,9 @@ k-th result to the k-th sample handed out (a real-world bug this model must be a
 consumes whole groups in batches and, every ``update_every`` training steps, runs a weight-update cycle:
 pause (mode, clear_cache) -> the loop's own cache reset (``reset_prefix_cache``, optional) -> write weights ->
 set version -> resume.
+The version publisher (``publisher.py``) says which version a cycle publishes, where in it the label moves
+(``label_advance``) and what the publish does besides (``publish_aborts_all``); ``weights.py`` what the engine
+then serves (``weight_sync_fault``) and the fingerprints of both sides.
 
 The loop's cache reset (``reset_prefix_cache = true``) is vLLM's ``reset_prefix_cache(reset_running_requests=
 False, reset_connector)``: refused (``ok`` false) while any request holds KV blocks, e.g. the requests a keep
@@ -32,6 +35,7 @@ from tracesim.format.records import (
 )
 from tracesim.sim.abort_ids import pause_by_ids
 from tracesim.sim.grouping import Grouper, sources_of
+from tracesim.sim.publisher import Publisher
 from tracesim.sim.rollout import spans_of
 
 RESET_RETRY_US = 1000  # on_reset_refused = "retry": the loop calls reset_prefix_cache again after this
@@ -104,6 +108,7 @@ class Trainer:
         self.updating = None  # an injected update cycle in progress (a SimPy process), if any
         self.in_update = False  # any update cycle in progress
         self.tweaks = None  # update number -> hooks.UpdateTweaks (perturbations of that cycle)
+        self.publisher = Publisher(scenario, engine, emit)  # version numbers, label timing, weight payloads
         self._wake = env.event()
         self.grouper = None if self.policy.group_by == "id" else \
             Grouper(self.policy.group_by, scenario.workload.group_size, rollout)
@@ -141,6 +146,7 @@ class Trainer:
     def run(self):
         env, policy = self.env, self.policy
         self._consumed = set()
+        self.publisher.weights.start(env.now)
         while True:
             if len(self.ready) < policy.batch_groups and not (self.ready and self._tail()):
                 if self._all_resolved():
@@ -208,11 +214,16 @@ class Trainer:
         """pause -> write -> set version -> resume, as the RL framework drives vLLM. Perturbations
         (``tweaks``) can stop waiting for the drain early, delay or lengthen the write, and set the version
         label before or after the write ends."""
-        env, policy, engine = self.env, self.policy, self.engine
+        env, policy, engine, pub = self.env, self.policy, self.engine, self.publisher
         self.updates += 1
         self.in_update = True
         tw = self.tweaks(self.updates) if self.tweaks is not None else None
         t0 = env.now
+        new_version = pub.next_version(self.version, self.updates)
+        at_apply, label_ns = pub.label_at == "apply", None  # label_ns: when a label moved outside "apply"
+        if pub.label_at == "before_pause":
+            self._set_label(new_version)
+            label_ns = t0
         # The client's Paused carries the call (t0) and its return (end_ns): its place in the stream is the
         # call's, before the engine's own Paused and what the drain records, as in a recording sorted by time.
         put_paused = self.reserve() if self.reserve is not None else self.emit
@@ -233,36 +244,50 @@ class Trainer:
         if tw is not None and tw.late_ns:
             yield env.timeout(tw.late_ns)
         t_write = env.now
+        content = pub.content_of(self.updates)
+        pub.weights.published(t_write, new_version, content)
+        if pub.label_at == "publish":
+            self._set_label(new_version)
+            label_ns = t_write
         write_ns = policy.weight_write_us * 1000
         shift_ns = 0
         if tw is not None:
             write_ns = max(0, write_ns + tw.write_extra_ns)
             shift_ns = max(-write_ns, tw.shift_ns)
-        new_version = self.version + 1
         if shift_ns < 0:  # the label moves on while the old weights are still being overwritten
             yield env.timeout(write_ns + shift_ns)
-            self._set_label(new_version)
+            if at_apply:
+                self._set_label(new_version)
             yield env.timeout(-shift_ns)
             engine.weights_version = new_version
         else:
             yield env.timeout(write_ns)
             engine.weights_version = new_version
         t_end = env.now
+        pub.weights.installed(t_end, new_version, content)
         self.version = new_version
-        if shift_ns > 0:  # resumed with new weights, the label follows later
+        yield from pub.side_effects(env)  # the publish, one step before the resume
+        if (at_apply and shift_ns > 0) or pub.label_at == "after_resume":  # resumed, the label follows later
             engine.submit("resume")
             self.emit(Resumed(env.now, "client"))
-            yield env.timeout(shift_ns)
-            self._set_label(new_version)
+            pub.weights.resumed(env.now, new_version)
+            if at_apply:
+                yield env.timeout(shift_ns)
+                self._set_label(new_version)
+            else:  # the publish follows the resume call's return: the core takes it as an input
+                yield env.timeout(pub.resume_rtt_ns)
+                engine.submit("version", new_version)
+                self.rollout.version = new_version
             self.emit(WeightsUpdated(t_ns=t_write, end_ns=t_end, version=new_version, side="client", set_ns=env.now))
             self.in_update = False
             return
-        if shift_ns == 0:
+        if shift_ns == 0 and at_apply:
             self._set_label(new_version)
         self.emit(WeightsUpdated(t_ns=t_write, end_ns=t_end, version=new_version, side="client",
-                                 set_ns=t_end + shift_ns))
+                                 set_ns=t_end + shift_ns if at_apply else label_ns))
         engine.submit("resume")
         self.emit(Resumed(env.now, "client"))
+        pub.weights.resumed(env.now, new_version)
         self.in_update = False
 
     def _reset_cache(self):
