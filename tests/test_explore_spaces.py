@@ -10,7 +10,7 @@ from tracesim.cli.main import main
 from tracesim.explore import Base, explore, run_one
 from tracesim.explore.runner import RunSpec, base_settings
 from tracesim.explore.search import RunPlan
-from tracesim.explore.targets import ENV_LOOP_KEYS, _fault_keys, _protocol_keys
+from tracesim.explore.targets import ENV_LOOP_KEYS, _fault_keys, _protocol_keys, _switch_values
 from tracesim.sim import perturb as P
 
 SCEN = REPO / "scenarios"
@@ -32,7 +32,7 @@ def test_loop_space_draws_the_protocol_settings_with_values_other_than_the_base(
     drawn = _switches(DEFAULT, ("env", "loop"), runs=1200)
     keys = {p.key for p in drawn}
     protocol = set(_protocol_keys())
-    assert protocol - {"continue_label", "reset_connector"} <= keys, protocol - keys  # the common ones, at least
+    assert protocol - {"continue_label", "reset_connector", "weight_fingerprints"} <= keys, protocol - keys  # most
     settings, _ = base_settings(DEFAULT)
     assert all(p.value != settings[p.key] for p in drawn if p.key in protocol)
     assert not keys & set(_fault_keys())
@@ -41,6 +41,8 @@ def test_loop_space_draws_the_protocol_settings_with_values_other_than_the_base(
 def test_protocol_keys_cover_every_loop_key_but_the_environment():
     loop_keys = {k for k, (part, _) in P.CONFIG_KEYS.items() if part == "loop"}
     assert set(_protocol_keys()) == loop_keys - set(ENV_LOOP_KEYS) - {"pause_mode", "clear_cache"}
+    # a setting the search has no values for is never drawn: an integer one needs targets.INT_SWITCH_VALUES
+    assert [k for k in _protocol_keys() + _fault_keys() if not _switch_values(k)] == []
 
 
 def test_switches_the_base_rejects_are_not_drawn(tmp_path):

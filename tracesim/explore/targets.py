@@ -373,7 +373,7 @@ def _engine_fault(m, rng):
 # Loop settings in CONFIG_KEYS that are the environment the loop runs in, not its protocol ("env" space).
 ENV_LOOP_KEYS = ("reward_workers",)
 # Values an integer protocol setting is tried with (a key without an entry is not drawn).
-INT_SWITCH_VALUES = {"request_timeout_ms": (20, 100, 500)}
+INT_SWITCH_VALUES = {"request_timeout_ms": (20, 100, 500), "version_reset_at": (2, 3)}
 FAULT_PROBABILITIES = (0.25, 1.0)
 
 
