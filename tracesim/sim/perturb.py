@@ -296,6 +296,9 @@ CONFIG_KEYS = {
     "on_abort": ("loop", str), "continue_label": ("loop", str), "retry_ids": ("loop", str),
     "request_timeout_ms": ("loop", int), "reset_prefix_cache": ("loop", bool), "on_reset_refused": ("loop", str),
     "reset_connector": ("loop", bool),
+    # data-parallel engine cores (docs/simulator.md "Data-parallel engines")
+    "data_parallel_size": ("engine", int), "fault_dp_finish_no_output": ("engine", float),
+    "dp_pause_wait": ("loop", str),
 }
 
 

@@ -74,10 +74,16 @@ class EngineConfig:
     # and reset cached blocks move there, admissions hit it after the GPU cache, and only a reset with
     # reset_connector empties it (kvcache.py). 0: none. Native backend only.
     kv_offload_blocks: int = 0
+    # Data-parallel engine cores (dp.py, docs/simulator.md "Data-parallel engines"): each with its own scheduler
+    # and KV pool, recorded as its own process; requests routed to the least loaded rank. 1: one core.
+    data_parallel_size: int = 1
+    # tpu-inference#3362: the DP scheduler's finish_requests returns nothing, so an abort-mode pause aborts a
+    # rank's requests without sending their abort outputs (probability per rank and pause). Needs DP > 1.
+    fault_dp_finish_no_output: float = 0.0
 
 
 ENGINE_FAULTS = ("fault_drop_inflight_frame", "fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens",
-                 "fault_duplicate_frame")
+                 "fault_duplicate_frame", "fault_dp_finish_no_output")
 # Faults inside the native scheduler: vLLM's own scheduler (backend "vllm") cannot behave like them.
 SCHEDULER_FAULTS = ("fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens")
 
@@ -133,6 +139,9 @@ class LoopPolicy:
     # The loop's own reset_prefix_cache() call in the update cycle (NeMo-RL's refit), after the pause and before
     # the weight write, without reset_running: vLLM refuses it (ok = false) while any request holds KV blocks.
     reset_prefix_cache: bool = False
+    # With data-parallel engines: the pause the loop awaits before writing weights. "all": every rank's (vLLM's
+    # client); "first": the first rank's to complete (a bug: another rank may still run a forward pass).
+    dp_pause_wait: str = "all"
     # What the loop does when that call is refused: "ignore" (goes on: the bug), "retry" (every
     # RESET_RETRY_US until ok; needs the pause to drain, so not with pause_mode "keep"), "reset_running"
     # (asks again with reset_running_requests = true, preempting running requests)
@@ -152,6 +161,7 @@ _CHOICES = {
     "retry_ids": ("fresh", "reuse"),
     "behaviour_logprobs": ("none", "engine", "recompute"),
     "on_reset_refused": ("ignore", "retry", "reset_running"),
+    "dp_pause_wait": ("all", "first"),
 }
 
 
@@ -281,7 +291,19 @@ def _validate(s: Scenario, where: str) -> None:
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")
+    _validate_dp(s, where)
     _validate_backend(s, where)
+
+
+def _validate_dp(s: Scenario, where: str) -> None:
+    if s.engine.data_parallel_size < 1:
+        raise ScenarioError(f"{where}: [engine].data_parallel_size: must be positive, got {s.engine.data_parallel_size}")
+    if s.engine.data_parallel_size == 1 and s.engine.fault_dp_finish_no_output > 0:
+        raise ScenarioError(f"{where}: [engine].fault_dp_finish_no_output: a fault of the data-parallel scheduler, "
+                            "needs data_parallel_size > 1")
+    if s.engine.data_parallel_size > 1 and s.engine.scheduler_backend == "vllm":
+        raise ScenarioError(f"{where}: [engine].data_parallel_size: data-parallel ranks are modelled by the native "
+                            "backend only; use scheduler_backend = 'native'")
 
 
 ENGINE_LOOPS = ("busy", "client")
