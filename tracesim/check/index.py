@@ -19,7 +19,7 @@ from tracesim.format.index import Step, index_trace  # noqa: F401 - Step: re-exp
 from tracesim.format.records import (
     Aborted, CacheReset, OutputDelivered, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
     SampleContinued, SampleDropped, SampleLogprobs, SampleSettings, StepScheduled, StepUpdated, TrainerConsumed,
-    WeightsFingerprint, WeightsUpdated,
+    WeightsFingerprint, WeightsUpdated, KvTransfer,
 )
 
 
@@ -79,8 +79,9 @@ class Index:
     resumes: list = field(default_factory=list)
     rewards: list = field(default_factory=list)
     consumes: list = field(default_factory=list)
-    timeline: list = field(default_factory=list)  # (proc, record) for sched/add(engine)/abort/reset/weights
+    timeline: list = field(default_factory=list)  # (proc, record) for sched/add(engine)/abort/reset/weights/kv_transfer
     n_exec = n_upd = n_deliver = n_client_adds = n_engine_adds = 0
+    n_kv_transfers = 0  # KvTransfer records (prefill/decode disaggregation)
     lost: list = field(default_factory=list)  # RecorderLost
     sampling: list = field(default_factory=list)  # SampleSettings, in stream order (logprobs.py)
     sample_logprobs: list = field(default_factory=list)  # SampleLogprobs, in stream order (logprobs.py)
@@ -120,6 +121,7 @@ def build_index(trace) -> Index:
         Paused: ix.pauses.append, Resumed: ix.resumes.append, RecorderLost: ix.lost.append,
         SampleSettings: ix.sampling.append, SampleLogprobs: ix.sample_logprobs.append,
         WeightsFingerprint: ix.fingerprints.append, SampleContinued: scan.continued,
+        KvTransfer: scan.kv_transfer,
     }
     get = handlers.get
     if trace.procs:
@@ -246,6 +248,11 @@ class _Scanner:
         c = ix.client.get(rec.req_id)
         if c is not None and c[-1].engine is None:
             c[-1].engine, inc.client = inc, c[-1]
+
+    def kv_transfer(self, rec: KvTransfer) -> None:
+        # P/D transfers take their place among the engine's aborts (check/pd.py)
+        self.ix.timeline.append((self.proc, rec))
+        self.ix.n_kv_transfers += 1
 
     def abort(self, rec: Aborted) -> None:
         ix = self.ix

@@ -13,7 +13,7 @@ from tracesim.format.errors import FieldError, TraceFormatError, TruncatedTraceW
 from tracesim.format.records import Header
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2
+FORMAT_MINOR = 3
 
 # read_all decodes this many frames (or bytes) per msgspec call: small chunks stay in the CPU cache (one
 # call over 64k frames decodes ~1.7x slower than 16 calls over 4k), and the copy of each stays small.

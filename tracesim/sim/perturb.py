@@ -299,6 +299,8 @@ CONFIG_KEYS = {
     # data-parallel engine cores (docs/simulator.md "Data-parallel engines")
     "data_parallel_size": ("engine", int), "fault_dp_finish_no_output": ("engine", float),
     "dp_pause_wait": ("loop", str),
+    # prefill/decode KV transfer (docs/simulator.md "Prefill/decode KV transfer")
+    "pd_transfer_us": ("engine", int), "fault_pd_free_in_transfer": ("engine", float),
 }
 
 

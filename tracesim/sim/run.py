@@ -87,8 +87,11 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
         engine, emit, procs, processes = build_dp(env, s, hooks.timing(ModelTiming(s.steptime, s.engine)), records,
                                                   progress, random.Random(f"{inputs.seed}:faults"))
     else:
-        engine = Engine(env, s.engine, hooks.timing(ModelTiming(s.steptime, s.engine)), emit, None, progress,
-                        fault_rng=random.Random(f"{inputs.seed}:faults"))
+        cls = Engine
+        if s.engine.pd_transfer_us > 0:  # the decode instance of a prefill/decode pair (pd.py)
+            from tracesim.sim.pd import PDEngine as cls
+        engine = cls(env, s.engine, hooks.timing(ModelTiming(s.steptime, s.engine)), emit, None, progress,
+                     fault_rng=random.Random(f"{inputs.seed}:faults"))
     done = env.event()
     trainer: Trainer
     rollout = Rollout(env, s, engine, emit, rng_work, lambda smp: pool.put(smp),

@@ -80,10 +80,16 @@ class EngineConfig:
     # tpu-inference#3362: the DP scheduler's finish_requests returns nothing, so an abort-mode pause aborts a
     # rank's requests without sending their abort outputs (probability per rank and pause). Needs DP > 1.
     fault_dp_finish_no_output: float = 0.0
+    # Prefill/decode disaggregation (pd.py, docs/simulator.md "Prefill/decode KV transfer"): the engine is the
+    # decode instance, each prompt's KV arrives by a transfer of this many µs. 0: no disaggregation.
+    pd_transfer_us: int = 0
+    # vllm#37837 / prime-rl#2841: an abort during a request's KV transfer frees it at once instead of holding its
+    # blocks until the transfer completes (probability per such abort): the completion comes for a freed request.
+    fault_pd_free_in_transfer: float = 0.0
 
 
 ENGINE_FAULTS = ("fault_drop_inflight_frame", "fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens",
-                 "fault_duplicate_frame", "fault_dp_finish_no_output")
+                 "fault_duplicate_frame", "fault_dp_finish_no_output", "fault_pd_free_in_transfer")
 # Faults inside the native scheduler: vLLM's own scheduler (backend "vllm") cannot behave like them.
 SCHEDULER_FAULTS = ("fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens")
 
@@ -301,6 +307,18 @@ def _validate_dp(s: Scenario, where: str) -> None:
     if s.engine.data_parallel_size == 1 and s.engine.fault_dp_finish_no_output > 0:
         raise ScenarioError(f"{where}: [engine].fault_dp_finish_no_output: a fault of the data-parallel scheduler, "
                             "needs data_parallel_size > 1")
+    if s.engine.pd_transfer_us < 0:
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: must be 0 (no disaggregation) or positive, "
+                            f"got {s.engine.pd_transfer_us}")
+    if s.engine.pd_transfer_us == 0 and s.engine.fault_pd_free_in_transfer > 0:
+        raise ScenarioError(f"{where}: [engine].fault_pd_free_in_transfer: a fault of the KV transfer, needs "
+                            "pd_transfer_us > 0")
+    if s.engine.pd_transfer_us > 0 and s.engine.data_parallel_size > 1:
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: prefill/decode transfer is modelled on one engine "
+                            "core; use data_parallel_size = 1")
+    if s.engine.pd_transfer_us > 0 and s.engine.scheduler_backend == "vllm":
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: the vLLM backend runs without a KV connector; "
+                            "use scheduler_backend = 'native'")
     if s.engine.data_parallel_size > 1 and s.engine.scheduler_backend == "vllm":
         raise ScenarioError(f"{where}: [engine].data_parallel_size: data-parallel ranks are modelled by the native "
                             "backend only; use scheduler_backend = 'native'")
