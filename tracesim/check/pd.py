@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracesim.check.base import NotCheckable, ms, ref, violation
+from tracesim.check.base import ms, ref, violation
 from tracesim.format.records import Aborted, KvTransfer
 
 HELD = "kv_transfer_completes_for_held_request"
@@ -17,9 +17,9 @@ def kv_transfer_completes_for_held_request(ix, policy) -> list:
     ended by an abort after which the engine said it holds its blocks ("held"). A completion for a request
     freed at its abort is vLLM's ``assert req_id in self.requests`` in ``_update_from_kv_xfer_finished`` (the
     decode engine dies, prime-rl#2841 / #2843), or, where the assertion is skipped, a transfer that wrote
-    into blocks already given to another request."""
-    if not ix.n_kv_transfers:
-        return NotCheckable("missing KV transfers (no kv_transfer records: no prefill/decode disaggregation)")
+    into blocks already given to another request. Holds trivially on a trace without ``KvTransfer`` records."""
+    if not ix.n_kv_transfers:  # no disaggregation: no completion to judge (checked, not "not checkable", so
+        return []              # that the reports of every trace without P/D stay as they were)
     state: dict = {}  # (proc, req_id) -> [state, start record, abort record]; state "live" | "held" | "freed"
     out = []
     for proc, rec in ix.timeline:
