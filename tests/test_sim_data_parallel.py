@@ -169,3 +169,33 @@ def test_bad_settings_name_the_field(engine, loop, field):
 
 def test_loop_default_is_vllms_client():
     assert LoopPolicy().dp_pause_wait == "all" and EngineConfig().data_parallel_size == 1
+
+
+def test_cli_simulate_writes_the_records_of_a_hung_run(tmp_path, capsys):
+    from tracesim.cli.main import main
+    from tracesim.format import read_trace
+
+    scenario = tmp_path / "dp-lost.toml"
+    scenario.write_text("[workload]\nnum_prompts = 16\nconcurrency = 6\n"
+                        "[engine]\nasync_scheduling = true\ndata_parallel_size = 2\nfault_dp_finish_no_output = 1.0\n")
+    out = tmp_path / "t.msgpack"
+    assert main(["simulate", str(scenario), "-o", str(out), "--no-progress"]) == 1
+    assert "the run hung" in capsys.readouterr().err
+    trace = read_trace(out)
+    assert len(trace.header.processes) == 3 and ENDS in check_trace(trace, POLICY).violated()
+
+
+def test_a_switch_that_combines_badly_is_refused():
+    with pytest.raises(ScenarioError, match="pd_transfer_us"):
+        _run(DP, perturbations=[parse("set(pd_transfer_us=1000)")])
+
+
+def test_replay_refuses_data_parallel_ranks(tmp_path, capsys):
+    from tracesim.cli.main import main
+
+    scenario = tmp_path / "dp.toml"
+    scenario.write_text("[engine]\ndata_parallel_size = 2\n")
+    code = main(["replay", "traces/synthetic-small.msgpack", "--scenario", str(scenario), "-o",
+                 str(tmp_path / "r.msgpack"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "[engine].data_parallel_size: replay runs one engine core" in err and "Traceback" not in err

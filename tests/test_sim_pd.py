@@ -193,3 +193,11 @@ def test_checker_holds_trivially_without_transfers():
     run.generate(["r0"])
     report = check_trace(run.trace())
     assert HELD in report.checked and HELD not in report.not_checkable
+
+
+def test_replay_refuses_a_kv_transfer_switch():
+    from tracesim.format import read_trace
+    from tracesim.sim.replay import replay
+
+    with pytest.raises(ScenarioError, match=r"\[engine\]\.pd_transfer_us: replay runs without KV transfers"):
+        replay(read_trace("traces/synthetic-small.msgpack"), perturbations=(parse("set(pd_transfer_us=1000)"),))

@@ -21,7 +21,7 @@ from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.engine import Engine
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.rollout import Rollout
-from tracesim.sim.scenario import EngineConfig, Scenario
+from tracesim.sim.scenario import EngineConfig, Scenario, validate_dp_pd
 from tracesim.sim.timing import ModelTiming
 from tracesim.sim.trainer import RewardPool, Trainer
 
@@ -76,6 +76,8 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
     """Run the scenario's RL loop to completion; return the trace. Raises StuckRunError."""
     hooks = Hooks(inputs.perturbations)
     s = hooks.scenario(inputs.scenario)
+    if hooks:  # a switch may combine DP / P/D with a setting they do not run with: refuse, do not ignore
+        validate_dp_pd(s, "scenario with perturbations")
     env = simpy.Environment()
     records: list = []
     emit = records.append

@@ -297,11 +297,23 @@ def _validate(s: Scenario, where: str) -> None:
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")
-    _validate_dp(s, where)
+    validate_dp_pd(s, where)
     _validate_backend(s, where)
 
 
-def _validate_dp(s: Scenario, where: str) -> None:
+def refuse_in_replay(engine: EngineConfig, where: str) -> None:
+    """Replay models one engine core without KV transfers: data-parallel ranks and prefill/decode transfer are
+    settings of ``simulate`` only (raise ScenarioError naming the field rather than ignore them)."""
+    if engine.data_parallel_size > 1:
+        raise ScenarioError(f"{where}: [engine].data_parallel_size: replay runs one engine core; data-parallel ranks "
+                            "are simulated only (tracesim simulate)")
+    if engine.pd_transfer_us > 0:
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: replay runs without KV transfers; prefill/decode "
+                            "transfer is simulated only (tracesim simulate)")
+
+
+def validate_dp_pd(s: Scenario, where: str) -> None:
+    """Data-parallel ranks and prefill/decode transfer: their values and the settings they combine with."""
     if s.engine.data_parallel_size < 1:
         raise ScenarioError(f"{where}: [engine].data_parallel_size: must be positive, got {s.engine.data_parallel_size}")
     if s.engine.data_parallel_size == 1 and s.engine.fault_dp_finish_no_output > 0:
