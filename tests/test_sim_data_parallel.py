@@ -199,3 +199,14 @@ def test_replay_refuses_data_parallel_ranks(tmp_path, capsys):
                  str(tmp_path / "r.msgpack"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "[engine].data_parallel_size: replay runs one engine core" in err and "Traceback" not in err
+
+
+def test_a_reset_voids_only_its_own_ranks_steps_in_flight():
+    # every rank takes the loop's reset_prefix_cache(reset_running=True); the checker pairs each rank's reset with
+    # that rank's steps only (a reset on rank 1 says nothing about a step of rank 0 in flight)
+    perturbations = [parse("reset_cache(at=sched:30,running=true)"), parse("abort(at=sched:20,req=g3-s0,scope=group)")]
+    for seed in range(3):
+        trace = _run(DP, seed, perturbations)
+        resets = [(p, r) for p, r in trace.with_procs() if r.KIND == "cache_reset" and r.reset_running]
+        assert {p for p, _r in resets} == {1, 2}, seed
+        assert check_trace(trace, POLICY).violated() == [], seed

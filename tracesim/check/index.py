@@ -139,6 +139,9 @@ def build_index(trace) -> Index:
     return ix
 
 
+_NO_RESETS = (0, None)
+
+
 class _Scanner:
     def __init__(self, ix: Index):
         self.ix = ix
@@ -149,6 +152,8 @@ class _Scanner:
         self.scheduled: set = set()  # keys whose taken schedule was seen (the first of the key in the stream)
         self.resets = 0  # effective cache resets that preempted running requests (their in-flight output is void)
         self.last_reset = None
+        # engine-side ones per engine process: a data-parallel rank's reset voids only that rank's steps
+        self.proc_resets: dict = {}  # proc -> (count, last such CacheReset)
         self.adopted: set = set()  # ClientIncs replaced by the admission they preceded: out of client_order
         # group id -> members a group-wide drop still applies to (not superseded, dropped fewer than
         # MAX_GROUP_DROPS times): each drop walks these only, so 100k drops of a big group stay linear
@@ -179,7 +184,7 @@ class _Scanner:
             inc = snap[q.req_id] = incs[-1] if incs is not None else self._live_engine(q.req_id, proc)
             if q.resumed:  # judged at the resume's first sampled output (resumed_context_complete)
                 inc.resume = (rec, q, sum(n for _s, n, _u in inc.outs))
-        self.pending[key] = (snap, self.resets)
+        self.pending[key] = (snap, self.resets, self.proc_resets.get(proc, _NO_RESETS)[0])
 
     def upd(self, rec: StepUpdated) -> None:
         ix = self.ix
@@ -188,8 +193,9 @@ class _Scanner:
         if pend is None:
             return
         st = ix.steps[key]
-        snap, resets = pend
-        reset_since = self.last_reset if resets != self.resets else None
+        snap, resets, own = pend
+        count, last_own = self.proc_resets.get(self.proc, _NO_RESETS)
+        reset_since = last_own if own != count else self.last_reset if resets != self.resets else None
         engine = ix.engine
         for out in rec.outs:
             incs = engine.get(out.req_id)
@@ -275,8 +281,11 @@ class _Scanner:
 
     def reset(self, rec: CacheReset) -> None:
         if rec.ok and rec.reset_running:
-            self.resets += 1
-            self.last_reset = rec
+            if rec.side == "engine":
+                self.proc_resets[self.proc] = (self.proc_resets.get(self.proc, _NO_RESETS)[0] + 1, rec)
+            else:  # not the engine's own record: it may void any engine's steps
+                self.resets += 1
+                self.last_reset = rec
         self.ix.resets.append(rec)
         self.ix.timeline.append((self.proc, rec))
 
