@@ -135,9 +135,12 @@ def test_same_seed_same_bytes_and_the_settings_change_the_run():
     ({"fault_pd_free_in_transfer": 1.0}, "[engine].fault_pd_free_in_transfer"),
     ({"pd_transfer_us": 10, "data_parallel_size": 2}, "[engine].pd_transfer_us"),
     ({"pd_transfer_us": 10, "scheduler_backend": "vllm"}, "[engine].pd_transfer_us"),
+    ({"pd_transfer_us": 10, "loop": {"reset_prefix_cache": True, "on_reset_refused": "retry"}},
+     "[loop].on_reset_refused"),
 ])
 def test_bad_settings_name_the_field(engine, field):
     d = Scenario().to_dict()
+    d["loop"].update(engine.pop("loop", {}))
     d["engine"].update(engine)
     with pytest.raises(ScenarioError, match="^" + re.escape(f"x.toml: {field}")):
         scenario_from_dict(d, "x.toml")

@@ -328,6 +328,12 @@ def validate_dp_pd(s: Scenario, where: str) -> None:
     if s.engine.pd_transfer_us > 0 and s.engine.data_parallel_size > 1:
         raise ScenarioError(f"{where}: [engine].pd_transfer_us: prefill/decode transfer is modelled on one engine "
                             "core; use data_parallel_size = 1")
+    if (s.engine.pd_transfer_us > 0 and s.loop.reset_prefix_cache and s.loop.on_reset_refused == "retry"
+            and s.loop.pause_mode == "abort"):
+        raise ScenarioError(f"{where}: [loop].on_reset_refused: 'retry' never succeeds under pause_mode 'abort' with "
+                            "KV transfers (pd_transfer_us): requests aborted during their transfer hold their blocks "
+                            "until its completion, which a paused engine does not apply; use 'reset_running' or "
+                            "pause_mode 'wait'")
     if s.engine.pd_transfer_us > 0 and s.engine.scheduler_backend == "vllm":
         raise ScenarioError(f"{where}: [engine].pd_transfer_us: the vLLM backend runs without a KV connector; "
                             "use scheduler_backend = 'native'")
