@@ -30,7 +30,7 @@ transfers in flight.
 from __future__ import annotations
 
 from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, Aborted, KvTransfer, RequestAdded
-from tracesim.sim.engine import Engine, Pause, _frame
+from tracesim.sim.engine import Engine, _frame
 from tracesim.sim.scheduler import fault_hit
 
 

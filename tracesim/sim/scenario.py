@@ -315,7 +315,8 @@ def refuse_in_replay(engine: EngineConfig, where: str) -> None:
 def validate_dp_pd(s: Scenario, where: str) -> None:
     """Data-parallel ranks and prefill/decode transfer: their values and the settings they combine with."""
     if s.engine.data_parallel_size < 1:
-        raise ScenarioError(f"{where}: [engine].data_parallel_size: must be positive, got {s.engine.data_parallel_size}")
+        raise ScenarioError(f"{where}: [engine].data_parallel_size: must be positive, "
+                            f"got {s.engine.data_parallel_size}")
     if s.engine.data_parallel_size == 1 and s.engine.fault_dp_finish_no_output > 0:
         raise ScenarioError(f"{where}: [engine].fault_dp_finish_no_output: a fault of the data-parallel scheduler, "
                             "needs data_parallel_size > 1")
