@@ -12,10 +12,10 @@ NixlConnector does it on the consumer side).
   (``KvTransfer`` "done"). vLLM applies completions in ``update_from_output`` of a step; a core that does not
   step (an abort- or keep-mode pause: vLLM skips ``step()``) applies them after the resume.
 * **the window** between start and completion: the loop can abort the request (or pause with mode "abort"),
-  reset the prefix cache (refused while transfers hold blocks, unless running requests are reset... the held
-  blocks still refuse it) or update the weights. An abort finishes the request (its ``Aborted`` record and
-  abort output) but the connector's ``delay_free_blocks`` keeps its blocks until the completion
-  (``KvTransfer`` "held"), which then frees them.
+  reset the prefix cache (refused while transfers hold blocks, with or without ``reset_running``: those
+  blocks belong to no running request) or update the weights. An abort finishes the request (its
+  ``Aborted`` record and abort output) but the connector's ``delay_free_blocks`` keeps its blocks until the
+  completion (``KvTransfer`` "held"), which then frees them.
 * **fault** ``fault_pd_free_in_transfer = P`` (vllm-project/vllm#37837, prime-rl#2841 / #2843): with
   probability P per such abort the engine frees the request and its blocks at once; the completion then comes
   for a freed request (vLLM asserts and the decode engine dies; the model goes on, as the later fix that skips
