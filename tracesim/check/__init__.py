@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracesim.check import absence, behaviour, delivery, engine, fingerprint, kv, lifecycle, logprobs, pause
-from tracesim.check import resume, reward, versions, weights
+from tracesim.check import pd, resume, reward, versions, weights
 from tracesim.check.base import NotCheckable
 from tracesim.check.index import build_index
 from tracesim.check.policy import Policy, load_policy, policy_from_dict
@@ -42,6 +42,7 @@ INVARIANTS: dict = {
     fingerprint.SERVED: fingerprint.served_weights_match_published,
     behaviour.BEHAVIOUR: behaviour.behaviour_logprobs_from_sampling_policy,
     versions.INCREASE: versions.policy_versions_increase,
+    pd.HELD: pd.kv_transfer_completes_for_held_request,
 }
 
 

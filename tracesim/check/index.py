@@ -19,7 +19,7 @@ from tracesim.format.index import Step, index_trace  # noqa: F401 - Step: re-exp
 from tracesim.format.records import (
     Aborted, CacheReset, OutputDelivered, ParentAdded, Paused, RecorderLost, RequestAdded, Resumed, RewardBound,
     SampleContinued, SampleDropped, SampleLogprobs, SampleSettings, StepScheduled, StepUpdated, TrainerConsumed,
-    WeightsFingerprint, WeightsUpdated,
+    WeightsFingerprint, WeightsUpdated, KvTransfer,
 )
 
 
@@ -79,8 +79,9 @@ class Index:
     resumes: list = field(default_factory=list)
     rewards: list = field(default_factory=list)
     consumes: list = field(default_factory=list)
-    timeline: list = field(default_factory=list)  # (proc, record) for sched/add(engine)/abort/reset/weights
+    timeline: list = field(default_factory=list)  # (proc, record) for sched/add(engine)/abort/reset/weights/kv_transfer
     n_exec = n_upd = n_deliver = n_client_adds = n_engine_adds = 0
+    n_kv_transfers = 0  # KvTransfer records (prefill/decode disaggregation)
     lost: list = field(default_factory=list)  # RecorderLost
     sampling: list = field(default_factory=list)  # SampleSettings, in stream order (logprobs.py)
     sample_logprobs: list = field(default_factory=list)  # SampleLogprobs, in stream order (logprobs.py)
@@ -122,6 +123,7 @@ def build_index(trace) -> Index:
         SampleSettings: ix.sampling.append, SampleLogprobs: ix.sample_logprobs.append,
         WeightsFingerprint: ix.fingerprints.append, SampleContinued: scan.continued,
         ParentAdded: lambda rec: ix.parent_of.update(dict.fromkeys(rec.child_ids, rec)),
+        KvTransfer: scan.kv_transfer,
     }
     get = handlers.get
     if trace.procs:
@@ -139,6 +141,9 @@ def build_index(trace) -> Index:
     return ix
 
 
+_NO_RESETS = (0, None)
+
+
 class _Scanner:
     def __init__(self, ix: Index):
         self.ix = ix
@@ -149,6 +154,8 @@ class _Scanner:
         self.scheduled: set = set()  # keys whose taken schedule was seen (the first of the key in the stream)
         self.resets = 0  # effective cache resets that preempted running requests (their in-flight output is void)
         self.last_reset = None
+        # engine-side ones per engine process: a data-parallel rank's reset voids only that rank's steps
+        self.proc_resets: dict = {}  # proc -> (count, last such CacheReset)
         self.adopted: set = set()  # ClientIncs replaced by the admission they preceded: out of client_order
         # group id -> members a group-wide drop still applies to (not superseded, dropped fewer than
         # MAX_GROUP_DROPS times): each drop walks these only, so 100k drops of a big group stay linear
@@ -179,7 +186,7 @@ class _Scanner:
             inc = snap[q.req_id] = incs[-1] if incs is not None else self._live_engine(q.req_id, proc)
             if q.resumed:  # judged at the resume's first sampled output (resumed_context_complete)
                 inc.resume = (rec, q, sum(n for _s, n, _u in inc.outs))
-        self.pending[key] = (snap, self.resets)
+        self.pending[key] = (snap, self.resets, self.proc_resets.get(proc, _NO_RESETS)[0])
 
     def upd(self, rec: StepUpdated) -> None:
         ix = self.ix
@@ -188,8 +195,9 @@ class _Scanner:
         if pend is None:
             return
         st = ix.steps[key]
-        snap, resets = pend
-        reset_since = self.last_reset if resets != self.resets else None
+        snap, resets, own = pend
+        count, last_own = self.proc_resets.get(self.proc, _NO_RESETS)
+        reset_since = last_own if own != count else self.last_reset if resets != self.resets else None
         engine = ix.engine
         for out in rec.outs:
             incs = engine.get(out.req_id)
@@ -249,6 +257,11 @@ class _Scanner:
         if c is not None and c[-1].engine is None:
             c[-1].engine, inc.client = inc, c[-1]
 
+    def kv_transfer(self, rec: KvTransfer) -> None:
+        # P/D transfers take their place among the engine's aborts (check/pd.py)
+        self.ix.timeline.append((self.proc, rec))
+        self.ix.n_kv_transfers += 1
+
     def abort(self, rec: Aborted) -> None:
         ix = self.ix
         ix.timeline.append((self.proc, rec))
@@ -270,8 +283,11 @@ class _Scanner:
 
     def reset(self, rec: CacheReset) -> None:
         if rec.ok and rec.reset_running:
-            self.resets += 1
-            self.last_reset = rec
+            if rec.side == "engine":
+                self.proc_resets[self.proc] = (self.proc_resets.get(self.proc, _NO_RESETS)[0] + 1, rec)
+            else:  # not the engine's own record: it may void any engine's steps
+                self.resets += 1
+                self.last_reset = rec
         self.ix.resets.append(rec)
         self.ix.timeline.append((self.proc, rec))
 

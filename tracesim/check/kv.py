@@ -9,6 +9,10 @@ computed by other weights, may attend stale KV. An effective ``CacheReset(ok=Tru
 request's KV. Which cached blocks a hit used is not recorded: a hit is judged against the versions computed
 for the same prompt (``prompt_digest``) since the last reset when there are any, else against the whole cache.
 
+A request whose prompt KV arrived by a prefill/decode transfer (``KvTransfer`` "done" before its admission)
+hits those blocks: they were computed by the prefill instance, whose weights the trace does not show, so
+that admission's hits are not judged.
+
 An external KV tier (an offload cache or KV connector) outlives a prefix-cache reset unless reset with it: the
 engine then follows its ``CacheReset`` with one of ``side = "kv_tier"``, ``ok`` false when the tier kept its
 blocks. What the GPU cache held then stays hittable through the tier, so a later hit is also judged against
@@ -22,7 +26,7 @@ accepts both and waives the invariant.
 from __future__ import annotations
 
 from tracesim.check.base import NotCheckable, ms, ref, step_versions, violation
-from tracesim.format.records import Aborted, CacheReset, RequestAdded, StepScheduled
+from tracesim.format.records import Aborted, CacheReset, KvTransfer, RequestAdded, StepScheduled
 
 KV = "no_stale_kv"
 KV_TIER = "kv_tier"  # CacheReset.side of what a reset did to the external KV tier (tracesim/sim/engine.py)
@@ -45,6 +49,9 @@ def no_stale_kv(ix, policy) -> list:
     cleared = None  # (cache, by_prompt) the last effective GPU reset emptied: a kv_tier ok=false record keeps it
     tier_reset = None  # the CacheReset(side="kv_tier", ok=false) that last kept the tier
     flagged: set = set()
+    # requests whose prompt KV arrived by a prefill/decode transfer: their first admission's hits are those
+    # blocks, computed by the prefill instance under weights the trace does not show (not judged here)
+    transferred: set = set()
     out = []
     for proc, rec in ix.timeline:
         t = type(rec)
@@ -59,7 +66,9 @@ def no_stale_kv(ix, policy) -> list:
                 mine = kv.get(r)
                 if mine is None or q.resumed:
                     mine = kv[r] = {}
-                    if q.cached_tokens > 0 and r not in flagged and not policy.allow_stale_prefix_hits:
+                    if r in transferred:
+                        transferred.discard(r)
+                    elif q.cached_tokens > 0 and r not in flagged and not policy.allow_stale_prefix_hits:
                         pd = prompts.get(r)
                         gpu = by_prompt.get(pd) if pd is not None else None
                         src = gpu or cache
@@ -124,6 +133,8 @@ def no_stale_kv(ix, policy) -> list:
         elif t is Aborted:
             for r in rec.req_ids:
                 kv.pop(r, None)
+        elif t is KvTransfer and rec.phase == "done":
+            transferred.update(rec.req_ids)
     return out
 
 

@@ -33,12 +33,14 @@ def run(args) -> int:
     from tracesim.sim.fidelity import compare
     from tracesim.sim.replay import replay
     from tracesim.sim.recorded_loop import resolve_loop_policy
-    from tracesim.sim.scenario import ScenarioError, load_scenario
+    from tracesim.sim.scenario import ScenarioError, load_scenario, refuse_in_replay
     from tracesim.sim.steptime import fit
 
     trace = read_trace(args.trace)
     try:
         scenario = load_scenario(args.scenario) if args.scenario else None
+        if scenario is not None:
+            refuse_in_replay(scenario.engine, args.scenario)
         if args.scheduler == "vllm" or args.compare_backends:  # fails clearly when vLLM is missing
             with_backend(scenario, "vllm")
         loop_policy, loop_lines = resolve_loop_policy(trace, args.loop)

@@ -30,7 +30,7 @@ def run(args) -> int:
     from tracesim.cli.main import UsageError
     from tracesim.format import write_trace
     from tracesim.sim.backends import compare_backends, run_both, with_backend
-    from tracesim.sim.run import RunInputs, simulate
+    from tracesim.sim.run import RunInputs, StuckRunError, simulate
     from tracesim.sim.scenario import ScenarioError, load_scenario
 
     try:
@@ -42,7 +42,15 @@ def run(args) -> int:
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
     with tqdm(unit="step", file=sys.stderr, disable=args.no_progress or None, desc="simulate") as bar:
-        trace = simulate(RunInputs(scenario, args.seed), progress=bar)
+        try:
+            trace = simulate(RunInputs(scenario, args.seed), progress=bar)
+        except StuckRunError as exc:  # the loop hung (a client waiting forever): keep what it recorded
+            if exc.trace is None:
+                raise
+            write_trace(args.output, exc.trace)
+            print(f"{args.scenario}: the run hung ({exc}); wrote the {len(exc.trace.records)} records up to then "
+                  f"to {args.output}: `tracesim check` names what never ended", file=sys.stderr)
+            return 1
     write_trace(args.output, trace)
     backend = scenario.engine.scheduler_backend
     print(f"{args.output}: {len(trace.records)} records, {len(trace.of(*_steps()))} steps ({backend} scheduler)")

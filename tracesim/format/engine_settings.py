@@ -89,6 +89,11 @@ class EngineSettings(dict):
     fault_resume_context_missing_tokens = Setting(_FLOAT, "fault: probability that a resumed request's context "
                                                           "lacks the tokens its in-flight frames delivered")
     fault_duplicate_frame = Setting(_FLOAT, "fault: probability that a frame in flight at a preemption is sent twice")
+    fault_dp_finish_no_output = Setting(_FLOAT, "fault: probability that a data-parallel rank's abort-mode pause "
+                                                "aborts its requests without sending their abort outputs")
+    pd_transfer_us = Setting(_INT, "prefill/decode disaggregation: a prompt's KV transfer to the decode engine; 0: none")
+    fault_pd_free_in_transfer = Setting(_FLOAT, "fault: probability that an abort during a KV transfer frees the "
+                                                "request at once instead of holding its blocks until the completion")
     sched_us = Setting(_INT, "schedule() cost")
     update_us = Setting(_INT, "update_from_output() cost")
     step_gap_us = Setting(_INT, "engine-core overhead between an update and the next schedule")

@@ -335,12 +335,27 @@ class ParentAdded(NamedTuple):
     side: str = "client"
 
 
+class KvTransfer(NamedTuple):
+    """Prefill/decode disaggregation, on the decode engine: a request's prompt KV arriving by transfer from a
+    prefill instance (vLLM's KV connector). ``phase`` "start": blocks were allocated and the receive began
+    (the request waits for remote KVs); "held": an abort finished the request while its transfer was in
+    flight and its blocks stay allocated until the transfer completes (the connector's ``delay_free_blocks``);
+    "done": the completion was applied (``finished_recving``): a live request becomes schedulable, a held
+    one's blocks are freed."""
+
+    KIND = "kv_transfer"
+    t_ns: int
+    req_ids: tuple[str, ...]
+    phase: str  # "start" | "held" | "done"
+    side: str = "engine"
+
+
 __all__ = [
     "UNPAUSED", "PAUSED_NEW", "PAUSED_ALL", "ProcessInfo", "Header", "SchedReq", "OutReq", "VersionSpan",
     "ConsumedSample", "RequestAdded", "StepScheduled", "StepExecuted", "StepUpdated", "Paused", "Resumed",
     "CacheReset", "WeightsUpdated", "Aborted", "OutputDelivered", "RewardBound", "TrainerConsumed",
     "SampleDropped", "RecorderLost", "SampleSettings", "SampleLogprobs", "SampleContinued",
-    "WeightsFingerprint", "ParentAdded", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
+    "WeightsFingerprint", "ParentAdded", "KvTransfer", "EVENT_TYPES", "EVENT_KINDS", "Int32", "check_arity",
 ]
 
 def check_arity(cls, n: int) -> None:
@@ -354,6 +369,6 @@ def check_arity(cls, n: int) -> None:
 EVENT_TYPES: tuple = (
     RequestAdded, StepScheduled, StepExecuted, StepUpdated, Paused, Resumed, CacheReset, WeightsUpdated,
     Aborted, OutputDelivered, RewardBound, TrainerConsumed, SampleDropped, RecorderLost, SampleSettings,
-    SampleLogprobs, WeightsFingerprint, SampleContinued, ParentAdded,
+    SampleLogprobs, WeightsFingerprint, SampleContinued, ParentAdded, KvTransfer,
 )
 EVENT_KINDS: dict = {cls.KIND: cls for cls in EVENT_TYPES}

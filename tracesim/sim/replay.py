@@ -37,7 +37,7 @@ from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
 from tracesim.sim.rollout import Rollout
 from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import HEADER_KEYS, MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
-from tracesim.sim.scenario import EngineConfig, Scenario, Workload
+from tracesim.sim.scenario import EngineConfig, Scenario, Workload, refuse_in_replay
 from tracesim.sim.scheduler import SimReq
 from tracesim.sim.steptime import costs_of_steps, exec_ns_of
 import tracesim.sim.tuplenew as tuplenew
@@ -245,6 +245,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     if scheduler_backend is not None:
         cfg = cfg.__class__(**{**cfg.__dict__, "scheduler_backend": scheduler_backend})
     cfg = hooks.engine_config(cfg)
+    refuse_in_replay(cfg, "replay")
     base = scenario or Scenario(workload=Workload(), engine=cfg)
     scen = base.replace(engine=cfg, name=f"replay:{trace.path or 'trace'}")
     loop = ReplayLoop.from_recording(trace, scan, loop_policy)  # None: the recording has no RL loop

@@ -21,7 +21,7 @@ from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.engine import Engine
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.rollout import Rollout
-from tracesim.sim.scenario import EngineConfig, Scenario
+from tracesim.sim.scenario import EngineConfig, Scenario, validate_dp_pd
 from tracesim.sim.timing import ModelTiming
 from tracesim.sim.trainer import RewardPool, Trainer
 
@@ -47,7 +47,12 @@ class RunInputs:
 
 
 class StuckRunError(RuntimeError):
-    """The run did not finish within MAX_VIRTUAL_NS of virtual time (a deadlock in the modelled loop)."""
+    """The run did not finish within MAX_VIRTUAL_NS of virtual time (a deadlock in the modelled loop).
+    ``trace``: what was recorded until then (a client that waits forever is a finding the checkers can name)."""
+
+    def __init__(self, message: str, trace=None):
+        super().__init__(message)
+        self.trace = trace
 
 
 # EngineConfig field -> its key in the header's engine settings, where the two differ (the header speaks
@@ -61,8 +66,8 @@ def engine_settings_of(cfg: EngineConfig) -> EngineSettings:
                            for f in dataclasses.fields(cfg)})
 
 
-def sim_header(inputs: RunInputs, engine: EngineConfig):
-    return make_header("sim", (SIM_PROCESS,), engine_config=engine_settings_of(engine), seed=inputs.seed,
+def sim_header(inputs: RunInputs, engine: EngineConfig, processes: tuple = (SIM_PROCESS,)):
+    return make_header("sim", processes, engine_config=engine_settings_of(engine), seed=inputs.seed,
                        inputs=inputs.header_inputs(), created_wall_ns=0)
 
 
@@ -71,18 +76,29 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
     """Run the scenario's RL loop to completion; return the trace. Raises StuckRunError."""
     hooks = Hooks(inputs.perturbations)
     s = hooks.scenario(inputs.scenario)
+    if hooks:  # a switch may combine DP / P/D with a setting they do not run with: refuse, do not ignore
+        validate_dp_pd(s, "scenario with perturbations")
     env = simpy.Environment()
     records: list = []
     emit = records.append
     rng_work = random.Random(f"{inputs.seed}:workload")
     rng_reward = random.Random(f"{inputs.seed}:reward")
-    engine = Engine(env, s.engine, hooks.timing(ModelTiming(s.steptime, s.engine)), emit, None, progress,
-                    fault_rng=random.Random(f"{inputs.seed}:faults"))
+    procs, processes = None, (SIM_PROCESS,)
+    if s.engine.data_parallel_size > 1:  # ranks of their own (dp.py): every record carries its process
+        from tracesim.sim.dp import build_dp
+        engine, emit, procs, processes = build_dp(env, s, hooks.timing(ModelTiming(s.steptime, s.engine)), records,
+                                                  progress, random.Random(f"{inputs.seed}:faults"))
+    else:
+        cls = Engine
+        if s.engine.pd_transfer_us > 0:  # the decode instance of a prefill/decode pair (pd.py)
+            from tracesim.sim.pd import PDEngine as cls
+        engine = cls(env, s.engine, hooks.timing(ModelTiming(s.steptime, s.engine)), emit, None, progress,
+                     fault_rng=random.Random(f"{inputs.seed}:faults"))
     done = env.event()
     trainer: Trainer
     rollout = Rollout(env, s, engine, emit, rng_work, lambda smp: pool.put(smp),
                       lambda g: trainer.group_dropped(g))
-    trainer = Trainer(env, s, engine, rollout, emit, done, reserve=lambda: _reserve(records))
+    trainer = Trainer(env, s, engine, rollout, emit, done, reserve=lambda: _reserve(records, procs))
     pool = RewardPool(env, s.loop, emit, rng_reward, rollout, trainer.rewarded)
     if hooks:
         hooks.install(env, engine, rollout, trainer, pool)
@@ -90,17 +106,24 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
     env.process(rollout.run())
     env.process(trainer.run())
     env.run(until=simpy.AnyOf(env, [done, env.timeout(MAX_VIRTUAL_NS)]))
-    if not done.triggered:
-        raise StuckRunError(f"run did not finish within {MAX_VIRTUAL_NS} virtual ns (stuck at step {engine.step})")
     if None in records:  # a place reserved for a record that never came (an update cut short by the end)
+        if procs is not None:
+            procs = [p for r, p in zip(records, procs) if r is not None]
         records = [r for r in records if r is not None]
-    return Trace(sim_header(inputs, s.engine), records, [], None)
+    trace = Trace(sim_header(inputs, s.engine, processes), records, procs or [], None)
+    if not done.triggered:  # the trace so far comes with the error: what the loop did before it hung
+        raise StuckRunError(f"run did not finish within {MAX_VIRTUAL_NS} virtual ns (stuck at step {engine.step})",
+                            trace)
+    return trace
 
 
-def _reserve(records: list):
-    """Keep the next place in ``records`` for a record known later; return the function that fills it."""
+def _reserve(records: list, procs: list | None = None):
+    """Keep the next place in ``records`` (and ``procs``, the process of each record, when the run has
+    several) for a record known later; return the function that fills it."""
     at = len(records)
     records.append(None)
+    if procs is not None:
+        procs.append(0)
 
     def fill(record) -> None:
         records[at] = record

@@ -80,10 +80,22 @@ class EngineConfig:
     # and reset cached blocks move there, admissions hit it after the GPU cache, and only a reset with
     # reset_connector empties it (kvcache.py). 0: none. Native backend only.
     kv_offload_blocks: int = 0
+    # Data-parallel engine cores (dp.py, docs/simulator.md "Data-parallel engines"): each with its own scheduler
+    # and KV pool, recorded as its own process; requests routed to the least loaded rank. 1: one core.
+    data_parallel_size: int = 1
+    # tpu-inference#3362: the DP scheduler's finish_requests returns nothing, so an abort-mode pause aborts a
+    # rank's requests without sending their abort outputs (probability per rank and pause). Needs DP > 1.
+    fault_dp_finish_no_output: float = 0.0
+    # Prefill/decode disaggregation (pd.py, docs/simulator.md "Prefill/decode KV transfer"): the engine is the
+    # decode instance, each prompt's KV arrives by a transfer of this many µs. 0: no disaggregation.
+    pd_transfer_us: int = 0
+    # vllm#37837 / prime-rl#2841: an abort during a request's KV transfer frees it at once instead of holding its
+    # blocks until the transfer completes (probability per such abort): the completion comes for a freed request.
+    fault_pd_free_in_transfer: float = 0.0
 
 
 ENGINE_FAULTS = ("fault_drop_inflight_frame", "fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens",
-                 "fault_duplicate_frame")
+                 "fault_duplicate_frame", "fault_dp_finish_no_output", "fault_pd_free_in_transfer")
 # Faults inside the native scheduler: vLLM's own scheduler (backend "vllm") cannot behave like them.
 SCHEDULER_FAULTS = ("fault_frame_to_new_incarnation", "fault_resume_context_missing_tokens")
 
@@ -139,6 +151,9 @@ class LoopPolicy:
     # The loop's own reset_prefix_cache() call in the update cycle (NeMo-RL's refit), after the pause and before
     # the weight write, without reset_running: vLLM refuses it (ok = false) while any request holds KV blocks.
     reset_prefix_cache: bool = False
+    # With data-parallel engines: the pause the loop awaits before writing weights. "all": every rank's (vLLM's
+    # client); "first": the first rank's to complete (a bug: another rank may still run a forward pass).
+    dp_pause_wait: str = "all"
     # What the loop does when that call is refused: "ignore" (goes on: the bug), "retry" (every
     # RESET_RETRY_US until ok; needs the pause to drain, so not with pause_mode "keep"), "reset_running"
     # (asks again with reset_running_requests = true, preempting running requests)
@@ -184,6 +199,7 @@ _CHOICES = {
     "aborted_child": ("handle", "train_rest", "forget"),
     "label_advance": ("before_pause", "publish", "apply", "after_resume"),
     "weight_sync_fault": ("none", "skip", "reload_base", "torn"),
+    "dp_pause_wait": ("all", "first"),
 }
 
 
@@ -321,7 +337,50 @@ def _validate(s: Scenario, where: str) -> None:
     if s.engine.engine_loop not in ENGINE_LOOPS:
         raise ScenarioError(f"{where}: [engine].engine_loop: {s.engine.engine_loop!r} is not one of "
                             f"{', '.join(ENGINE_LOOPS)}")
+    validate_dp_pd(s, where)
     _validate_backend(s, where)
+
+
+def refuse_in_replay(engine: EngineConfig, where: str) -> None:
+    """Replay models one engine core without KV transfers: data-parallel ranks and prefill/decode transfer are
+    settings of ``simulate`` only (raise ScenarioError naming the field rather than ignore them)."""
+    if engine.data_parallel_size > 1:
+        raise ScenarioError(f"{where}: [engine].data_parallel_size: replay runs one engine core; data-parallel ranks "
+                            "are simulated only (tracesim simulate)")
+    if engine.pd_transfer_us > 0:
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: replay runs without KV transfers; prefill/decode "
+                            "transfer is simulated only (tracesim simulate)")
+
+
+def validate_dp_pd(s: Scenario, where: str) -> None:
+    """Data-parallel ranks and prefill/decode transfer: their values and the settings they combine with."""
+    if s.engine.data_parallel_size < 1:
+        raise ScenarioError(f"{where}: [engine].data_parallel_size: must be positive, "
+                            f"got {s.engine.data_parallel_size}")
+    if s.engine.data_parallel_size == 1 and s.engine.fault_dp_finish_no_output > 0:
+        raise ScenarioError(f"{where}: [engine].fault_dp_finish_no_output: a fault of the data-parallel scheduler, "
+                            "needs data_parallel_size > 1")
+    if s.engine.pd_transfer_us < 0:
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: must be 0 (no disaggregation) or positive, "
+                            f"got {s.engine.pd_transfer_us}")
+    if s.engine.pd_transfer_us == 0 and s.engine.fault_pd_free_in_transfer > 0:
+        raise ScenarioError(f"{where}: [engine].fault_pd_free_in_transfer: a fault of the KV transfer, needs "
+                            "pd_transfer_us > 0")
+    if s.engine.pd_transfer_us > 0 and s.engine.data_parallel_size > 1:
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: prefill/decode transfer is modelled on one engine "
+                            "core; use data_parallel_size = 1")
+    if (s.engine.pd_transfer_us > 0 and s.loop.reset_prefix_cache and s.loop.on_reset_refused == "retry"
+            and s.loop.pause_mode == "abort"):
+        raise ScenarioError(f"{where}: [loop].on_reset_refused: 'retry' never succeeds under pause_mode 'abort' with "
+                            "KV transfers (pd_transfer_us): requests aborted during their transfer hold their blocks "
+                            "until its completion, which a paused engine does not apply; use 'reset_running' or "
+                            "pause_mode 'wait'")
+    if s.engine.pd_transfer_us > 0 and s.engine.scheduler_backend == "vllm":
+        raise ScenarioError(f"{where}: [engine].pd_transfer_us: the vLLM backend runs without a KV connector; "
+                            "use scheduler_backend = 'native'")
+    if s.engine.data_parallel_size > 1 and s.engine.scheduler_backend == "vllm":
+        raise ScenarioError(f"{where}: [engine].data_parallel_size: data-parallel ranks are modelled by the native "
+                            "backend only; use scheduler_backend = 'native'")
 
 
 ENGINE_LOOPS = ("busy", "client")
