@@ -129,7 +129,7 @@ def _locate(p: str, here: str) -> str:
 def save(finding, out_dir: str, n: int, plot: bool = True) -> dict:
     """Write ``cex-N.toml`` (repro), ``cex-N.msgpack`` (the failing trace) and ``cex-N.png`` (its timeline
     around the violation) into ``out_dir``; return their paths."""
-    from tracesim.explore.runner import check_spec_trace, simulate_spec
+    from tracesim.explore.runner import check_spec_trace, run_trace
     from tracesim.format import write_trace
 
     os.makedirs(out_dir, exist_ok=True)
@@ -137,7 +137,7 @@ def save(finding, out_dir: str, n: int, plot: bool = True) -> dict:
     files = {"repro": os.path.join(out_dir, f"cex-{n}.toml"), "trace": os.path.join(out_dir, f"cex-{n}.msgpack")}
     with open(files["repro"], "w") as f:
         f.write(repro_toml(spec, finding.signature))
-    trace = simulate_spec(spec)
+    trace = run_trace(spec)[0]  # a run that hung: its records up to the hang
     write_trace(files["trace"], trace)
     if plot:
         files["plot"] = os.path.join(out_dir, f"cex-{n}.png")

@@ -171,8 +171,17 @@ def _run_one(spec: RunSpec, keep_trace: bool):
     from tracesim.format.records import StepScheduled
     from tracesim.sim.run import StuckRunError
 
+    from tracesim.sim.scenario import ScenarioError
+
     try:
-        trace = simulate_spec(spec)
+        # A run that hangs (a client waiting for outputs that never come) is judged on what it recorded: the
+        # checkers name the samples it never accounted for. Without records it is an error, never a finding.
+        trace, stuck = run_trace(spec)
+    except ScenarioError as exc:
+        # a list whose switches the scenario rejects together (shrinking dropped the data-parallel ranks a DP
+        # fault needs, say): a run that cannot be made, never a finding
+        out = Outcome(spec.index, (), 0, f"invalid: {exc}")
+        return (out, None) if keep_trace else out
     except StuckRunError as exc:
         out = Outcome(spec.index, (), 0, f"stuck: {exc}")
         return (out, None) if keep_trace else out
@@ -186,13 +195,27 @@ def _run_one(spec: RunSpec, keep_trace: bool):
             seen[sig] = [v, 1]
     failures = tuple(Failure(sig, v, n) for sig, (v, n) in seen.items())
     steps = sum(1 for r in trace.records if type(r) is StepScheduled)
-    out = Outcome(spec.index, failures, steps)
+    out = Outcome(spec.index, failures, steps, None if failures else stuck)
     return (out, trace) if keep_trace else out
 
 
+def run_trace(spec: RunSpec):
+    """``(trace, stuck)``: the run's trace, and None; or, for a run that hung with records, the records up to
+    the hang and the message (a hang without records raises ``StuckRunError``)."""
+    from tracesim.sim.run import StuckRunError
+
+    try:
+        return simulate_spec(spec), None
+    except StuckRunError as exc:
+        if exc.trace is None:
+            raise
+        return exc.trace, f"stuck: {exc}"
+
+
 def trace_digest(spec: RunSpec) -> str:
-    """sha256 of the run's records: two runs of one spec must agree (determinism)."""
-    return records_digest(simulate_spec(spec).records)
+    """sha256 of the run's records (of a hung run: those recorded until it hung): two runs of one spec must
+    agree (determinism)."""
+    return records_digest(run_trace(spec)[0].records)
 
 
 def with_perturbations(spec: RunSpec, perturbations) -> RunSpec:
@@ -202,8 +225,9 @@ def with_perturbations(spec: RunSpec, perturbations) -> RunSpec:
 def base_settings(base: Base):
     """``(settings, is_valid)`` for the configuration switches of ``base``: ``settings`` maps each
     ``perturb.CONFIG_KEYS`` key to the value the base runs with (a key the base cannot state is absent), and
-    ``is_valid(key, value)`` says whether the base accepts that switch (scenario validation: e.g. a reset retry
-    that never succeeds under a keep pause), so a search does not spend runs on settings that cannot run."""
+    ``is_valid(key, value, also)`` says whether the base accepts that switch, with the switches ``also`` (a dict)
+    beside it (scenario validation: e.g. a reset retry that never succeeds under a keep pause, a data-parallel
+    fault without data-parallel ranks), so a search does not spend runs on settings that cannot run."""
     from tracesim.sim.perturb import CONFIG_KEYS
     from tracesim.sim.scenario import Scenario, ScenarioError, _validate
 
@@ -222,9 +246,13 @@ def base_settings(base: Base):
                     is not None}
         settings.update({k: getattr(ec, k) for k in settings if CONFIG_KEYS[k][0] == "engine"})
 
-    def is_valid(key: str, value) -> bool:
-        part = CONFIG_KEYS[key][0]
-        changed = scenario.replace(**{part: dataclasses.replace(getattr(scenario, part), **{key: value})})
+    def is_valid(key: str, value, also: dict | None = None) -> bool:
+        changes = {key: value, **(also or {})}
+        parts = {}
+        for k, v in changes.items():
+            parts.setdefault(CONFIG_KEYS[k][0], {})[k] = v
+        changed = scenario.replace(**{part: dataclasses.replace(getattr(scenario, part), **values)
+                                      for part, values in parts.items()})
         try:
             _validate(changed, "switch")
         except ScenarioError:

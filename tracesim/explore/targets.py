@@ -359,6 +359,12 @@ def _engine_fault(m, rng):
     if fault is None:
         return None
     out = [fault]
+    opener = FAULT_WINDOWS.get(fault.key)
+    if opener is not None:  # a fault of a structure the base may not have: data-parallel ranks, KV transfers
+        key, value = opener
+        if m.settings.get(key) in (0, 1):
+            out.append(P.SetConfig(key, value))
+        return out
     if m.engine_flips and not m.async_scheduling and m.switch_ok("async_scheduling", True):
         out.append(P.SetConfig("async_scheduling", True))
     steps = _steps_near_moves(m) or m.steps
@@ -375,6 +381,10 @@ ENV_LOOP_KEYS = ("reward_workers",)
 # Values an integer protocol setting is tried with (a key without an entry is not drawn).
 INT_SWITCH_VALUES = {"request_timeout_ms": (20, 100, 500), "version_reset_at": (2, 3)}
 FAULT_PROBABILITIES = (0.25, 1.0)
+# Faults of an engine structure a base may lack, and the switch that gives it: the window of the other faults
+# is opened by batches in flight and a preemption (_engine_fault).
+FAULT_WINDOWS = {"fault_dp_finish_no_output": ("data_parallel_size", 2),
+                 "fault_pd_free_in_transfer": ("pd_transfer_us", 100_000)}
 
 
 def _protocol_keys() -> list:
@@ -408,7 +418,10 @@ def _switch(m, rng, keys: list):
                for v in _switch_values(k) if v != m.settings[k]]
     rng.shuffle(options)
     for key, value in options[:8]:  # a few tries: validity costs a scenario validation each
-        if m.switch_ok(key, value):
+        also = {}
+        if key in FAULT_WINDOWS and m.settings.get(FAULT_WINDOWS[key][0]) in (0, 1):
+            also = dict([FAULT_WINDOWS[key]])  # judged with the structure it is drawn with (_engine_fault)
+        if m.switch_ok(key, value, also):
             return P.SetConfig(key, value)
     return None
 
