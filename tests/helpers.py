@@ -40,3 +40,24 @@ def finish_counts(trace) -> dict:
             for req_id in r.req_ids:
                 ends[req_id] = ends.get(req_id, 0) + 1
     return ends
+
+
+def both_backends(scenario, seed: int = 0, perturbations=()) -> tuple:
+    """``(traces, agreement)``: ``scenario`` simulated with the native model and with vLLM's own scheduler
+    (``{"native": trace, "vllm": trace}``) and how far they agree; skips where vLLM cannot be driven."""
+    import dataclasses
+
+    import pytest
+
+    pytest.importorskip("vllm")
+    from tracesim.sim.backends import compare_backends
+    from tracesim.sim.run import RunInputs, simulate
+    from tracesim.sim.vllm_scheduler import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vllm is installed but tracesim's standalone driver cannot import it")
+    traces = {b: simulate(RunInputs(scenario.replace(engine=dataclasses.replace(scenario.engine,
+                                                                                 scheduler_backend=b)),
+                                    seed, tuple(perturbations)))
+              for b in ("native", "vllm")}
+    return traces, compare_backends(traces["native"], traces["vllm"])

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from conftest import REPO
+from helpers import both_backends
 from tracesim.check import check_trace, load_policy
 from tracesim.format import Aborted, OutputDelivered, RequestAdded
 from tracesim.sim import perturb as P
@@ -81,14 +82,7 @@ def test_a_bad_value_is_one_clear_error():
 @pytest.mark.vllm
 @pytest.mark.parametrize("abort_ids", ["external", "internal"])
 def test_vllm_backend_agrees_with_native(abort_ids):
-    pytest.importorskip("vllm")
-    from tracesim.sim.backends import compare_backends, run_both
-    from tracesim.sim.vllm_scheduler import vllm_available
-
-    if not vllm_available():
-        pytest.skip("vllm is installed but tracesim's standalone driver cannot import it")
     s = with_ids(BUG, abort_ids)
-    both = run_both(scenario=s.replace(workload=dataclasses.replace(s.workload, num_prompts=12)))
-    agreement = compare_backends(both["native"], both["vllm"])
+    both, agreement = both_backends(s.replace(workload=dataclasses.replace(s.workload, num_prompts=12)))
     assert agreement.records_identical, agreement
     assert of(both["vllm"], Aborted, side="client", reason="pause")

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from conftest import REPO
+from helpers import both_backends
 from tracesim.check import check_trace
 from tracesim.format import RequestAdded, StepScheduled, TrainerConsumed
 from tracesim.sim import perturb as P
@@ -117,13 +118,6 @@ def test_bad_settings_are_one_clear_error(table, field):
 @pytest.mark.vllm
 @pytest.mark.parametrize("group_by", ["prompt", "position"])
 def test_vllm_backend_agrees_with_native(group_by):
-    pytest.importorskip("vllm")
-    from tracesim.sim.backends import compare_backends, run_both
-    from tracesim.sim.vllm_scheduler import vllm_available
-
-    if not vllm_available():
-        pytest.skip("vllm is installed but tracesim's standalone driver cannot import it")
-    both = run_both(scenario=scenario(0.8, group_by, num_prompts=12))
-    agreement = compare_backends(both["native"], both["vllm"])
+    both, agreement = both_backends(scenario(0.8, group_by, num_prompts=12))
     assert agreement.records_identical, agreement
     assert groups_found(both["native"]) and groups_found(both["vllm"])

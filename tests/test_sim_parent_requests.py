@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 
 from conftest import REPO
+from helpers import both_backends
 from tracesim.check import check_trace
 from tracesim.format import (
     Aborted, OutputDelivered, ParentAdded, RequestAdded, SampleDropped, StepScheduled, StepUpdated,
@@ -152,16 +153,8 @@ def test_bad_settings_are_one_clear_error(table, field):
 @pytest.mark.vllm
 @pytest.mark.parametrize("abort_child", [False, True])
 def test_vllm_backend_agrees_with_native(abort_child):
-    pytest.importorskip("vllm")
-    from tracesim.sim.backends import compare_backends
-    from tracesim.sim.vllm_scheduler import vllm_available
-
-    if not vllm_available():
-        pytest.skip("vllm is installed but tracesim's standalone driver cannot import it")
     s = scenario(num_prompts=12)
     perturbations = (P.Abort("sched:40", child_at(simulate(RunInputs(s, 0)))),) if abort_child else ()
-    both = {b: simulate(RunInputs(s.replace(engine=dataclasses.replace(s.engine, scheduler_backend=b)), 0,
-                                  perturbations)) for b in ("native", "vllm")}
-    agreement = compare_backends(both["native"], both["vllm"])
+    both, agreement = both_backends(s, 0, perturbations)
     assert agreement.records_identical, agreement
     assert both["vllm"].of(ParentAdded)

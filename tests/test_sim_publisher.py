@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 from check_builder import Run, correct_group
 from conftest import REPO
+from helpers import both_backends
 
 from tracesim.check import Policy, check_trace, load_policy
 from tracesim.check.fingerprint import _FOREIGN, _STALE
@@ -257,15 +258,8 @@ def test_explore_can_inject_each_setting(text, changed):
     {"publish_aborts_all": True}, {"version_reset_at": 2},
 ])
 def test_vllm_backend_agrees_with_native_record_for_record(settings):
-    pytest.importorskip("vllm")
-    from tracesim.sim.backends import compare_backends, run_both
-    from tracesim.sim.vllm_scheduler import vllm_available
-
-    if not vllm_available():
-        pytest.skip("vllm is installed but tracesim's standalone driver cannot import it")
     small = KEEP.replace(workload=dataclasses.replace(KEEP.workload, num_prompts=12))
-    both = run_both(scenario=loop(small, **settings), seed=0)
-    agreement = compare_backends(both["native"], both["vllm"])
+    both, agreement = both_backends(loop(small, **settings))
     assert agreement.records_identical, agreement
     assert {v.invariant for v in check_trace(both["vllm"], KEEP_POLICY).violations} == \
         {v.invariant for v in check_trace(both["native"], KEEP_POLICY).violations} != set()

@@ -194,12 +194,16 @@ class Engine:
     def _on_add(self, req) -> None:
         # vLLM 0.32 queues adds in the scheduler's waiting queue in every pause state; the scheduler admits
         # nothing from it until resume (``Scheduler.has_work`` / ``_admit``).
+        self._record_add(req)
+        self.sched.add(req)
+
+    def _record_add(self, req) -> None:
+        """The engine's ``RequestAdded`` of ``req``, at its arrival (or now, when it came earlier)."""
         t_ns = self.env.now if req.arrival_ns is None else min(req.arrival_ns, self.env.now)
         self.emit(RequestAdded(t_ns=t_ns, req_id=req.req_id, side="engine", group_id=req.group_id,
                                sample_idx=req.sample_idx, group_size=req.group_size, prompt_len=req.prompt_len,
                                max_tokens=req.max_tokens, prompt_digest=req.prompt_key,
                                block_keys=req.prompt_block_keys))
-        self.sched.add(req)
 
     def _on_abort(self, req_ids) -> None:
         live = self.sched.abort_requests(req_ids)

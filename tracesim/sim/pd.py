@@ -29,7 +29,7 @@ transfers in flight.
 
 from __future__ import annotations
 
-from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, Aborted, KvTransfer, RequestAdded
+from tracesim.format.records import PAUSED_ALL, PAUSED_NEW, Aborted, KvTransfer
 from tracesim.sim.engine import Engine, _frame
 from tracesim.sim.scheduler import fault_hit
 
@@ -58,11 +58,7 @@ class PDEngine(Engine):
     # --- the add starts the transfer ---------------------------------------------------------------------
 
     def _on_add(self, req) -> None:
-        t_ns = self.env.now if req.arrival_ns is None else min(req.arrival_ns, self.env.now)
-        self.emit(RequestAdded(t_ns=t_ns, req_id=req.req_id, side="engine", group_id=req.group_id,
-                               sample_idx=req.sample_idx, group_size=req.group_size, prompt_len=req.prompt_len,
-                               max_tokens=req.max_tokens, prompt_digest=req.prompt_key,
-                               block_keys=req.prompt_block_keys))
+        self._record_add(req)
         pool = self.sched.pool
         keys = req.block_keys(req.num_tokens - 1, self.cfg.block_size)
         blocks = pool.take(len(keys)) if keys and pool.can_take([], len(keys)) else []
