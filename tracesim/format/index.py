@@ -66,20 +66,28 @@ class TraceIndex:
     """
 
     __slots__ = ("_records", "_start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end",
-                 "extras", "n_exec", "n_upd", "_last", "_engine_steps")
+                 "extras", "n_exec", "n_upd", "_last", "_engine_steps", "_unpaired")
 
     def __init__(self, records=()):
         self._records = records  # kept for the trace start, computed on first use (check never asks)
         self._start_ns: int | None = None
-        self.first_ns: int | None = None
-        self.steps: dict = {}
-        self.step_order: list = []
-        self.step_faults: list = []
-        self.in_flight_at_end: dict = {}
-        self.extras: list = []
-        self.n_exec = self.n_upd = 0
+        self._unpaired = None  # (records, procs) whose steps are paired on first use (index_trace); None: paired
         self._last = None
         self._engine_steps = None
+
+    def __getattr__(self, name: str):
+        # Only reached while a paired attribute (a slot) is still unset: ``index_trace`` defers the pairing
+        # pass to its first reader, so a caller that wants only ``start_ns`` (fidelity) never pays for it.
+        unpaired = self._unpaired
+        if unpaired is None or name not in _PAIRED:
+            raise AttributeError(name)
+        self._unpaired = None
+        records, procs = unpaired
+        # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
+        taken = compress(zip(procs, records) if procs else zip(repeat(0), records),
+                         map(_STEP_TYPES.__contains__, map(type, records)))
+        _pair(self, taken, records)
+        return getattr(self, name)
 
     @property
     def start_ns(self) -> int:
@@ -145,11 +153,9 @@ _STEP_TYPES = frozenset((StepScheduled, StepExecuted, StepUpdated))
 def index_trace(trace) -> TraceIndex:
     """Index ``trace`` (a ``Trace``: ``records`` and ``procs``) in one pass; never raises on odd content.
     Use ``trace.index()``, which builds it once per trace."""
-    records = trace.records
-    # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
-    taken = compress(zip(trace.procs, records) if trace.procs else zip(repeat(0), records),
-                     map(_STEP_TYPES.__contains__, map(type, records)))
-    return index_steps(taken, records)
+    ix = TraceIndex(trace.records)
+    ix._unpaired = (trace.records, trace.procs)  # paired when a step attribute is first read (TraceIndex.__getattr__)
+    return ix
 
 
 def index_steps(step_records, records, start_ns: int | None = None) -> TraceIndex:
@@ -158,6 +164,17 @@ def index_steps(step_records, records, start_ns: int | None = None) -> TraceInde
     compiled scan) and hands over what it saw, with the trace start if it found it (else found on first use)."""
     ix = TraceIndex(records)
     ix._start_ns = start_ns
+    _pair(ix, step_records, records)
+    return ix
+
+
+_PAIRED = frozenset(("first_ns", "steps", "step_order", "step_faults", "in_flight_at_end", "extras", "n_exec",
+                     "n_upd"))
+
+
+def _pair(ix: TraceIndex, step_records, records) -> None:
+    """Fill ``ix``'s paired attributes (``_PAIRED``) from ``step_records`` (see ``index_steps``)."""
+    ix.steps, ix.step_order, ix.step_faults, ix.in_flight_at_end, ix.extras = {}, [], [], {}, []
     ix.first_ns = next((r.t_ns for r in records if type(getattr(r, "t_ns", None)) is int), None)
     steps, order, faults, extras = ix.steps, ix.step_order, ix.step_faults, ix.extras
     last_sched: dict = {}  # proc -> highest scheduled step
@@ -211,4 +228,3 @@ def index_steps(step_records, records, start_ns: int | None = None) -> TraceInde
                 faults.append(("upd_missing", st, st.sched, last))
             else:
                 ix.in_flight_at_end.setdefault(proc, []).append(st.sched.step)
-    return ix
