@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from itertools import compress
-from operator import itemgetter
 from typing import NamedTuple
 
 from tracesim.format.records import (
@@ -66,7 +64,15 @@ class Recorded:
             if r.side == "client":
                 self.adds.setdefault(r.req_id, []).append(r)
         sets = [(r.set_ns if r.set_ns is not None else r.end_ns, r.version) for r in by_type.get(WeightsUpdated, ())]
-        self.firsts, self.finals = _incarnations(by_type.get(OutputDelivered, ()))
+        firsts, finals, open_ = self.firsts, self.finals, set()
+        for r in by_type.get(OutputDelivered, ()):
+            rid = r.req_id
+            if rid not in open_:
+                open_.add(rid)
+                firsts.setdefault(rid, []).append(r.t_ns)
+            if r.finished:
+                open_.discard(rid)
+                finals.setdefault(rid, []).append(r)
         sets.sort(key=lambda x: x[0])
         self._set_t = [t for t, _ in sets]
         self._set_v = [v for _, v in sets]
@@ -138,40 +144,6 @@ class Recorded:
             if versions:
                 out["spans"] = min(versions)
         return out
-
-
-_REQ_ID = itemgetter(OutputDelivered._fields.index("req_id"))
-_FINISHED = itemgetter(OutputDelivered._fields.index("finished"))
-
-
-def _incarnations(delivers) -> tuple:
-    """``(firsts, finals)`` of ``Recorded`` from the deliveries in stream order: an incarnation of a request
-    opens with its first frame (or the first after a finished one) and closes with a finished frame.
-
-    A recording of millions of frames nearly always has at most one incarnation per request, its finished
-    frame its last: then every pass runs in C (dict and itemgetter), a few times faster than the loop below,
-    which is the reference and takes every other case (retried requests, frames after a finish)."""
-    delivers = delivers if isinstance(delivers, list) else list(delivers)
-    n = len(delivers)
-    rids = list(map(_REQ_ID, delivers))
-    last_at = dict(zip(rids, range(n)))  # a later frame of a key overwrites: the last position
-    fin_at = list(compress(range(n), map(_FINISHED, delivers)))
-    fin_rids = [rids[i] for i in fin_at]
-    if len(set(fin_rids)) == len(fin_rids) and all(last_at[rid] == i for rid, i in zip(fin_rids, fin_at)):
-        first_at = dict(zip(reversed(rids), range(n - 1, -1, -1)))  # the first position
-        firsts = {rid: [delivers[i].t_ns] for rid, i in sorted(first_at.items(), key=itemgetter(1))}
-        finals = {rid: [delivers[i]] for rid, i in zip(fin_rids, fin_at)}
-        return firsts, finals
-    firsts, finals, open_ = {}, {}, set()
-    for r in delivers:
-        rid = r.req_id
-        if rid not in open_:
-            open_.add(rid)
-            firsts.setdefault(rid, []).append(r.t_ns)
-        if r.finished:
-            open_.discard(rid)
-            finals.setdefault(rid, []).append(r)
-    return firsts, finals
 
 
 def recorded_loop(trace) -> Recorded:
