@@ -55,8 +55,8 @@ class TraceIndex:
     ``start_ns``: the earliest t_ns (the zero of plots, replay and fidelity); ``first_ns``: the t_ns of the
     first record that has an int one (check messages count from it; None if none);
     ``steps``: (proc, step) -> Step, in order of first schedule (``step_order`` lists the same Steps);
-    ``step_faults``: ``(code, Step or None, record, detail...)`` in stream order, codes ``sched_twice``,
-    ``sched_order`` (detail: the process's previous highest step), ``exec_unscheduled``, ``exec_twice``,
+    ``step_faults``: ``(code, Step or None, record, detail...)`` in stream order, codes ``sched_twice``
+    and ``sched_order`` (detail of both: the process's previous highest step), ``exec_unscheduled``, ``exec_twice``,
     ``upd_unscheduled``, ``upd_twice``, ``upd_order`` (detail: the last updated step), then ``upd_missing``
     (detail: a later step of the process that was updated);
     ``in_flight_at_end``: proc -> steps scheduled and never updated, none of the process's updates after them;
@@ -65,24 +65,24 @@ class TraceIndex:
     ``n_exec`` / ``n_upd``: StepExecuted / StepUpdated records, taken or not.
     """
 
-    __slots__ = ("_records", "_start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end",
-                 "extras", "n_exec", "n_upd", "_last", "_engine_steps", "_unpaired")
+    __slots__ = ("_source", "_start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end",
+                 "extras", "n_exec", "n_upd", "_last", "_engine_steps", "_unpaired", "_lifecycles")
 
-    def __init__(self, records=()):
-        self._records = records  # kept for the trace start, computed on first use (check never asks)
+    def __init__(self, records=(), procs=()):
+        self._source = (records, procs)  # for what is built on first use: trace start, pairing, lifecycles
         self._start_ns: int | None = None
-        self._unpaired = None  # (records, procs) whose steps are paired on first use (index_trace); None: paired
+        self._unpaired = False  # the steps are paired on first use (index_trace)
         self._last = None
         self._engine_steps = None
+        self._lifecycles = None
 
     def __getattr__(self, name: str):
         # Only reached while a paired attribute (a slot) is still unset: ``index_trace`` defers the pairing
         # pass to its first reader, so a caller that wants only ``start_ns`` (fidelity) never pays for it.
-        unpaired = self._unpaired
-        if unpaired is None or name not in _PAIRED:
+        if not self._unpaired or name not in _PAIRED:
             raise AttributeError(name)
-        self._unpaired = None
-        records, procs = unpaired
+        self._unpaired = False
+        records, procs = self._source
         # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
         taken = compress(zip(procs, records) if procs else zip(repeat(0), records),
                          map(_STEP_TYPES.__contains__, map(type, records)))
@@ -92,8 +92,19 @@ class TraceIndex:
     @property
     def start_ns(self) -> int:
         if self._start_ns is None:
-            self._start_ns, self._records = start_of(self._records), ()
+            self._start_ns = start_of(self._source[0])
         return self._start_ns
+
+    @property
+    def lifecycles(self) -> dict:
+        """``req_id -> [Lifecycle, ...]``: each engine-side incarnation of a request (added, first scheduled,
+        preempted, finished or aborted), in order of first sight; built on first use (format/lifecycle.py)."""
+        if self._lifecycles is None:
+            from tracesim.format.lifecycle import request_lifecycles
+
+            records, procs = self._source
+            self._lifecycles = request_lifecycles(records, procs, self.steps)
+        return self._lifecycles
 
     def last_records(self) -> tuple:
         """``(sched, execs, upds)``: dicts (proc, step) -> the *last* StepScheduled / StepExecuted /
@@ -153,16 +164,16 @@ _STEP_TYPES = frozenset((StepScheduled, StepExecuted, StepUpdated))
 def index_trace(trace) -> TraceIndex:
     """Index ``trace`` (a ``Trace``: ``records`` and ``procs``) in one pass; never raises on odd content.
     Use ``trace.index()``, which builds it once per trace."""
-    ix = TraceIndex(trace.records)
-    ix._unpaired = (trace.records, trace.procs)  # paired when a step attribute is first read (TraceIndex.__getattr__)
+    ix = TraceIndex(trace.records, trace.procs)
+    ix._unpaired = True  # paired when a step attribute is first read (TraceIndex.__getattr__)
     return ix
 
 
-def index_steps(step_records, records, start_ns: int | None = None) -> TraceIndex:
+def index_steps(step_records, records, start_ns: int | None = None, procs=()) -> TraceIndex:
     """The index of ``records`` from ``step_records``: ``(proc, record)`` for each of its StepScheduled /
     StepExecuted / StepUpdated, in stream order. For a reader that walks every record anyway (replay's
     compiled scan) and hands over what it saw, with the trace start if it found it (else found on first use)."""
-    ix = TraceIndex(records)
+    ix = TraceIndex(records, procs)
     ix._start_ns = start_ns
     _pair(ix, step_records, records)
     return ix
@@ -188,7 +199,7 @@ def _pair(ix: TraceIndex, step_records, records) -> None:
             key = (proc, s)
             st = get(key)
             if st is not None:
-                add_fault(("sched_twice", st, rec))
+                add_fault(("sched_twice", st, rec, last_sched.get(proc)))
                 add_extra((proc, rec, True))
                 continue
             last = last_sched.get(proc)

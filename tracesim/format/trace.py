@@ -33,7 +33,7 @@ class Trace:
         key = (id(self.records), len(self.records), id(self.procs), len(self.procs))
         if self._index_key != key:
             self._index = (index_trace(self) if step_records is None
-                           else index_steps(step_records, self.records, start_ns))
+                           else index_steps(step_records, self.records, start_ns, self.procs))
             self._index_key = key
         return self._index
 
