@@ -14,7 +14,7 @@ the same story:
 
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import compress, repeat
 
 from tracesim.format.records import Aborted, RequestAdded, StepScheduled, StepUpdated
 
@@ -24,10 +24,10 @@ class Lifecycle:
 
     __slots__ = ("req_id", "proc", "add", "first_sched", "preempted", "sampled", "ended", "end_rec")
 
-    def __init__(self, req_id: str, proc: int, add=None):
+    def __init__(self, req_id: str, proc: int, add=None, first_sched=None):
         self.req_id, self.proc = req_id, proc
         self.add = add  # its engine-side RequestAdded; None: scheduled before (or without) one
-        self.first_sched = None  # the StepScheduled that first put it in a batch
+        self.first_sched = first_sched  # the StepScheduled that first put it in a batch
         self.preempted: list = []  # the StepScheduled records that preempted it, in order
         self.sampled = 0  # output tokens its updates appended
         self.ended: str | None = None  # "finished" or "aborted"; None: live when the trace ends
@@ -45,24 +45,16 @@ def request_lifecycles(records, procs, steps: dict) -> dict:
     """``req_id -> [Lifecycle, ...]`` in order of first sight. ``steps``: the trace index's ``(proc, step) ->
     Step``, whose taken records are the only schedules and updates that count. Never raises on odd content."""
     out: dict = {}
+    get = out.get
 
-    def current(req_id, proc) -> Lifecycle:
-        incs = out.get(req_id)
-        if incs is None:
-            inc = Lifecycle(req_id, proc)
-            out[req_id] = [inc]
-            return inc
-        return incs[-1]
-
-    for proc, rec in zip(procs or repeat(0), records):
+    # Only the four kinds reach the Python loop: the filter runs in C (a trace is mostly output frames).
+    for proc, rec in compress(zip(procs or repeat(0), records), map(_KINDS.__contains__, map(type, records))):
         kind = type(rec)
-        if kind not in _KINDS:
-            continue
         if kind is RequestAdded:
             if rec.side == "client":
                 continue
             inc = Lifecycle(rec.req_id, proc, rec)
-            incs = out.get(rec.req_id)
+            incs = get(rec.req_id)
             if incs is None:
                 out[rec.req_id] = [inc]
             elif incs[-1].add is None and not incs[-1].sampled and incs[-1].ended is None:
@@ -76,12 +68,14 @@ def request_lifecycles(records, procs, steps: dict) -> dict:
             st = steps.get((proc, rec.step))
             if st is None or st.sched is not rec:
                 continue
-            for q in rec.reqs:
-                inc = current(q.req_id, proc)
-                if inc.first_sched is None:
-                    inc.first_sched = rec
+            for q in rec.reqs:  # millions on a long trace: inline
+                incs = get(q.req_id)
+                if incs is None:
+                    out[q.req_id] = [Lifecycle(q.req_id, proc, None, rec)]
+                elif incs[-1].first_sched is None:
+                    incs[-1].first_sched = rec
             for req_id in rec.preempted:
-                incs = out.get(req_id)
+                incs = get(req_id)
                 if incs is not None:
                     incs[-1].preempted.append(rec)
         elif kind is StepUpdated:
@@ -89,7 +83,7 @@ def request_lifecycles(records, procs, steps: dict) -> dict:
             if st is None or st.upd is not rec:
                 continue
             for o in rec.outs:
-                incs = out.get(o.req_id)
+                incs = get(o.req_id)
                 if incs is None:
                     continue
                 inc = incs[-1]
@@ -99,7 +93,7 @@ def request_lifecycles(records, procs, steps: dict) -> dict:
                     inc.ended, inc.end_rec = ("aborted" if o.finish_reason == "abort" else "finished"), rec
         elif rec.side != "client":  # Aborted: a client's abort ends nothing until the engine's own record
             for req_id in rec.req_ids:
-                incs = out.get(req_id)
+                incs = get(req_id)
                 if incs is not None and incs[-1].ended is None:
                     incs[-1].ended, incs[-1].end_rec = "aborted", rec
     return out

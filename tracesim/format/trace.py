@@ -58,10 +58,10 @@ class Trace:
         return zip(self.procs, self.records)
 
     def counts(self) -> dict:
-        """Number of records per kind, in the order kinds first appear."""
+        """Number of records per kind, in the order kinds first appear (that of ``_kinds``' groups)."""
         counts: dict = {}
-        for r in self.records:
-            counts[r.KIND] = counts.get(r.KIND, 0) + 1
+        for kind, bucket in self._kinds().items():
+            counts[kind.KIND] = counts.get(kind.KIND, 0) + len(bucket)  # two classes may share a KIND
         return counts
 
 
