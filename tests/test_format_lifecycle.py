@@ -68,3 +68,13 @@ def test_a_schedule_before_the_add_makes_a_placeholder_the_add_replaces():
     assert (a.add, a.first_sched, a.ended, a.end_rec) == (add, s0, "aborted", abort)
     (only_b,) = trace.index().lifecycles["b"]
     assert only_b.ended is None  # the client's abort ends nothing in the engine
+
+
+def test_one_record_object_standing_twice_counts_once():
+    add = RequestAdded(0, "a")
+    s0 = StepScheduled(1, 2, 0, (SchedReq("a", 4, 0),), preempted=())
+    u0 = StepUpdated(3, 4, 0, (OutReq("a", 2),))
+    trace = Trace(header(), [add, s0, s0, u0, u0])  # a replayed message, the same object twice
+    (a,) = trace.index().lifecycles["a"]
+    assert (a.first_sched, a.sampled) == (s0, 2)
+    assert _agree(trace) == 1

@@ -46,6 +46,8 @@ def request_lifecycles(records, procs, steps: dict) -> dict:
     Step``, whose taken records are the only schedules and updates that count. Never raises on odd content."""
     out: dict = {}
     get = out.get
+    done_sched: set = set()  # keys whose taken schedule / update was applied
+    done_upd: set = set()
 
     # Only the four kinds reach the Python loop: the filter runs in C (a trace is mostly output frames).
     for proc, rec in compress(zip(procs or repeat(0), records), map(_KINDS.__contains__, map(type, records))):
@@ -65,9 +67,11 @@ def request_lifecycles(records, procs, steps: dict) -> dict:
             else:
                 incs.append(inc)
         elif kind is StepScheduled:
-            st = steps.get((proc, rec.step))
-            if st is None or st.sched is not rec:
+            key = (proc, rec.step)
+            st = steps.get(key)
+            if st is None or st.sched is not rec or key in done_sched:  # (one record object can stand twice)
                 continue
+            done_sched.add(key)
             for q in rec.reqs:  # millions on a long trace: inline
                 incs = get(q.req_id)
                 if incs is None:
@@ -79,9 +83,11 @@ def request_lifecycles(records, procs, steps: dict) -> dict:
                 if incs is not None:
                     incs[-1].preempted.append(rec)
         elif kind is StepUpdated:
-            st = steps.get((proc, rec.step))
-            if st is None or st.upd is not rec:
+            key = (proc, rec.step)
+            st = steps.get(key)
+            if st is None or st.upd is not rec or key in done_upd:
                 continue
+            done_upd.add(key)
             for o in rec.outs:
                 incs = get(o.req_id)
                 if incs is None:
