@@ -505,5 +505,5 @@ class Scheduler:
         return len(self.waiting), len(self.running)
 
 
-__all__ = ["Scheduler", "SimReq", "fault_hit", "Planned", "new_planned", "sched_reqs", "token_id", "WAITING", "RUNNING", "FINISHED",
-           "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]
+__all__ = ["Scheduler", "SimReq", "fault_hit", "Planned", "new_planned", "sched_reqs", "token_id", "WAITING",
+           "RUNNING", "FINISHED", "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]
