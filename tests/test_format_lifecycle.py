@@ -78,3 +78,30 @@ def test_one_record_object_standing_twice_counts_once():
     (a,) = trace.index().lifecycles["a"]
     assert (a.first_sched, a.sampled) == (s0, 2)
     assert _agree(trace) == 1
+
+
+def test_records_grouped_by_type_in_c_as_by_the_python_loop():
+    from tracesim.format import trace as trace_mod
+    from tracesim.format.columns import _fastcols
+
+    trace = read_trace(TRACES / "vllm-wait-preempt.msgpack")
+    records = trace.records + [trace.records[0]]  # a kind seen again after others
+    ref: dict = {}
+    for r in records:
+        ref.setdefault(type(r), []).append(r)
+    got = trace_mod.group_by_type(records)
+    assert list(got) == list(ref) and all(got[k] == ref[k] for k in ref)
+    if _fastcols is not None:  # the compiled path was the one taken
+        assert _fastcols.group_by_type(records) == ref
+    counts: dict = {}
+    for r in trace.records:
+        counts[r.KIND] = counts.get(r.KIND, 0) + 1
+    assert list(trace.counts().items()) == list(counts.items())  # in order of first appearance
+
+
+def test_the_trace_start_alone_does_not_pair_the_steps():
+    trace = read_trace(TRACES / "vllm-keep.msgpack")
+    ix = trace.index()
+    assert ix.start_ns == min(r.t_ns for r in trace.records)
+    assert ix._unpaired  # fidelity reads only the start: no pairing pass
+    assert ix.steps and not ix._unpaired  # the first step attribute pairs them
