@@ -55,8 +55,8 @@ class TraceIndex:
     ``start_ns``: the earliest t_ns (the zero of plots, replay and fidelity); ``first_ns``: the t_ns of the
     first record that has an int one (check messages count from it; None if none);
     ``steps``: (proc, step) -> Step, in order of first schedule (``step_order`` lists the same Steps);
-    ``step_faults``: ``(code, Step or None, record, detail...)`` in stream order, codes ``sched_twice``,
-    ``sched_order`` (detail: the process's previous highest step), ``exec_unscheduled``, ``exec_twice``,
+    ``step_faults``: ``(code, Step or None, record, detail...)`` in stream order, codes ``sched_twice``
+    and ``sched_order`` (detail of both: the process's previous highest step), ``exec_unscheduled``, ``exec_twice``,
     ``upd_unscheduled``, ``upd_twice``, ``upd_order`` (detail: the last updated step), then ``upd_missing``
     (detail: a later step of the process that was updated);
     ``in_flight_at_end``: proc -> steps scheduled and never updated, none of the process's updates after them;
@@ -65,27 +65,46 @@ class TraceIndex:
     ``n_exec`` / ``n_upd``: StepExecuted / StepUpdated records, taken or not.
     """
 
-    __slots__ = ("_records", "_start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end",
-                 "extras", "n_exec", "n_upd", "_last", "_engine_steps")
+    __slots__ = ("_source", "_start_ns", "first_ns", "steps", "step_order", "step_faults", "in_flight_at_end",
+                 "extras", "n_exec", "n_upd", "_last", "_engine_steps", "_unpaired", "_lifecycles")
 
-    def __init__(self, records=()):
-        self._records = records  # kept for the trace start, computed on first use (check never asks)
+    def __init__(self, records=(), procs=()):
+        self._source = (records, procs)  # for what is built on first use: trace start, pairing, lifecycles
         self._start_ns: int | None = None
-        self.first_ns: int | None = None
-        self.steps: dict = {}
-        self.step_order: list = []
-        self.step_faults: list = []
-        self.in_flight_at_end: dict = {}
-        self.extras: list = []
-        self.n_exec = self.n_upd = 0
+        self._unpaired = False  # the steps are paired on first use (index_trace)
         self._last = None
         self._engine_steps = None
+        self._lifecycles = None
+
+    def __getattr__(self, name: str):
+        # Only reached while a paired attribute (a slot) is still unset: ``index_trace`` defers the pairing
+        # pass to its first reader, so a caller that wants only ``start_ns`` (fidelity) never pays for it.
+        if not self._unpaired or name not in _PAIRED:
+            raise AttributeError(name)
+        self._unpaired = False
+        records, procs = self._source
+        # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
+        taken = compress(zip(procs, records) if procs else zip(repeat(0), records),
+                         map(_STEP_TYPES.__contains__, map(type, records)))
+        _pair(self, taken, records)
+        return getattr(self, name)
 
     @property
     def start_ns(self) -> int:
         if self._start_ns is None:
-            self._start_ns, self._records = start_of(self._records), ()
+            self._start_ns = start_of(self._source[0])
         return self._start_ns
+
+    @property
+    def lifecycles(self) -> dict:
+        """``req_id -> [Lifecycle, ...]``: each engine-side incarnation of a request (added, first scheduled,
+        preempted, finished or aborted), in order of first sight; built on first use (format/lifecycle.py)."""
+        if self._lifecycles is None:
+            from tracesim.format.lifecycle import request_lifecycles
+
+            records, procs = self._source
+            self._lifecycles = request_lifecycles(records, procs, self.steps)
+        return self._lifecycles
 
     def last_records(self) -> tuple:
         """``(sched, execs, upds)``: dicts (proc, step) -> the *last* StepScheduled / StepExecuted /
@@ -145,19 +164,28 @@ _STEP_TYPES = frozenset((StepScheduled, StepExecuted, StepUpdated))
 def index_trace(trace) -> TraceIndex:
     """Index ``trace`` (a ``Trace``: ``records`` and ``procs``) in one pass; never raises on odd content.
     Use ``trace.index()``, which builds it once per trace."""
-    records = trace.records
-    # Only step records reach the Python loop: the filter runs in C (a trace is mostly other records).
-    taken = compress(zip(trace.procs, records) if trace.procs else zip(repeat(0), records),
-                     map(_STEP_TYPES.__contains__, map(type, records)))
-    return index_steps(taken, records)
+    ix = TraceIndex(trace.records, trace.procs)
+    ix._unpaired = True  # paired when a step attribute is first read (TraceIndex.__getattr__)
+    return ix
 
 
-def index_steps(step_records, records, start_ns: int | None = None) -> TraceIndex:
+def index_steps(step_records, records, start_ns: int | None = None, procs=()) -> TraceIndex:
     """The index of ``records`` from ``step_records``: ``(proc, record)`` for each of its StepScheduled /
     StepExecuted / StepUpdated, in stream order. For a reader that walks every record anyway (replay's
     compiled scan) and hands over what it saw, with the trace start if it found it (else found on first use)."""
-    ix = TraceIndex(records)
+    ix = TraceIndex(records, procs)
     ix._start_ns = start_ns
+    _pair(ix, step_records, records)
+    return ix
+
+
+_PAIRED = frozenset(("first_ns", "steps", "step_order", "step_faults", "in_flight_at_end", "extras", "n_exec",
+                     "n_upd"))
+
+
+def _pair(ix: TraceIndex, step_records, records) -> None:
+    """Fill ``ix``'s paired attributes (``_PAIRED``) from ``step_records`` (see ``index_steps``)."""
+    ix.steps, ix.step_order, ix.step_faults, ix.in_flight_at_end, ix.extras = {}, [], [], {}, []
     ix.first_ns = next((r.t_ns for r in records if type(getattr(r, "t_ns", None)) is int), None)
     steps, order, faults, extras = ix.steps, ix.step_order, ix.step_faults, ix.extras
     last_sched: dict = {}  # proc -> highest scheduled step
@@ -171,7 +199,7 @@ def index_steps(step_records, records, start_ns: int | None = None) -> TraceInde
             key = (proc, s)
             st = get(key)
             if st is not None:
-                add_fault(("sched_twice", st, rec))
+                add_fault(("sched_twice", st, rec, last_sched.get(proc)))
                 add_extra((proc, rec, True))
                 continue
             last = last_sched.get(proc)
@@ -211,4 +239,3 @@ def index_steps(step_records, records, start_ns: int | None = None) -> TraceInde
                 faults.append(("upd_missing", st, st.sched, last))
             else:
                 ix.in_flight_at_end.setdefault(proc, []).append(st.sched.step)
-    return ix

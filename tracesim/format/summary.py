@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from tracesim.format.engine_settings import SETTINGS
 from tracesim.format.records import (
-    Aborted, OutputDelivered, RequestAdded, StepExecuted, StepScheduled, StepUpdated, WeightsUpdated,
+    EVENT_TYPES, Aborted, OutputDelivered, RequestAdded, StepExecuted, StepScheduled, StepUpdated, WeightsUpdated,
 )
 from tracesim.format.trace import Trace
 
 
+_WITH_END = tuple(kind for kind in EVENT_TYPES if "end_ns" in kind._fields)
+_T_NS = itemgetter(0)  # every event record's t_ns (format/index.py checks at import)
+
+
 def summarize(trace: Trace, size_bytes: int | None = None, truncated_bytes: int = 0) -> dict:
+    """The header and shape of ``trace``. Steps, the trace start and what became of each request come from
+    the trace index (``Trace.index()``: its step pairing and request lifecycles, format/index.py)."""
     header = trace.header
-    t_values = [r.t_ns for r in trace.records]
-    t_values += [r.end_ns for r in trace.records if getattr(r, "end_ns", None) is not None]
-    steps = [r.step for r in trace.records if isinstance(r, StepScheduled)]
-    req_ids = {r.req_id for r in trace.records if isinstance(r, RequestAdded)}
-    # Finished = ended with a normal finish reason (stop, length, ...); aborted requests are counted apart.
-    finished = {r.req_id for r in trace.records
-                if isinstance(r, OutputDelivered) and r.finished and r.finish_reason != "abort"}
-    for r in trace.records:
-        if isinstance(r, StepUpdated):
-            finished.update(o.req_id for o in r.outs if o.finish_reason not in (None, "abort"))
-    aborted = {i for r in trace.records if isinstance(r, Aborted) for i in r.req_ids}
+    ix = trace.index()
+    ends = [r.end_ns for kind in _WITH_END for r in trace.of(kind) if r.end_ns is not None]
+    t_first = min(ix.start_ns, min(ends)) if ends else ix.start_ns
+    t_last = max(max(map(_T_NS, trace.records)), max(ends, default=0)) if trace.records else None
+    step_ids = [st.sched.step for st in ix.step_order]
+    req_ids = {r.req_id for r in trace.of(RequestAdded)}
+    # Finished = ended with a normal finish reason (stop, length, ...), in the engine or as the client's final
+    # frame; aborted = ended aborted in the engine, or aborted by the client. Counted per request id.
+    lives = ix.lifecycles
+    finished = {rid for rid, incs in lives.items() if any(x.ended == "finished" for x in incs)}
+    finished.update(r.req_id for r in trace.of(OutputDelivered) if r.finished and r.finish_reason != "abort")
+    aborted = {rid for rid, incs in lives.items() if any(x.ended == "aborted" for x in incs)}
+    aborted.update(i for r in trace.of(Aborted) if r.side == "client" for i in r.req_ids)
     versions = set()
-    for r in trace.records:
-        if isinstance(r, (WeightsUpdated, StepExecuted, StepUpdated, RequestAdded)) and r.version is not None:
-            versions.add(r.version)
-        elif isinstance(r, OutputDelivered) and r.spans:
+    for kind in (WeightsUpdated, StepExecuted, StepUpdated, RequestAdded):
+        versions.update(r.version for r in trace.of(kind) if r.version is not None)
+    for r in trace.of(OutputDelivered):
+        if r.spans:
             versions.update(s.version for s in r.spans)
     return {
         "path": trace.path,
@@ -41,11 +51,11 @@ def summarize(trace: Trace, size_bytes: int | None = None, truncated_bytes: int 
         "inputs": header.inputs,
         "records": len(trace.records),
         "counts": trace.counts(),
-        "t_first_ns": min(t_values) if t_values else None,
-        "t_last_ns": max(t_values) if t_values else None,
-        "span_s": (max(t_values) - min(t_values)) / 1e9 if t_values else 0.0,
-        "steps": len(steps),
-        "step_range": [min(steps), max(steps)] if steps else None,
+        "t_first_ns": t_first if trace.records else None,
+        "t_last_ns": t_last,
+        "span_s": (t_last - t_first) / 1e9 if trace.records else 0.0,
+        "steps": len(trace.of(StepScheduled)),  # schedule records, a repeated one included
+        "step_range": [min(step_ids), max(step_ids)] if step_ids else None,
         "requests": len(req_ids),
         "requests_finished": len(finished & req_ids) if req_ids else len(finished),
         "requests_aborted": len(aborted),

@@ -2,14 +2,13 @@
 
 This is about the trace as a record of facts, not about binding invariants (those are ``tracesim check``):
 times are ordered where the vocabulary says so, steps are counted in order, outputs refer to scheduled steps,
-token positions and spans are sane, process indices exist.
+token positions and spans are sane, process indices exist. Steps are paired by the trace index
+(``Trace.index()``, format/index.py), the one pairing every reader shares.
 """
 
 from __future__ import annotations
 
-from tracesim.format.records import (
-    OutputDelivered, StepExecuted, StepScheduled, StepUpdated, VersionSpan, WeightsUpdated,
-)
+from tracesim.format.records import OutputDelivered, StepScheduled, VersionSpan, WeightsUpdated
 from tracesim.format.trace import Trace
 
 KNOWN_SOURCES = ("vllm", "sim", "synthetic")
@@ -17,7 +16,7 @@ MAX_PROBLEMS = 200  # enough to act on; a broken trace can have millions
 
 
 def validate(trace: Trace, truncated_bytes: int = 0) -> list[str]:
-    """Return problems as one-line strings (empty: well-formed and consistent)."""
+    """Return problems as one-line strings (empty: well-formed and consistent), in stream order."""
     problems: list[str] = []
     h = trace.header
     if h.source not in KNOWN_SOURCES:
@@ -26,10 +25,8 @@ def validate(trace: Trace, truncated_bytes: int = 0) -> list[str]:
         problems.append("header.processes: empty (every record needs a writing process)")
     if truncated_bytes:
         problems.append(f"truncated: the last {truncated_bytes} bytes are a partial record")
-    last_step: dict = {}  # proc -> last scheduled step
-    scheduled: dict = {}  # (proc, step) -> StepScheduled
-    updated: set = set()
-    for i, (proc, r) in enumerate(trace.with_procs()):
+    pairing = _pairing_problems(trace.index())
+    for i, r in enumerate(trace.records):
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"... stopped after {MAX_PROBLEMS} problems")
             break
@@ -39,29 +36,49 @@ def validate(trace: Trace, truncated_bytes: int = 0) -> list[str]:
         end_ns = getattr(r, "end_ns", None)
         if end_ns is not None and end_ns < r.t_ns:
             problems.append(f"{where}: end_ns {end_ns} is before t_ns")
+        if pairing:
+            found = pairing.pop(id(r), None)
+            if found is not None:
+                problems.extend(f"{where}: {p}" for p in found)
         if isinstance(r, StepScheduled):
-            prev = last_step.get(proc)
-            if prev is not None and r.step <= prev:
-                problems.append(f"{where}: step {r.step} does not follow step {prev}")
-            last_step[proc] = r.step
-            scheduled[(proc, r.step)] = r
             _check_sched(r, where, problems)
-        elif isinstance(r, StepUpdated):
-            sched = scheduled.get((proc, r.step))
-            if sched is None:
-                problems.append(f"{where}: output of step {r.step}, which was never scheduled before it")
-            elif r.t_ns < sched.end_ns:
-                problems.append(f"{where}: output of step {r.step} applied before its schedule() returned")
-            if (proc, r.step) in updated:
-                problems.append(f"{where}: output of step {r.step} applied twice")
-            updated.add((proc, r.step))
-        elif isinstance(r, StepExecuted) and (proc, r.step) not in scheduled:
-            problems.append(f"{where}: execution of step {r.step}, which was never scheduled before it")
         elif isinstance(r, OutputDelivered):
             _check_delivery(r, where, problems)
         elif isinstance(r, WeightsUpdated) and r.set_ns is not None and r.set_ns < r.t_ns:
             problems.append(f"{where}: version set before the weight write started")
     return problems
+
+
+def _pairing_problems(ix) -> dict:
+    """``id(record) -> [problem, ...]`` of the step records, from the trace index's pairing (format/index.py):
+    a schedule whose step is not above every step its process scheduled before it, an execution or update of
+    a step not scheduled before it, an update applied before its schedule() returned or applied twice.
+    Gaps in the step count, updates out of order and steps never updated are no problem of the trace as a
+    record: ``tracesim check`` judges those. (Keyed by identity: a list holding one record object twice gets
+    its problems at the first occurrence.)"""
+    out: dict = {}
+
+    def add(rec, problem: str) -> None:
+        out.setdefault(id(rec), []).append(problem)
+
+    for st in ix.step_order:
+        if st.upd is not None and st.upd.t_ns < st.sched.end_ns:
+            add(st.upd, f"output of step {st.upd.step} applied before its schedule() returned")
+    for fault in ix.step_faults:
+        code, st, rec = fault[0], fault[1], fault[2]
+        if code in ("sched_twice", "sched_order"):
+            highest = fault[3]
+            if highest is not None and rec.step <= highest:
+                add(rec, f"step {rec.step} does not follow step {highest}")
+        elif code == "exec_unscheduled":
+            add(rec, f"execution of step {rec.step}, which was never scheduled before it")
+        elif code == "upd_unscheduled":
+            add(rec, f"output of step {rec.step}, which was never scheduled before it")
+        elif code == "upd_twice":
+            if rec.t_ns < st.sched.end_ns:
+                add(rec, f"output of step {rec.step} applied before its schedule() returned")
+            add(rec, f"output of step {rec.step} applied twice")
+    return out
 
 
 def _check_sched(r: StepScheduled, where: str, problems: list) -> None:

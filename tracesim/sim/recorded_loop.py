@@ -150,15 +150,15 @@ def recorded_loop(trace) -> Recorded:
     """The ``Recorded`` loop of ``trace``, built once per trace: inferring the loop policy (the CLI) and
     replaying the loop both need it, and on a recording of millions of records it takes seconds. Rebuilt when
     the trace's record list was replaced or grew."""
-    from tracesim.sim.steptime import first_t_ns
+    from tracesim.format.index import start_of
 
     key = (id(trace.records), len(trace.records))
     cached = getattr(trace, "_recorded_loop", None)
     if cached is not None and cached[0] == key:
         return cached[1]
     kinds = getattr(trace, "_kinds", None)
-    rec = Recorded(trace.records, first_t_ns(trace.records) if trace.records else 0,
-                   kinds() if kinds is not None else None)
+    t0 = trace.index().start_ns if hasattr(trace, "index") else start_of(trace.records)  # the trace start, once
+    rec = Recorded(trace.records, t0, kinds() if kinds is not None else None)
     try:
         trace._recorded_loop = (key, rec)
     except AttributeError:  # not a Trace (a bare record holder): no cache

@@ -27,7 +27,7 @@ cdef class _Scan:
     cpdef object _scan(self, records, procs, bint find_t0)
 
 
-cdef Py_ssize_t OUT_REQ_ID, OUT_SAMPLED, OUT_FINISH_REASON, OUT_TOKEN_IDS
+cdef Py_ssize_t OUT_REQ_ID, OUT_SAMPLED, OUT_FINISH_REASON, OUT_TOKEN_IDS, T_NS
 
 @cython.locals(a=_Arrival, current=dict)
 cpdef list _arrivals(_Scan scan)

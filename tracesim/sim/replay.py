@@ -33,6 +33,7 @@ from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine, Pause
 from tracesim.sim.feed import Feed, FeedItem
 from tracesim.sim.hooks import Hooks
+from tracesim.sim.replay_inputs import ClientRecord, Input, VersionWrite
 from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
 from tracesim.sim.rollout import Rollout
 from tracesim.gcpause import cyclic_gc_paused
@@ -51,6 +52,7 @@ OUT_REQ_ID = OutReq._fields.index("req_id")
 OUT_SAMPLED = OutReq._fields.index("sampled")
 OUT_FINISH_REASON = OutReq._fields.index("finish_reason")
 OUT_TOKEN_IDS = OutReq._fields.index("token_ids")
+T_NS = StepScheduled._fields.index("t_ns")  # the same in every event record (format/index.py checks at import)
 
 
 # EngineConfig fields a replay takes from the recording's header (the others keep the scenario's values)
@@ -112,10 +114,10 @@ class _Scan:
         self.picked, self.before, self.steprecs = [], {}, []
         picked, before, steprecs = self.picked, self.before, self.steprecs
         actions = 0
-        t0 = records[0][0] if find_t0 and records else 0
+        t0 = tuplenew.item(records[0], T_NS) if find_t0 and records else 0
         for i, r in enumerate(records):
             if find_t0:
-                t = tuplenew.item(r, 0)  # t_ns
+                t = tuplenew.item(r, T_NS)
                 if t < t0:
                     t0 = t
             kind = type(r)
@@ -171,7 +173,7 @@ _INPUT_TYPES = _CONTROL_TYPES | _CLIENT_TYPES | LOOP_TYPES  # the loop's records
 
 
 def _controls(scan: _Scan, t0: int) -> list:
-    """(t_rel, order, kind, payload) engine inputs from the recording's control records."""
+    """The engine ``Input``s of the recording's control records."""
     out, client_mode, pauses = [], None, 0
     for i, r in scan.of_types(_CONTROL_TYPES):
         kind = type(r)
@@ -181,18 +183,19 @@ def _controls(scan: _Scan, t0: int) -> list:
             mode = r.mode or client_mode or ("keep" if r.state == PAUSED_ALL else "wait")
             if mode == "abort":
                 mode = "wait"  # its aborts are replayed from the recorded Aborted records
-            out.append((r.t_ns - t0, i, "pause", mode))
+            out.append(tuplenew.new_tuple(Input, (r.t_ns - t0, i, "pause", mode)))
         elif kind is Resumed and r.side == "engine":
-            out.append((r.t_ns - t0, i, "resume", None))
+            out.append(tuplenew.new_tuple(Input, (r.t_ns - t0, i, "resume", None)))
         elif kind is CacheReset and r.side == "engine":
-            out.append((r.t_ns - t0, i, "reset", r.reset_running))
+            out.append(tuplenew.new_tuple(Input, (r.t_ns - t0, i, "reset", r.reset_running)))
         elif kind is Aborted and r.side == "engine":
-            out.append((r.t_ns - t0, i, "abort", tuple(r.req_ids)))
+            out.append(tuplenew.new_tuple(Input, (r.t_ns - t0, i, "abort", tuple(r.req_ids))))
         elif kind is WeightsUpdated:
             # with the write's duration and the engine pauses before it: a perturbed replay writes only after
             # that pause has drained (``_set_version``)
-            out.append(((r.set_ns if r.set_ns is not None else r.end_ns) - t0, i, "version",
-                        (r.version, max(0, r.end_ns - r.t_ns), pauses)))
+            write = tuplenew.new_tuple(VersionWrite, (r.version, max(0, r.end_ns - r.t_ns), pauses))
+            out.append(tuplenew.new_tuple(Input, ((r.set_ns if r.set_ns is not None else r.end_ns) - t0, i, "version",
+                                                  write)))
         if kind is Paused and r.side == "engine":
             pauses += 1
     return out
@@ -217,11 +220,12 @@ def _time_fields(kind) -> tuple:
 
 
 def _client_records(scan: _Scan, t0: int) -> list:
-    """Client-side records carried over unchanged except for the rebased times, in time order."""
+    """Client-side records carried over unchanged except for the rebased times (``ClientRecord``s), in time
+    order."""
     keep = []
     for i, r in scan.of_types(_CLIENT_TYPES):
         if r.side == "client":
-            keep.append((r.t_ns - t0, i, _rebased(r, t0)))
+            keep.append(tuplenew.new_tuple(ClientRecord, (r.t_ns - t0, i, _rebased(r, t0))))
     return sorted(keep)
 
 
@@ -275,12 +279,13 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
         hooks.install(env, engine, client, loop=loop, engine_always=True)
     if loop is not None:
         loop.attach(env, engine, client, emit)
-    inputs = sorted([(a.add.t_ns - t0, a.index, "add", a) for a in _arrivals(scan)] + _controls(scan, t0))
+    inputs = sorted([tuplenew.new_tuple(Input, (a.add.t_ns - t0, a.index, "add", a)) for a in _arrivals(scan)]
+                    + _controls(scan, t0))
     if timing == "exact":  # engine inputs are due before the engine action they preceded (feed.py)
         before = scan.before  # what feed.engine_actions_before(trace.records) gives at these indices
-        engine.feed = Feed([FeedItem(t, before[i], k, p) for t, i, k, p in sorted(inputs, key=lambda x: x[1])
-                            if k != "version"], _to_engine)
-        inputs = [x for x in inputs if x[2] == "version"]
+        engine.feed = Feed([FeedItem(x.t_ns, before[x.order], x.kind, x.payload)
+                            for x in sorted(inputs, key=_by_order) if x.kind != "version"], _to_engine)
+        inputs = [x for x in inputs if x.kind == "version"]
     env.process(_drive(env, engine, client, inputs, _client_records(scan, t0), emit))
     env.process(engine.run())
     done = env.event()
@@ -295,15 +300,20 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     return Trace(sim_header(inputs_rec, scen.engine)._replace(inputs=hdr_inputs), records, [], None)
 
 
+def _by_order(x) -> int:
+    return x.order
+
+
 def _drive(env, engine, client, inputs, client_records, emit):
-    """Feed the recording's inputs to the engine (and its client records to the output) at their times."""
+    """Feed the recording's ``Input``s to the engine (and its ``ClientRecord``s to the output) at their times."""
     ci = 0
     if engine.hooks is not None:  # perturbed: _set_version writes the client's WeightsUpdated with its own times
-        client_records = [x for x in client_records if type(x[2]) is not WeightsUpdated]
-        inputs = sorted((t - p[1], i, k, p) if k == "version" else (t, i, k, p) for t, i, k, p in inputs)
+        client_records = [x for x in client_records if type(x.record) is not WeightsUpdated]
+        # a write starts when it was recorded to start: its set time less its duration
+        inputs = sorted(x._replace(t_ns=x.t_ns - x.payload.write_ns) if x.kind == "version" else x for x in inputs)
     for t, _, kind, payload in inputs:
-        while ci < len(client_records) and client_records[ci][0] <= t:
-            emit(client_records[ci][2])
+        while ci < len(client_records) and client_records[ci].t_ns <= t:
+            emit(client_records[ci].record)
             ci += 1
         if t > env.now:
             yield env.timeout(t - env.now)
@@ -311,10 +321,10 @@ def _drive(env, engine, client, inputs, client_records, emit):
             if engine.hooks is not None:  # perturbed: the write starts when recorded, once the pause drained
                 env.process(_set_version(env, engine, emit, *payload))
             else:
-                engine.weights_version = engine.version = payload[0]
+                engine.weights_version = engine.version = payload.version
         else:
             engine.submit(*_to_engine(kind, payload, engine))
-    for _, _, rec in client_records[ci:]:
+    for _, _, rec in client_records[ci:]:  # ClientRecords
         if rec.t_ns > env.now:
             yield env.timeout(rec.t_ns - env.now)
         emit(rec)
@@ -375,7 +385,7 @@ def _until_idle(env, engine, inputs, done) -> None:
     so every event keeps its place in SimPy's order. While exact replay's feed still holds inputs a poll
     can only find work left, so the polls on that stretch are skipped: the first poll to find the feed
     non-empty parks, and the feed's emptying resumes polling at the next time on the same 1 ms grid."""
-    last = inputs[-1][0] if inputs else 0
+    last = inputs[-1].t_ns if inputs else 0
     poll_ns, settle_ns = 1_000_000, engine.cfg.output_latency_us * 1000 + 1
     parked_ns = []  # the time of the poll that parked, while parked
 

@@ -59,8 +59,8 @@ cdef class Planned:
 
 
 @cython.locals(p=Planned)
-cdef Planned new_planned(SimReq req, long long num_tokens, long long computed_before, bint resumed, long long cached,
-                         long long incarnation, bint samples, bint admitted)
+cpdef Planned new_planned(SimReq req, long long num_tokens, long long computed_before, bint resumed, long long cached,
+                          long long incarnation, bint samples, bint admitted)
 
 @cython.locals(p=Planned, req=SimReq, n=cython.longlong, before=cython.longlong, decode=cython.longlong, out=list)
 cpdef tuple sched_reqs(planned)

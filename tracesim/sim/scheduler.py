@@ -130,20 +130,12 @@ class Planned:
     * ``cached``: prefix-cache hit tokens, when this schedule admitted it (else 0);
     * ``incarnation``: its incarnation when scheduled (an update for an older one is stale);
     * ``samples``: the step samples a token for it (not a prefill chunk);
-    * ``admitted``: admitted from the waiting queue by this schedule (new or resumed)."""
+    * ``admitted``: admitted from the waiting queue by this schedule (new or resumed).
+
+    Built only by ``new_planned`` (one way, every field given): no ``__init__``, whose argument parsing a C
+    call skips (the native scheduler makes one per request per step)."""
 
     __slots__ = ("req", "num_tokens", "computed_before", "resumed", "cached", "incarnation", "samples", "admitted")
-
-    def __init__(self, req: SimReq, num_tokens: int, computed_before: int, resumed: bool, cached: int,
-                 incarnation: int, samples: bool, admitted: bool = False):
-        self.req = req
-        self.num_tokens = num_tokens
-        self.computed_before = computed_before
-        self.resumed = resumed
-        self.cached = cached
-        self.incarnation = incarnation
-        self.samples = samples
-        self.admitted = admitted
 
     def __repr__(self) -> str:
         return (f"Planned({self.req.req_id!r}, num_tokens={self.num_tokens}, computed_before={self.computed_before}, "
@@ -152,8 +144,8 @@ class Planned:
 
 
 def new_planned(req, num_tokens, computed_before, resumed, cached, incarnation, samples, admitted):
-    """A ``Planned`` from all its fields, without ``__init__``'s argument parsing (a C call in the compiled
-    build: the native scheduler makes one per request per step)."""
+    """The ``Planned`` with these fields (see the class): a C call from the compiled native scheduler, a
+    Python one (keywords accepted) from the vLLM backend."""
     p = Planned.__new__(Planned)
     p.req = req
     p.num_tokens = num_tokens
@@ -513,5 +505,5 @@ class Scheduler:
         return len(self.waiting), len(self.running)
 
 
-__all__ = ["Scheduler", "SimReq", "fault_hit", "Planned", "sched_reqs", "token_id", "WAITING", "RUNNING", "FINISHED",
-           "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]
+__all__ = ["Scheduler", "SimReq", "fault_hit", "Planned", "new_planned", "sched_reqs", "token_id", "WAITING",
+           "RUNNING", "FINISHED", "PAUSED_ALL", "PAUSED_NEW", "UNPAUSED"]

@@ -33,7 +33,7 @@ import zlib
 
 from tracesim.format.records import OutReq
 from tracesim.sim.interface import SchedulerInterface
-from tracesim.sim.scheduler import FINISHED, Planned, Scheduler, token_id
+from tracesim.sim.scheduler import FINISHED, Scheduler, new_planned, token_id
 
 MAX_MODEL_LEN = 2048  # the tiny model config's max_position_embeddings (tracesim/record/tinymodel.py)
 STOP_TOKEN = 50_257  # fed at a sample's stop length; pseudo token ids are below it
@@ -235,9 +235,9 @@ class VllmScheduler(SchedulerInterface):
             admitted = req_id in new or req_id in resumed_ids
             computed = new[req_id] if req_id in new else computed_of.get(req_id, 0)
             req.placeholders = vreq.num_output_placeholders
-            planned.append(Planned(req=req, num_tokens=n, computed_before=computed, resumed=req_id in resumed_ids,
-                                   cached=computed if admitted else 0, incarnation=req.incarnation,
-                                   samples=not vreq.is_prefill_chunk, admitted=admitted))
+            planned.append(new_planned(req=req, num_tokens=n, computed_before=computed, resumed=req_id in resumed_ids,
+                                       cached=computed if admitted else 0, incarnation=req.incarnation,
+                                       samples=not vreq.is_prefill_chunk, admitted=admitted))
         gone = out.preempted_req_ids or ()
         preempted = tuple(r for r in reversed(before) if r in gone)  # vLLM preempts from the back
         return planned, preempted
