@@ -133,7 +133,7 @@ def _make_sink(config: RecorderConfig, path, header, on_lost=None) -> RecordSink
                           max_pending=ENGINE_MAX_PENDING, on_lost=on_lost)
     return ProcessSink(path, header, prepare=prepare, convert=convert, options={"raw_ids": config.raw_ids},
                        flush_interval_s=config.flush_interval_s, max_pending=ENGINE_MAX_PENDING, on_lost=on_lost,
-                       encoder="msgpack" if config.reduce == "legacy" else "msgspec")
+                       encoder="msgpack" if config.reduce == "legacy" else "msgspec", nice=config.converter_nice)
 
 
 class EngineRecorder:

@@ -17,10 +17,22 @@ converter runs in its own session, so a Ctrl-C meant for the engine does not cut
 If the converter cannot be started, ``ProcessSink`` converts on its own thread like ``RecordSink``; if it
 dies, the engine side warns once and counts what it could not send. The engine never waits on it except at
 close, for at most ``CLOSE_TIMEOUT_S``.
+
+Why the engine never wakes the converter (issue 16): a write into a pipe that its reader is blocked on wakes
+the reader, and the kernel then often hands the writer's core to it (the reader slept, so it is "owed" CPU):
+on a busy machine the engine lost 85-250 us per step that way, inside ``os.write``, while the write itself
+costs ~3 us of CPU. So the engine's end of the pipe is non-blocking and the converter does not wait on it
+while the engine is busy: it sleeps ``POLL_S`` and then reads whatever came (``main``), and blocks on the pipe
+only after ``QUIET_S`` without data (an idle engine, which a wake-up costs nothing). A write the pipe cannot
+take goes to an in-process backlog (``ProcessSink.backlog_bytes``), sent first at the next drain; past
+``MAX_BACKLOG_BYTES`` whole sends are dropped and counted (a ``RecorderLost``), never the engine blocked. The
+converter also runs at a lower CPU priority (``nice``, ``TRACESIM_RECORD_CONVERTER_NICE``): when the cores are
+contended it yields to the engine and catches up when they are free; the backlog bounds what that can cost.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import select
 import subprocess
@@ -30,6 +42,7 @@ import time
 import msgpack
 import msgspec
 
+from tracesim.record.config import DEFAULT_CONVERTER_NICE as DEFAULT_NICE
 from tracesim.record.items import PlainLost
 from tracesim.record.sink import _HOLD_GIL_S, MAX_PENDING, RecordSink, log
 
@@ -44,6 +57,13 @@ _F_SETPIPE_SZ = 1031
 # configured interval): vLLM's per-step objects are released sooner and the thread holds the GIL in short
 # bursts (a few steps' worth) instead of one burst per flush window.
 DRAIN_INTERVAL_S = 0.05
+# The converter reads the pipe this often while the engine is busy (sleeping in between, never waiting on the
+# pipe: see the module's docstring), and after this long without data waits on the pipe instead.
+POLL_S = 0.05
+QUIET_S = 0.5
+# Bytes the engine side holds when the pipe is full (a converter behind: slowed by its priority on a busy
+# machine, or stalled); beyond it, sends are dropped and counted. ~1 MB per second of 256-request steps here.
+MAX_BACKLOG_BYTES = 256 << 20
 
 
 def _package_root() -> str:
@@ -62,8 +82,14 @@ class ProcessSink(RecordSink):
 
     def __init__(self, path, header, *, prepare, convert, options: dict | None = None,
                  flush_interval_s: float = 0.5, proc: int = 0, max_pending: int = MAX_PENDING,
-                 on_lost=None, encoder: str = "msgspec"):
+                 on_lost=None, encoder: str = "msgspec", nice: int = DEFAULT_NICE,
+                 max_backlog_bytes: int = MAX_BACKLOG_BYTES):
         self._prepare = prepare
+        self._nice = max(0, int(nice))
+        self._max_backlog_bytes = max_backlog_bytes
+        self._backlog: collections.deque = collections.deque()  # [memoryview of unsent bytes, items in it]
+        self.backlog_bytes = 0  # bytes waiting for room in the pipe
+        self.peak_backlog_bytes = 0  # the most it held: how far the converter fell behind
         self._encoder = encoder if encoder in ENCODERS else "msgspec"
         self._options = dict(options or {})
         self._child = None
@@ -100,6 +126,13 @@ class ProcessSink(RecordSink):
             fcntl.fcntl(self._fd, _F_SETPIPE_SZ, _PIPE_BYTES)
         except Exception:  # not Linux, or above the system's limit: the default capacity works, just slower
             pass
+        os.set_blocking(self._fd, False)  # a full pipe goes to the backlog: the engine never waits on it
+        if self._nice:
+            try:  # from here, not in the child: in effect before the converter runs any code
+                os.setpriority(os.PRIO_PROCESS, self._child.pid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, 0) + self._nice))
+            except (OSError, AttributeError):  # not permitted, or no such call here: same priority, still works
+                pass
         self._send(msgpack.packb(("init", self.path, self.header, self._options, self._interval_s, self.proc),
                                  use_bin_type=True))
 
@@ -170,35 +203,93 @@ class ProcessSink(RecordSink):
 
     def _send_lost(self, pack) -> None:
         if self.dropped > self._sent_lost and self._fd is not None:  # the converter writes a RecorderLost
-            lost = self.dropped - self._sent_lost
-            self._sent_lost = self.dropped
-            self._send(pack(PlainLost(PlainLost.KIND, time.monotonic_ns(), lost)))
+            dropped = self.dropped
+            if self._send(pack(PlainLost(PlainLost.KIND, time.monotonic_ns(), dropped - self._sent_lost))):
+                self._sent_lost = dropped  # else: a full backlog; the count goes with a later send
 
     def _send_items(self, data, count: int) -> bool:
-        if self._fd is not None and self._send(data):
+        if self._fd is not None and self._send(data, count):
             self.written += count
             return True
         self.dropped += count
         self._on_lost()
         return False
 
-    def _send(self, data) -> bool:
-        """Write all of ``data`` to the pipe (the GIL is released while it blocks); False if the pipe broke."""
+    def _send(self, data, count: int = 0) -> bool:
+        """Hand ``data`` (``count`` items, whole) to the pipe without blocking: what the pipe cannot take now
+        waits in the backlog, behind what waits there already. False if it was not sent: the converter is
+        gone, or the backlog is full (then nothing of ``data`` went out: the stream stays whole items)."""
+        if self._backlog and not self._write_backlog():
+            return False
+        if self._backlog:  # still no room: queue behind it, if the bound allows
+            if self.backlog_bytes + len(data) > self._max_backlog_bytes:
+                return False
+            self._keep(memoryview(bytes(data)), count)
+            return True
         view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view):]
-            return True
+            sent = os.write(self._fd, view)
+        except BlockingIOError:
+            sent = 0
         except OSError as exc:
-            self._fd = None
-            self._warn(f"the trace converter process stopped ({exc}); cannot write trace file {self.path}")
-            return False
-        finally:
-            view.release()
+            return self._converter_gone(exc)
+        if sent < len(view):  # the rest must follow before anything else: it may be part of an item
+            self._keep(memoryview(bytes(view[sent:])), count)
+        view.release()
+        return True
+
+    def _keep(self, view, count: int) -> None:
+        self._backlog.append([view, count])
+        self.backlog_bytes += len(view)
+        if self.backlog_bytes > self.peak_backlog_bytes:
+            self.peak_backlog_bytes = self.backlog_bytes
+
+    def _write_backlog(self) -> bool:
+        """Write as much of the backlog as the pipe takes now; False if the converter is gone."""
+        backlog = self._backlog
+        while backlog:
+            entry = backlog[0]
+            try:
+                sent = os.write(self._fd, entry[0])
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                return self._converter_gone(exc)
+            self.backlog_bytes -= sent
+            if sent < len(entry[0]):
+                entry[0] = entry[0][sent:]
+                return True
+            backlog.popleft()
+        return True
+
+    def _converter_gone(self, exc: OSError) -> bool:
+        self._fd = None
+        lost = sum(count for _view, count in self._backlog)  # counted as written when they were queued
+        self.written -= lost
+        self.dropped += lost
+        self._backlog.clear()
+        self.backlog_bytes = 0
+        self._warn(f"the trace converter process stopped ({exc}); cannot write trace file {self.path}")
+        return False
+
+    def _flush_backlog(self, timeout_s: float) -> None:
+        """At close: wait (at most ``timeout_s``) until the backlog is in the pipe."""
+        deadline = time.monotonic() + timeout_s
+        while self._backlog and self._fd is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._converter_gone(TimeoutError(f"no room in the pipe for {timeout_s:.0f} s"))
+                return
+            select.select([], [self._fd], [], left)
+            self._write_backlog()
 
     def _finish(self) -> None:
         if self._child is None:
             return super()._finish()
+        self._flush_backlog(CLOSE_TIMEOUT_S)
+        if self.peak_backlog_bytes:
+            log.info("tracesim recorder: the converter fell behind by up to %d bytes (limit %d)",
+                     self.peak_backlog_bytes, self._max_backlog_bytes)
         try:
             self._child.stdin.close()  # end of stream: the converter writes what it has and closes the trace
         except OSError:
@@ -227,19 +318,34 @@ def main() -> int:
     from tracesim.record.items import from_wire
 
     fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
     unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=False, max_buffer_size=1 << 30)
     writer = converter = None
     proc, flush_s, dropped = 0, 0.5, 0
     eof = False
+    quiet_since = time.monotonic()
     while not eof:
-        ready, _, _ = select.select([fd], [], [], flush_s)
-        if not ready:  # quiet pipe: put what was converted on disk
-            if writer is not None:
+        # While data comes, sleep between reads: a reader blocked on the pipe would be woken by every write,
+        # at the engine's expense (module docstring). Once the pipe has been quiet, wait on it.
+        if time.monotonic() - quiet_since < QUIET_S:
+            time.sleep(POLL_S)
+        else:
+            if writer is not None:  # quiet pipe: put what was converted on disk
                 writer.flush()
-            continue
-        data = os.read(fd, 1 << 20)
-        eof = not data
-        unpacker.feed(data)
+            select.select([fd], [], [], flush_s)
+        got = False
+        while True:
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not data:
+                eof = True
+                break
+            got = True
+            unpacker.feed(data)
+        if got:
+            quiet_since = time.monotonic()
         for item in unpacker:
             if writer is None:
                 _kind, path, header, options, flush_s, proc = item
