@@ -202,7 +202,9 @@ class ProcessSink(RecordSink):
         self._warn(f"could not convert a recorded event ({type(exc).__name__}: {exc})")
 
     def _send_lost(self, pack) -> None:
-        if self.dropped > self._sent_lost and self._fd is not None:  # the converter writes a RecorderLost
+        # The converter writes a RecorderLost. Not while sends wait in the backlog: the count grows until the
+        # converter has caught up and then goes as one record (and at close, after the backlog).
+        if self.dropped > self._sent_lost and self._fd is not None and not self._backlog:
             dropped = self.dropped
             if self._send(pack(PlainLost(PlainLost.KIND, time.monotonic_ns(), dropped - self._sent_lost))):
                 self._sent_lost = dropped  # else: a full backlog; the count goes with a later send
@@ -286,6 +288,8 @@ class ProcessSink(RecordSink):
     def _finish(self) -> None:
         if self._child is None:
             return super()._finish()
+        self._flush_backlog(CLOSE_TIMEOUT_S)
+        self._send_lost(msgspec.msgpack.encode if self._encoder == "msgspec" else msgpack.packb)
         self._flush_backlog(CLOSE_TIMEOUT_S)
         if self.peak_backlog_bytes:
             log.info("tracesim recorder: the converter fell behind by up to %d bytes (limit %d)",
