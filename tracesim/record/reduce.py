@@ -90,11 +90,12 @@ class StepReducer:
         self._prev_step = step  # last: an item that raised above leaves the state as the converter knows it
         return item
 
-    def upd(self, scheduled: dict, result, stale, t0_ns: int, t1_ns: int, step: int) -> ReducedUpd:
-        """The step's update item, from what ``update_from_output`` returned; ``finish_upd`` adds its label."""
+    def upd(self, scheduled: dict, result, stale, t0_ns: int, t1_ns: int, step: int, label=None) -> PlainUpd:
+        """The step's update item, from what ``update_from_output`` returned; ``label``: its weight-version label
+        where the hook knows it (else the sink's thread stamps it: ``finish_upd``)."""
         _label, out_ids, sampled, reasons = self.upd_columns(result, scheduled)  # no label stamped yet
-        return ReducedUpd(_new(PlainUpd, (PlainUpd.KIND, t0_ns, t1_ns, step, None, out_ids, sampled, reasons,
-                                          list(stale) if stale else None, None, None)), result)
+        return _new(PlainUpd, (PlainUpd.KIND, t0_ns, t1_ns, step, label, out_ids, sampled, reasons,
+                               list(stale) if stale else None, None, None))
 
 
 def version_label(result):
