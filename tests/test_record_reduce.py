@@ -41,10 +41,10 @@ def test_compact_reduction_records_the_same_trace_as_the_legacy_one(tmp_path, mo
     assert traces["pure"] == traces["legacy"]
 
 
-def _driver(**kw):
+def _driver(async_scheduling=False, **kw):
     from tracesim.record.standalone import StandaloneDriver
 
-    driver = StandaloneDriver(None, async_scheduling=False, num_blocks=48, max_num_batched_tokens=96,
+    driver = StandaloneDriver(None, async_scheduling=async_scheduling, num_blocks=48, max_num_batched_tokens=96,
                               max_num_seqs=16, **kw)
     for i in range(12):  # 80-token prompts in 96-token steps: chunked prefills, outputs missing for some
         driver.add(f"{i % 3}_g{i // 3}-{i:08x}", [3 + (i * 7 + j) % 400 for j in range(80)], 4 + i % 5)
@@ -90,6 +90,31 @@ def test_the_compiled_update_pass_gives_what_the_reference_and_the_legacy_reduct
         result[0].weight_version = label
         assert compiled(result, {}) == reduce.upd_columns(result, {}) and compiled(result, {})[0] == (
             label if isinstance(label, (int, str)) else str(label)) == reduce.version_label(result)
+
+
+def test_the_compiled_schedule_pass_gives_what_the_reference_gives():
+    compiled = reduce._compiled_sched_columns
+    if compiled is None:
+        pytest.skip(f"tracesim.record._fastcapture not built: {reduce.BUILD.reason}")
+    driver = _driver(async_scheduling=True)  # a batch queue of 2: placeholders of 0, 1 and 2
+    sched, queue, prev, seen = driver.scheduler, [], None, {"same": 0, "changed": 0, "held": set()}
+    while sched.has_requests() or queue:
+        if sched.has_requests():
+            out = sched.schedule()
+            expected = reduce.sched_columns(out.num_scheduled_tokens, prev, sched.requests)
+            assert compiled(out.num_scheduled_tokens, prev, sched.requests) == expected
+            assert compiled(out.num_scheduled_tokens, prev, None) == expected[:2] + (None, expected[3])
+            assert expected[2] == [sched.requests[r].num_output_placeholders for r in out.num_scheduled_tokens]
+            seen["same" if expected[3] else "changed"] += 1
+            seen["held"].update(expected[2])
+            prev = expected[0]
+            queue.append((out, driver.fake_output(out)))
+        if len(queue) == 2 or (queue and not sched.has_requests()):
+            sched.update_from_output(*queue.pop(0))
+    assert seen["same"] and seen["changed"] and {0, 1} <= seen["held"]
+    for scheduled, prev, requests in [({}, None, {}), ({"a": 1}, ["a"], {}), ({"a": 1, "b": 2}, ["a", "c"], None),
+                                      ({"a": 1}, ("a",), None), ({"a": 1}, ["a", "b"], None)]:
+        assert compiled(scheduled, prev, requests) == reduce.sched_columns(scheduled, prev, requests)
 
 
 def _sched_item(reducer, out, step):

@@ -230,6 +230,14 @@ class EngineRecorder:
         self.step = step + 1
         self.in_flight += 1
         out._tracesim_step = step  # read back by on_update: which step this output belongs to
+        if out.preempted_req_ids:
+            self.maybe_stale.update(out.preempted_req_ids)
+        running, waiting = sched.get_request_counts()
+        reducer = self.reducer
+        if reducer is not None:  # reduced now, while vLLM's objects are in the cache (placeholders read with it)
+            self.sink.put(reducer.sched(out, t0_ns, t1_ns, step, sched.requests if self.is_async else None, running,
+                                        waiting, self.in_flight, int(sched.pause_state), sched.kv_cache_manager.usage))
+            return
         placeholders = None
         if self.is_async:  # counts change at the next update: read them now, in the batch's order
             requests = sched.requests
@@ -238,14 +246,6 @@ class EngineRecorder:
             except KeyError:  # a scheduled request already gone: 0 for it
                 placeholders = [getattr(requests.get(r), "num_output_placeholders", 0)
                                 for r in out.num_scheduled_tokens]
-        if out.preempted_req_ids:
-            self.maybe_stale.update(out.preempted_req_ids)
-        running, waiting = sched.get_request_counts()
-        reducer = self.reducer
-        if reducer is not None:  # reduced now, while vLLM's objects are in the cache
-            self.sink.put(reducer.sched(out, t0_ns, t1_ns, step, placeholders, running, waiting, self.in_flight,
-                                        int(sched.pause_state), sched.kv_cache_manager.usage))
-            return
         self.sink.put(_new(QueuedSched, (t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
                                          int(sched.pause_state), sched.kv_cache_manager.usage)))
 
