@@ -254,3 +254,20 @@ def test_the_converter_niceness_is_read_from_the_environment():
     assert RecorderConfig.from_env({}).converter_nice == 10
     assert RecorderConfig.from_env({"TRACESIM_RECORD_CONVERTER_NICE": "0"}).converter_nice == 0
     assert RecorderConfig.from_env({"TRACESIM_RECORD_CONVERTER_NICE": "oops"}).converter_nice == 10
+
+
+def test_items_encoded_on_the_engine_thread_reach_the_trace_in_order_and_a_bad_one_is_counted(tmp_path):
+    path = tmp_path / "t.msgpack"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sink = _sink(path)
+        sink.stop_thread()  # what is queued stays queued until close
+        sink.put_encoded(_plain_add(1))
+        sink.put(_plain_add(2))  # queued as is, encoded by the drain: the order holds across both
+        sink.put_encoded(_plain_add(3)._replace(prompt_ids=object()))  # cannot be encoded: lost, counted
+        sink.put_encoded(_plain_add(4))
+        assert [type(item) for item in sink._pending].count(bytes) == 2
+        sink.close()
+    records = read_trace(path).records
+    assert [r.req_id for r in records if isinstance(r, RequestAdded)] == ["r1", "r2", "r4"]
+    assert [r.count for r in records if isinstance(r, RecorderLost)] == [1]

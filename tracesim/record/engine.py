@@ -178,6 +178,9 @@ class EngineRecorder:
     def __init__(self, sink: RecordSink, is_async: bool, reducer: StepReducer | None = None,
                  record_tokens: bool = False, *, logprobs_mode: str | None = None):
         self.sink = sink
+        # The per-step plain items: encoded for the converter's pipe at once, while their lists are in the cache,
+        # where the sink sends to a converter process (``ProcessSink.put_encoded``); else queued as they are.
+        self.put_plain = getattr(sink, "put_encoded", sink.put)
         self.is_async = is_async
         # The compact reduction (reduce.py) reduces steps in the hooks; None: the legacy one queues vLLM's objects.
         self.reducer = reducer
@@ -235,7 +238,7 @@ class EngineRecorder:
         running, waiting = sched.get_request_counts()
         reducer = self.reducer
         if reducer is not None:  # reduced now, while vLLM's objects are in the cache (placeholders read with it)
-            self.sink.put(reducer.sched(out, t0_ns, t1_ns, step, sched.requests if self.is_async else None, running,
+            self.put_plain(reducer.sched(out, t0_ns, t1_ns, step, sched.requests if self.is_async else None, running,
                                         waiting, self.in_flight, int(sched.pause_state), sched.kv_cache_manager.usage))
             return
         placeholders = None
@@ -276,7 +279,7 @@ class EngineRecorder:
                     label = core()._weight_version
                     if label is not None and not isinstance(label, (int, str)):
                         label = str(label)
-                self.sink.put(self.reducer.upd(out.num_scheduled_tokens, result, stale, t0_ns, t1_ns, step, label))
+                self.put_plain(self.reducer.upd(out.num_scheduled_tokens, result, stale, t0_ns, t1_ns, step, label))
             else:  # vLLM's core may yet add outputs to an empty result (iteration details) and stamp them
                 upd = self.reducer.upd(out.num_scheduled_tokens, result, stale, t0_ns, t1_ns, step)
                 self.sink.put(ReducedUpd(upd, result))
