@@ -44,7 +44,7 @@ to the engine-core thread) and the recorders' threads run on their own, as in a 
 drained after each block: the scheduling-path ratio then includes the threads' interference.
 
     python benchmarks/bench_recorder.py [--drivers 3] [--rounds 60] [--block 10] [--sync] [--convert thread]
-                                        [--device-ms 0] [--hog] [--no-legacy]
+                                        [--device-ms 0] [--hog] [--no-legacy] [--cpu-times] [--converter-nice N]
 """
 
 from __future__ import annotations
@@ -97,12 +97,19 @@ def run_block(driver, steps: int, device_s: float = 0.0) -> tuple[list, list]:
     return path_s, loop_s
 
 
-def time_hooks(recorder) -> list:
+def _no_cpu_clock() -> float:
+    return 0.0
+
+
+def time_hooks(recorder, cpu_times: bool = False) -> list:
     """Wrap the recorder's hook methods with timers; returns [wall seconds, thread CPU seconds] accumulating.
-    The CPU time is what the hooks themselves computed: unlike the wall time, it does not grow when another
-    process takes the engine's core in the middle of a hook, so it is the load-insensitive figure."""
+    The CPU time (``cpu_times``) is what the hooks themselves computed: unlike the wall time, it does not grow
+    when another process takes the engine's core in the middle of a hook, so it is the load-insensitive figure.
+    Off by default: reading it is a system call (``perf_counter`` is not), and on a busy machine a system call
+    is where the kernel hands the core to another process: measured here, ~1/3 of the recorded steps then
+    stalled for a time slice inside a hook, which the recorder itself never does."""
     spent = [0.0, 0.0]
-    clock, cpu = time.perf_counter, time.thread_time
+    clock, cpu = time.perf_counter, (time.thread_time if cpu_times else _no_cpu_clock)
     for name in ("on_add", "on_schedule", "stale_before_update", "on_update"):
         method = getattr(recorder, name)
 
@@ -170,12 +177,13 @@ def measure(args, out_dir: str, times: dict) -> None:
     for name, recorder in recorders.items():
         if not device_s:
             recorder.sink.stop_thread()  # its work is done by the timed drains below
-        hook_s[name] = time_hooks(recorder)
+        hook_s[name] = time_hooks(recorder, args.cpu_times)
         recorder.sink.drain()
     freeze_gc_heap()  # as vLLM's EngineCore does once initialised: startup objects leave the cyclic GC's scans
     times["converter"] = times["converter"] or getattr(recorders["compact"].sink, "converter_pid", None) is not None
     times["compiled"] = recorders["compact"].reducer is not None and recorders["compact"].reducer.compiled
     children_cpu0 = children_cpu_seconds()
+    cpu_clock = time.thread_time if args.cpu_times else _no_cpu_clock
     for h in hook_s.values():
         h[0] = h[1] = 0.0
     n = len(variants)
@@ -188,11 +196,11 @@ def measure(args, out_dir: str, times: dict) -> None:
             sched._tracesim = recorder
             path_s, loop_s = run_block(driver, args.block, device_s)
             if recorder is not None and not device_s:
-                t0, c0 = time.perf_counter(), time.thread_time()
+                t0, c0 = time.perf_counter(), cpu_clock()
                 recorder.sink.drain()
                 spent = time.perf_counter() - t0
                 times["drain_s"][name] += spent
-                times["drain_cpu_s"][name] += time.thread_time() - c0
+                times["drain_cpu_s"][name] += cpu_clock() - c0
                 loop_s[-1] += spent  # charged to the block's last step
             times["path"][name].extend(path_s)
             times["loop"][name].extend(loop_s)
@@ -241,6 +249,9 @@ def main(argv=None) -> int:
                         help="leave out the baseline: the reduction before issue 16 (TRACESIM_RECORD_REDUCE=legacy), "
                              "measured by default in the same rounds by a second recorder")
     parser.add_argument("--hog", action="store_true", help="run a CPU-burning process beside the benchmark")
+    parser.add_argument("--cpu-times", action="store_true",
+                        help="also read the engine thread's CPU time around every hook and drain (the load-insensitive "
+                             "cost; the extra system calls perturb the wall-time figures on a busy machine)")
     parser.add_argument("--converter-nice", type=int, default=None,
                         help="the converter process's niceness above the engine's (TRACESIM_RECORD_CONVERTER_NICE; "
                              "default: the recorder's, 10)")
@@ -295,11 +306,12 @@ def main(argv=None) -> int:
     base_mean = statistics.fmean(loop["plain"])
     for name in variants[1:]:
         hook_cpu, drain_cpu = times["hook_cpu_s"][name] / steps, times["drain_cpu_s"][name] / steps
-        print(f"{name}: hooks {times['hook_s'][name] / steps * 1e6:.1f} us/step wall, {hook_cpu * 1e6:.1f} CPU "
-              f"(timed from within, timer calls included); drains {times['drain_s'][name] / steps * 1e6:.1f} "
-              f"us/step wall, {drain_cpu * 1e6:.1f} CPU; engine-process CPU {(hook_cpu + drain_cpu) * 1e6:.1f} "
-              f"us/step = {(hook_cpu + drain_cpu) / base_mean * 100:.2f}% of a plain step; converter backlog "
-              f"peak {times['backlog_bytes'][name]} bytes")
+        cpu = (f", {hook_cpu * 1e6:.1f} CPU" if args.cpu_times else "", f", {drain_cpu * 1e6:.1f} CPU; engine-process "
+               f"CPU {(hook_cpu + drain_cpu) * 1e6:.1f} us/step = {(hook_cpu + drain_cpu) / base_mean * 100:.2f}% of a "
+               f"plain step" if args.cpu_times else "")
+        print(f"{name}: hooks {times['hook_s'][name] / steps * 1e6:.1f} us/step wall{cpu[0]} (timed from within, "
+              f"timer calls included); drains {times['drain_s'][name] / steps * 1e6:.1f} us/step wall{cpu[1]}; "
+              f"converter backlog peak {times['backlog_bytes'][name]} bytes")
     if times["converter"]:
         print(f"converter processes' CPU (all variants): {times['converter_s'] / steps * 1e6:.1f} us per recorded "
               f"step of each, on other cores")

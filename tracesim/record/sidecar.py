@@ -347,11 +347,13 @@ def main() -> int:
     writer = converter = None
     proc, flush_s, dropped = 0, 0.5, 0
     eof = False
-    quiet_since = time.monotonic()
+    empty_polls = 0
     while not eof:
         # While data comes, sleep between reads: a reader blocked on the pipe would be woken by every write,
-        # at the engine's expense (module docstring). Once the pipe has been quiet, wait on it.
-        if time.monotonic() - quiet_since < QUIET_S:
+        # at the engine's expense (module docstring). Once the pipe has been quiet, wait on it. Quiet is
+        # counted in empty polls, not in time: a converter starved of CPU (its niceness, a busy machine) takes
+        # long over each batch, which must not make it block on the pipe while the engine is busy.
+        if empty_polls * POLL_S < QUIET_S:
             time.sleep(POLL_S)
         else:
             if writer is not None:  # quiet pipe: put what was converted on disk
@@ -368,8 +370,7 @@ def main() -> int:
                 break
             got = True
             unpacker.feed(data)
-        if got:
-            quiet_since = time.monotonic()
+        empty_polls = 0 if got else empty_polls + 1
         for item in unpacker:
             if writer is None:
                 _kind, path, header, options, flush_s, proc = item
