@@ -189,11 +189,17 @@ def test_the_converter_process_and_the_thread_build_the_same_records_from_every_
     assert process[3].outs[0].finish_reason == "stop" and process[3].outs[0].token_ids == (7,)
 
 
-def test_a_stopped_converter_never_blocks_the_engine_and_loses_nothing(tmp_path):
+# The data path: the shared-memory ring (default; small here, so that 1,000 items overflow it) or the pipe.
+TRANSPORTS = pytest.mark.parametrize("ring_bytes", [256 << 10, None], ids=["ring", "pipe"])
+
+
+@TRANSPORTS
+def test_a_stopped_converter_never_blocks_the_engine_and_loses_nothing(tmp_path, ring_bytes):
     """A converter that does not read (stopped, as one starved of CPU): the engine's sends go to the backlog
-    at once instead of waiting for room in the pipe, and reach the trace once the converter runs again."""
+    at once instead of waiting for room in the ring or pipe, and reach the trace once the converter runs again."""
     path = tmp_path / "t.msgpack"
-    sink = _sink(path)
+    sink = _sink(path, ring_bytes=ring_bytes)
+    assert (sink._ring is not None) == (ring_bytes is not None)
     sink.stop_thread()
     os.kill(sink.converter_pid, signal.SIGSTOP)
     try:
@@ -215,11 +221,12 @@ def test_a_stopped_converter_never_blocks_the_engine_and_loses_nothing(tmp_path)
     assert [r.req_id for r in records] == [f"r{i}" for i in range(1000)]
 
 
-def test_a_full_backlog_drops_whole_sends_and_the_trace_says_how_many(tmp_path):
+@TRANSPORTS
+def test_a_full_backlog_drops_whole_sends_and_the_trace_says_how_many(tmp_path, ring_bytes):
     path = tmp_path / "t.msgpack"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sink = _sink(path, max_backlog_bytes=64 << 10)
+        sink = _sink(path, max_backlog_bytes=64 << 10, ring_bytes=ring_bytes)
         sink.stop_thread()
         os.kill(sink.converter_pid, signal.SIGSTOP)
         try:
@@ -271,3 +278,33 @@ def test_items_encoded_on_the_engine_thread_reach_the_trace_in_order_and_a_bad_o
     records = read_trace(path).records
     assert [r.req_id for r in records if isinstance(r, RequestAdded)] == ["r1", "r2", "r4"]
     assert [r.count for r in records if isinstance(r, RecorderLost)] == [1]
+
+
+def test_the_ring_carries_a_byte_stream_across_its_end_and_takes_only_what_fits():
+    from tracesim.record.ring import Ring, supported
+
+    if not supported():
+        pytest.skip("the shared-memory ring needs x86-64 and memfd_create")
+    writer = Ring.create(64)
+    reader = Ring(writer.fd, 64)  # the converter maps the same memory by the fd it inherits
+    try:
+        stream = bytes(range(200))
+        assert writer.put(stream[:50]) == 50 and reader.take() == stream[:50]
+        assert writer.put(stream[50:100]) == 50  # wraps around the end
+        assert writer.put(stream[100:200]) == 14  # only what fits: the rest is the writer's to put next
+        assert reader.take() == stream[50:114] and reader.take() == b""
+        assert writer.put(stream[114:200]) == 64 and reader.take() == stream[114:178]
+        assert writer.written == reader.taken == 178
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_the_converter_reads_the_data_from_the_ring_by_default(tmp_path):
+    from tracesim.record.ring import supported
+
+    sink = _sink(tmp_path / "t.msgpack")
+    try:
+        assert (sink._ring is not None) == supported()
+    finally:
+        sink.close()

@@ -43,6 +43,7 @@ import msgpack
 import msgspec
 
 from tracesim.record.config import DEFAULT_CONVERTER_NICE as DEFAULT_NICE
+from tracesim.record import ring
 from tracesim.record.items import PlainLost
 from tracesim.record.sink import _HOLD_GIL_S, MAX_PENDING, RecordSink, log
 
@@ -83,12 +84,15 @@ class ProcessSink(RecordSink):
     def __init__(self, path, header, *, prepare, convert, options: dict | None = None,
                  flush_interval_s: float = 0.5, proc: int = 0, max_pending: int = MAX_PENDING,
                  on_lost=None, encoder: str = "msgspec", nice: int = DEFAULT_NICE,
-                 max_backlog_bytes: int = MAX_BACKLOG_BYTES):
+                 max_backlog_bytes: int = MAX_BACKLOG_BYTES, ring_bytes: int | None = ring.RING_BYTES):
         self._prepare = prepare
+        self._ring_bytes = ring_bytes  # None: data goes down the pipe (as where the ring is not supported)
+        self._ring = None
+        self._in_ring: collections.deque = collections.deque()  # [end offset in the stream, items], not yet taken
         self._nice = max(0, int(nice))
         self._max_backlog_bytes = max_backlog_bytes
         self._backlog: collections.deque = collections.deque()  # [memoryview of unsent bytes, items in it]
-        self.backlog_bytes = 0  # bytes waiting for room in the pipe
+        self.backlog_bytes = 0  # bytes waiting for room in the ring (or pipe)
         self.peak_backlog_bytes = 0  # the most it held: how far the converter fell behind
         self._encoder = encoder if encoder in ENCODERS else "msgspec"
         self._options = dict(options or {})
@@ -124,13 +128,24 @@ class ProcessSink(RecordSink):
             pass
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+        args, fds = [], ()
+        if self._ring_bytes and ring.supported():
+            try:
+                self._ring = ring.Ring.create(self._ring_bytes)
+                args, fds = ["--ring", str(self._ring.fd), str(self._ring.size)], (self._ring.fd,)
+            except OSError as exc:  # no shared memory here: the pipe carries the data
+                log.info("tracesim recorder: no shared-memory ring (%s); sending through the pipe", exc)
+                self._ring = None
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "tracesim.record.sidecar"], stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+                [sys.executable, "-m", "tracesim.record.sidecar", *args], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, env=env, start_new_session=True, pass_fds=fds)
         except Exception as exc:  # no interpreter to run, no fork allowed, ...: convert in this process
             log.warning("tracesim recorder: no converter process (%s); converting on a thread instead", exc)
             self._child = None
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
             return super()._open()
         self._fd = self._child.stdin.fileno()
         try:
@@ -146,8 +161,12 @@ class ProcessSink(RecordSink):
                                min(19, os.getpriority(os.PRIO_PROCESS, 0) + self._nice))
             except (OSError, AttributeError):  # not permitted, or no such call here: same priority, still works
                 pass
-        self._send(msgpack.packb(("init", self.path, self.header, self._options, self._interval_s, self.proc),
-                                 use_bin_type=True))
+        init = msgpack.packb(("init", self.path, self.header, self._options, self._interval_s, self.proc),
+                             use_bin_type=True)
+        if self._ring is None:
+            self._send(init)
+        else:  # the pipe carries only this and its end; the data goes through the ring
+            self._write_pipe_all(init, CLOSE_TIMEOUT_S)
 
     def _process(self, batch: list) -> None:
         if self._child is None:
@@ -238,27 +257,70 @@ class ProcessSink(RecordSink):
         return False
 
     def _send(self, data, count: int = 0) -> bool:
-        """Hand ``data`` (``count`` items, whole) to the pipe without blocking: what the pipe cannot take now
-        waits in the backlog, behind what waits there already. False if it was not sent: the converter is
-        gone, or the backlog is full (then nothing of ``data`` went out: the stream stays whole items)."""
-        if self._backlog and not self._write_backlog():
-            return False
-        if self._backlog:  # still no room: queue behind it, if the bound allows
-            if self.backlog_bytes + len(data) > self._max_backlog_bytes:
-                return False
-            self._keep(memoryview(bytes(data)), count)
-            return True
-        view = memoryview(data)
+        """Hand ``data`` (``count`` items, whole) to the ring or the pipe without blocking: what they cannot
+        take now waits in the backlog, behind what waits there already. False if it was not sent: the converter
+        is gone, or the backlog is full (then nothing of ``data`` went out: the stream stays whole items)."""
         try:
-            sent = os.write(self._fd, view)
-        except BlockingIOError:
-            sent = 0
+            if self._backlog:
+                self._write_backlog()
+            if self._backlog:  # still no room: queue behind it, if the bound allows
+                if self.backlog_bytes + len(data) > self._max_backlog_bytes:
+                    return False
+                self._keep(memoryview(bytes(data)), count)
+                return True
+            view = memoryview(data)
+            sent = self._write_some(view)
+            if sent < len(view):  # the rest must follow before anything else: it may be part of an item
+                self._keep(memoryview(bytes(view[sent:])), count)
+            else:
+                self._sent_whole(count)
+            view.release()
+            return True
         except OSError as exc:
             return self._converter_gone(exc)
-        if sent < len(view):  # the rest must follow before anything else: it may be part of an item
-            self._keep(memoryview(bytes(view[sent:])), count)
-        view.release()
-        return True
+
+    def _write_some(self, view) -> int:
+        """Bytes of ``view`` the ring (no system call: ``ring.py``) or the pipe takes now, maybe none; raises
+        OSError when the converter is gone (with the ring, asked only when it is full: that costs a call)."""
+        ring_ = self._ring
+        if ring_ is None:
+            try:
+                return os.write(self._fd, view)
+            except BlockingIOError:
+                return 0
+        sent = ring_.put(view)
+        if not sent and self._child.poll() is not None:
+            raise OSError(f"exit status {self._child.returncode}")
+        return sent
+
+    def _sent_whole(self, count: int) -> None:
+        """The last byte of ``count`` items went out. With the ring, they count as delivered only once the
+        converter took them (``_converter_gone``): keep where they end, forget what was taken."""
+        ring_ = self._ring
+        if ring_ is not None:
+            in_ring = self._in_ring
+            taken = ring_.taken
+            while in_ring and in_ring[0][0] <= taken:
+                in_ring.popleft()
+            if count:
+                in_ring.append((ring_.written, count))
+
+    def _write_pipe_all(self, data, timeout_s: float) -> bool:
+        """Write all of ``data`` to the pipe, waiting for room at most ``timeout_s`` (the init message, which
+        an empty pipe takes at once); False if the converter is gone."""
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while view:
+                try:
+                    view = view[os.write(self._fd, view):]
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no room in the pipe for {timeout_s:.0f} s") from None
+                    select.select([], [self._fd], [], 0.1)
+            return True
+        except OSError as exc:
+            return self._converter_gone(exc)
 
     def _keep(self, view, count: int) -> None:
         self._backlog.append([view, count])
@@ -266,27 +328,26 @@ class ProcessSink(RecordSink):
         if self.backlog_bytes > self.peak_backlog_bytes:
             self.peak_backlog_bytes = self.backlog_bytes
 
-    def _write_backlog(self) -> bool:
-        """Write as much of the backlog as the pipe takes now; False if the converter is gone."""
+    def _write_backlog(self) -> None:
+        """Write as much of the backlog as the ring or pipe takes now (raises OSError: the converter is gone)."""
         backlog = self._backlog
         while backlog:
             entry = backlog[0]
-            try:
-                sent = os.write(self._fd, entry[0])
-            except BlockingIOError:
-                return True
-            except OSError as exc:
-                return self._converter_gone(exc)
+            sent = self._write_some(entry[0])
             self.backlog_bytes -= sent
             if sent < len(entry[0]):
                 entry[0] = entry[0][sent:]
-                return True
+                return
             backlog.popleft()
-        return True
+            self._sent_whole(entry[1])
 
     def _converter_gone(self, exc: OSError) -> bool:
         self._fd = None
         lost = sum(count for _view, count in self._backlog)  # counted as written when they were queued
+        if self._ring is not None:  # and what the converter never took out of the ring
+            taken = self._ring.taken
+            lost += sum(count for end, count in self._in_ring if end > taken)
+            self._in_ring.clear()
         self.written -= lost
         self.dropped += lost
         self._backlog.clear()
@@ -295,15 +356,22 @@ class ProcessSink(RecordSink):
         return False
 
     def _flush_backlog(self, timeout_s: float) -> None:
-        """At close: wait (at most ``timeout_s``) until the backlog is in the pipe."""
+        """At close: wait (at most ``timeout_s``) until the backlog is in the ring or the pipe."""
         deadline = time.monotonic() + timeout_s
         while self._backlog and self._fd is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._converter_gone(TimeoutError(f"no room in the pipe for {timeout_s:.0f} s"))
+            try:
+                self._write_backlog()
+                if not self._backlog:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no room for {timeout_s:.0f} s")
+            except OSError as exc:
+                self._converter_gone(exc)
                 return
-            select.select([], [self._fd], [], left)
-            self._write_backlog()
+            if self._ring is not None:
+                time.sleep(0.01)
+            else:
+                select.select([], [self._fd], [], max(0.0, deadline - time.monotonic()))
 
     def _finish(self) -> None:
         if self._child is None:
@@ -311,6 +379,9 @@ class ProcessSink(RecordSink):
         self._flush_backlog(CLOSE_TIMEOUT_S)
         self._send_lost(msgspec.msgpack.encode if self._encoder == "msgspec" else msgpack.packb)
         self._flush_backlog(CLOSE_TIMEOUT_S)
+        if self._ring is not None and self._fd is not None and self._child.poll() is not None:
+            # A converter that died with room left in the ring: what it never took is lost, and said so.
+            self._converter_gone(OSError(f"exit status {self._child.returncode}"))
         if self.peak_backlog_bytes:
             log.info("tracesim recorder: the converter fell behind by up to %d bytes (limit %d)",
                      self.peak_backlog_bytes, self._max_backlog_bytes)
@@ -331,8 +402,9 @@ class ProcessSink(RecordSink):
 # --- the converter process --------------------------------------------------------------------------------
 
 
-def main() -> int:
-    """Read the stream on stdin, write the trace; exit 0 at end of stream, 1 if the trace could not be written."""
+def main(argv=None) -> int:
+    """Read the stream (stdin, and the shared-memory ring given as ``--ring FD SIZE``), write the trace; exit 0
+    at the pipe's end of stream, 1 if the trace could not be written."""
     import warnings
 
     from tracesim.format.codec import build_header
@@ -341,54 +413,68 @@ def main() -> int:
     from tracesim.record.convert import Converter
     from tracesim.record.items import from_wire
 
+    argv = sys.argv[1:] if argv is None else argv
+    ring_ = ring.Ring(int(argv[1]), int(argv[2])) if argv[:1] == ["--ring"] else None
     fd = sys.stdin.fileno()
     os.set_blocking(fd, False)
     unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=False, max_buffer_size=1 << 30)
-    writer = converter = None
-    proc, flush_s, dropped = 0, 0.5, 0
+    state = {"writer": None, "converter": None, "proc": 0, "flush_s": 0.5, "dropped": 0}
+
+    def handle_items() -> None:
+        for item in unpacker:
+            if state["writer"] is None:
+                _kind, path, header, options, state["flush_s"], state["proc"] = item
+                state["writer"] = TraceWriter(path, build_header(header), flush_interval_s=state["flush_s"])
+                state["converter"] = Converter(raw_ids=bool(options.get("raw_ids")))
+                continue
+            try:
+                records = list(state["converter"].convert(from_wire(item)))
+            except Exception as exc:
+                state["dropped"] += 1
+                if state["dropped"] == 1:
+                    warnings.warn(f"tracesim recorder: could not convert a recorded event "
+                                  f"({type(exc).__name__}: {exc}); dropped records are counted", RuntimeWarning)
+                continue
+            proc = state["proc"]
+            state["writer"].extend(records, [proc] * len(records) if proc else None)
+
     eof = False
     empty_polls = 0
     while not eof:
         # While data comes, sleep between reads: a reader blocked on the pipe would be woken by every write,
-        # at the engine's expense (module docstring). Once the pipe has been quiet, wait on it. Quiet is
-        # counted in empty polls, not in time: a converter starved of CPU (its niceness, a busy machine) takes
-        # long over each batch, which must not make it block on the pipe while the engine is busy.
+        # at the engine's expense (module docstring). Once the stream has been quiet, wait on the pipe (with
+        # the ring, at most the flush interval: its writes wake nobody). Quiet is counted in empty polls, not in
+        # time: a converter starved of CPU (its niceness, a busy machine) takes long over each batch, which
+        # must not make it block on the pipe while the engine is busy.
         if empty_polls * POLL_S < QUIET_S:
             time.sleep(POLL_S)
         else:
-            if writer is not None:  # quiet pipe: put what was converted on disk
-                writer.flush()
-            select.select([fd], [], [], flush_s)
+            if state["writer"] is not None:  # quiet stream: put what was converted on disk
+                state["writer"].flush()
+            select.select([fd], [], [], state["flush_s"])
         got = False
         while True:
             try:
                 data = os.read(fd, 1 << 20)
             except BlockingIOError:
                 break
-            if not data:
+            if not data:  # the engine closed the stream (or died): what it put in the ring is all there is
                 eof = True
                 break
             got = True
             unpacker.feed(data)
+        handle_items()  # the init message first: the ring's items need its converter
+        if ring_ is not None and state["writer"] is not None:
+            data = ring_.take()
+            if data:
+                got = True
+                unpacker.feed(data)
+                handle_items()
         empty_polls = 0 if got else empty_polls + 1
-        for item in unpacker:
-            if writer is None:
-                _kind, path, header, options, flush_s, proc = item
-                writer = TraceWriter(path, build_header(header), flush_interval_s=flush_s)
-                converter = Converter(raw_ids=bool(options.get("raw_ids")))
-                continue
-            try:
-                records = list(converter.convert(from_wire(item)))
-            except Exception as exc:
-                dropped += 1
-                if dropped == 1:
-                    warnings.warn(f"tracesim recorder: could not convert a recorded event "
-                                  f"({type(exc).__name__}: {exc}); dropped records are counted", RuntimeWarning)
-                continue
-            writer.extend(records, [proc] * len(records) if proc else None)
+    writer = state["writer"]
     if writer is not None:
-        if dropped:
-            writer.append(RecorderLost(time.monotonic_ns(), dropped, "dropped"), proc)
+        if state["dropped"]:
+            writer.append(RecorderLost(time.monotonic_ns(), state["dropped"], "dropped"), state["proc"])
         writer.close()
     return 0
 
