@@ -44,7 +44,7 @@ class Ring:
     @classmethod
     def create(cls, size: int = RING_BYTES) -> "Ring":
         """A new ring in anonymous shared memory (raises OSError where that cannot be made)."""
-        fd = os.memfd_create("tracesim-ring", 0)  # inheritable by fd: passed to the converter with pass_fds
+        fd = os.memfd_create("tracesim-ring")  # close-on-exec: only the converter gets it (Popen's pass_fds)
         try:
             os.ftruncate(fd, _HEAD + size)
             return cls(fd, size)

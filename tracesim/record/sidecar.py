@@ -395,6 +395,8 @@ class ProcessSink(RecordSink):
             log.warning("tracesim recorder: the converter is still writing %s; it finishes in the background",
                         self.path)
             return
+        if self._ring is not None:
+            self._ring.close()
         if code != 0:
             self._warn(f"the trace converter process exited with status {code}; {self.path} may be incomplete")
 
