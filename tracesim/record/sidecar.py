@@ -3,31 +3,35 @@
 In a busy engine core every microsecond of Python the recorder runs is taken from the scheduler, even on
 a background thread, because both hold the same GIL. So the engine side does only what needs the engine's
 objects: its thread reduces each queued item to plain values (``capture.plain``) and packs them with msgpack
-(C code). Those bytes go down a pipe to a converter process (``python -m tracesim.record.sidecar``) that
-maps ids, splits prefill from decode, builds the records and writes the trace on a core of its own.
+(C code; with the compact reduction, the hooks do both, ``reduce.py``). Those bytes go to a converter process
+(``python -m tracesim.record.sidecar``) that maps ids, splits prefill from decode, builds the records and writes
+the trace on a core of its own.
 
-``ProcessSink`` is the engine side; ``main`` the converter. The stream on the pipe is msgpack: first
-``["init", path, header, options, flush_interval_s, proc]``, then plain items (``items.py``: each an array
-``[kind, field, ...]``, named again by ``items.from_wire``). The engine side sends what is queued every
-``DRAIN_INTERVAL_S``; the converter writes the trace with the configured flush interval (and when the pipe has
-been quiet that long) and closes it (fsync) at end of stream, which is also what it sees when the engine dies:
-a killed engine loses only what its thread had not sent yet, at most ``DRAIN_INTERVAL_S`` of events. The
+``ProcessSink`` is the engine side; ``main`` the converter. The stream is msgpack: first
+``["init", path, header, options, flush_interval_s, proc]`` on the pipe, then plain items (``items.py``: each an
+array ``[kind, field, ...]``, named again by ``items.from_wire``) through the shared-memory ring (``ring.py``) or,
+where there is none, the pipe. The engine side sends what is queued every ``DRAIN_INTERVAL_S``; the converter
+writes the trace with the configured flush interval (and when the stream has been quiet that long) and closes
+it (fsync) at the pipe's end of stream, which is also what it sees when the engine dies: a killed engine loses
+only what its thread had not sent yet, at most ``DRAIN_INTERVAL_S`` of events. The
 converter runs in its own session, so a Ctrl-C meant for the engine does not cut it short while it drains.
 
 If the converter cannot be started, ``ProcessSink`` converts on its own thread like ``RecordSink``; if it
 dies, the engine side warns once and counts what it could not send. The engine never waits on it except at
 close, for at most ``CLOSE_TIMEOUT_S``.
 
-Why the engine never wakes the converter (issue 16): a write into a pipe that its reader is blocked on wakes
-the reader, and the kernel then often hands the writer's core to it (the reader slept, so it is "owed" CPU):
-on a busy machine the engine lost 85-250 us per step that way, inside ``os.write``, while the write itself
-costs ~3 us of CPU. So the engine's end of the pipe is non-blocking and the converter does not wait on it
-while the engine is busy: it sleeps ``POLL_S`` and then reads whatever came (``main``), and blocks on the pipe
-only after ``QUIET_S`` without data (an idle engine, which a wake-up costs nothing). A write the pipe cannot
-take goes to an in-process backlog (``ProcessSink.backlog_bytes``), sent first at the next drain; past
-``MAX_BACKLOG_BYTES`` whole sends are dropped and counted (a ``RecorderLost``), never the engine blocked. The
-converter also runs at a lower CPU priority (``nice``, ``TRACESIM_RECORD_CONVERTER_NICE``): when the cores are
-contended it yields to the engine and catches up when they are free; the backlog bounds what that can cost.
+Why the engine neither writes to the pipe nor wakes the converter per drain (issue 16): on a busy machine a
+system call is where the kernel hands the engine's core to another process, and a write into a pipe that its
+reader is blocked on also wakes the reader, often onto the writer's core: the engine lost 85-250 us per step
+inside ``os.write``, which itself costs ~2 us of CPU. So after the init message the data goes through a ring in
+shared memory (``ring.py``; the pipe, non-blocking, where the ring is not supported), and the converter does
+not wait on anything while the engine is busy: it sleeps ``POLL_S`` and then takes whatever came (``main``); it
+blocks on the pipe only after ``QUIET_S`` of empty polls (an idle engine, which a wake-up costs nothing). The
+pipe's end of stream still ends the trace. What the ring cannot take goes to an in-process backlog
+(``ProcessSink.backlog_bytes``), sent first at the next drain; past ``MAX_BACKLOG_BYTES`` whole sends are
+dropped and counted (a ``RecorderLost``), never the engine blocked. The converter also runs at a lower CPU
+priority (``nice``, ``TRACESIM_RECORD_CONVERTER_NICE``): when the cores are contended it yields to the engine
+and catches up when they are free; the ring and the backlog bound what that can cost.
 """
 
 from __future__ import annotations
