@@ -86,6 +86,13 @@ def test_the_compiled_update_pass_gives_what_the_reference_and_the_legacy_reduct
         ({0: EngineCoreOutputs(outputs=outs[:1]), 1: EngineCoreOutputs(outputs=outs[1:])}, {"a": 2, "b": 1}),
     ]:
         assert compiled(result, scheduled) == reduce.upd_columns(result, scheduled)
+    class Subclass(EngineCoreOutput):  # read by attribute: the compiled pass reads slots of vLLM's own type only
+        pass
+
+    mixed = [Subclass("a", [1, 2]), outs[1], Subclass("c", [3], finish_reason=FinishReason.STOP), outs[0]]
+    for scheduled in [{"a": 2, "b": 1, "c": 1}, {"a": 2, "b": 1, "c": 1, "d": 1}]:
+        result = {0: EngineCoreOutputs(outputs=mixed)}
+        assert compiled(result, scheduled) == reduce.upd_columns(result, scheduled)
     for label in (3, "v7", 2.5):
         result = {0: EngineCoreOutputs(outputs=outs)}
         result[0].weight_version = label
