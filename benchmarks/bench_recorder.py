@@ -44,7 +44,7 @@ to the engine-core thread) and the recorders' threads run on their own, as in a 
 drained after each block: the scheduling-path ratio then includes the threads' interference.
 
     python benchmarks/bench_recorder.py [--drivers 3] [--rounds 60] [--block 10] [--sync] [--convert thread]
-                                        [--device-ms 0] [--hog] [--no-legacy]
+                                        [--device-ms 0] [--hog] [--no-legacy] [--cpu-times] [--converter-nice N]
 """
 
 from __future__ import annotations
@@ -97,19 +97,29 @@ def run_block(driver, steps: int, device_s: float = 0.0) -> tuple[list, list]:
     return path_s, loop_s
 
 
-def time_hooks(recorder) -> list:
-    """Wrap the recorder's hook methods with a timer; returns the one-element list accumulating seconds."""
-    spent = [0.0]
-    clock = time.perf_counter
+def _no_cpu_clock() -> float:
+    return 0.0
+
+
+def time_hooks(recorder, cpu_times: bool = False) -> list:
+    """Wrap the recorder's hook methods with timers; returns [wall seconds, thread CPU seconds] accumulating.
+    The CPU time (``cpu_times``) is what the hooks themselves computed: unlike the wall time, it does not grow
+    when another process takes the engine's core in the middle of a hook, so it is the load-insensitive figure.
+    Off by default: reading it is a system call (``perf_counter`` is not), and on a busy machine a system call
+    is where the kernel hands the core to another process: measured here, ~1/3 of the recorded steps then
+    stalled for a time slice inside a hook, which the recorder itself never does."""
+    spent = [0.0, 0.0]
+    clock, cpu = time.perf_counter, (time.thread_time if cpu_times else _no_cpu_clock)
     for name in ("on_add", "on_schedule", "stale_before_update", "on_update"):
         method = getattr(recorder, name)
 
         def timed(*args, _method=method):
-            t0 = clock()
+            t0, c0 = clock(), cpu()
             try:
                 return _method(*args)
             finally:
                 spent[0] += clock() - t0
+                spent[1] += cpu() - c0
 
         setattr(recorder, name, timed)
     return spent
@@ -167,14 +177,15 @@ def measure(args, out_dir: str, times: dict) -> None:
     for name, recorder in recorders.items():
         if not device_s:
             recorder.sink.stop_thread()  # its work is done by the timed drains below
-        hook_s[name] = time_hooks(recorder)
+        hook_s[name] = time_hooks(recorder, args.cpu_times)
         recorder.sink.drain()
     freeze_gc_heap()  # as vLLM's EngineCore does once initialised: startup objects leave the cyclic GC's scans
     times["converter"] = times["converter"] or getattr(recorders["compact"].sink, "converter_pid", None) is not None
     times["compiled"] = recorders["compact"].reducer is not None and recorders["compact"].reducer.compiled
     children_cpu0 = children_cpu_seconds()
+    cpu_clock = time.thread_time if args.cpu_times else _no_cpu_clock
     for h in hook_s.values():
-        h[0] = 0.0
+        h[0] = h[1] = 0.0
     n = len(variants)
     for r in range(args.rounds):
         # Every order of the variants in turn: none always runs first or after another one.
@@ -185,10 +196,11 @@ def measure(args, out_dir: str, times: dict) -> None:
             sched._tracesim = recorder
             path_s, loop_s = run_block(driver, args.block, device_s)
             if recorder is not None and not device_s:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu_clock()
                 recorder.sink.drain()
                 spent = time.perf_counter() - t0
                 times["drain_s"][name] += spent
+                times["drain_cpu_s"][name] += cpu_clock() - c0
                 loop_s[-1] += spent  # charged to the block's last step
             times["path"][name].extend(path_s)
             times["loop"][name].extend(loop_s)
@@ -198,6 +210,9 @@ def measure(args, out_dir: str, times: dict) -> None:
             times["round_loop"][name].append(loop_block[name] / loop_block["plain"])
     for name in recorders:
         times["hook_s"][name] += hook_s[name][0]
+        times["hook_cpu_s"][name] += hook_s[name][1]
+        times["backlog_bytes"][name] = max(times["backlog_bytes"][name],
+                                           getattr(recorders[name].sink, "peak_backlog_bytes", 0))
     sched._tracesim = recorders["compact"]
     if "legacy" in recorders:
         recorders["legacy"].close()
@@ -234,6 +249,12 @@ def main(argv=None) -> int:
                         help="leave out the baseline: the reduction before issue 16 (TRACESIM_RECORD_REDUCE=legacy), "
                              "measured by default in the same rounds by a second recorder")
     parser.add_argument("--hog", action="store_true", help="run a CPU-burning process beside the benchmark")
+    parser.add_argument("--cpu-times", action="store_true",
+                        help="also read the engine thread's CPU time around every hook and drain (the load-insensitive "
+                             "cost; the extra system calls perturb the wall-time figures on a busy machine)")
+    parser.add_argument("--converter-nice", type=int, default=None,
+                        help="the converter process's niceness above the engine's (TRACESIM_RECORD_CONVERTER_NICE; "
+                             "default: the recorder's, 10)")
     args = parser.parse_args(argv)
     n_variants = len(VARIANTS) if args.legacy else 2
     if 20 + n_variants * args.rounds * args.block + 10 + 32 > 2048:  # the tiny model's context (tinymodel.py)
@@ -243,12 +264,16 @@ def main(argv=None) -> int:
     times: dict = {"path": {v: [] for v in variants}, "loop": {v: [] for v in variants},
                    "round_path": {v: [] for v in variants[1:]}, "round_loop": {v: [] for v in variants[1:]},
                    "drain_s": dict.fromkeys(variants, 0.0), "hook_s": dict.fromkeys(variants, 0.0),
+                   "drain_cpu_s": dict.fromkeys(variants, 0.0), "hook_cpu_s": dict.fromkeys(variants, 0.0),
+                   "backlog_bytes": dict.fromkeys(variants, 0),
                    "converter_s": 0.0, "converter": False, "compiled": False}
     hog = start_hog() if args.hog else None
     try:
         with tempfile.TemporaryDirectory() as out_dir:
             os.environ["TRACESIM_RECORD_DIR"] = out_dir
             os.environ["TRACESIM_RECORD_CONVERT"] = args.convert
+            if args.converter_nice is not None:
+                os.environ["TRACESIM_RECORD_CONVERTER_NICE"] = str(args.converter_nice)
             for d in range(args.drivers):
                 measure(args, out_dir, times)
                 print(f"driver {d + 1}/{args.drivers} done", file=sys.stderr)
@@ -264,7 +289,8 @@ def main(argv=None) -> int:
           f"steps per variant; records built in: {where}; update pass: "
           f"{'compiled' if times['compiled'] else 'pure Python'}; device wait: {args.device_ms:g} ms/step"
           + (" (recorder thread running freely)" if args.device_ms else "")
-          + ("; CPU hog running beside it" if hog is not None else ""))
+          + ("; CPU hog running beside it" if hog is not None else "")
+          + (f"; converter niceness +{args.converter_nice}" if args.converter_nice is not None else ""))
     for title, variant, rounds in (("scheduling path (schedule + update_from_output)", path, times["round_path"]),
                                    ("engine loop, all recorder work in the engine process charged", loop,
                                     times["round_loop"])):
@@ -277,9 +303,15 @@ def main(argv=None) -> int:
                   f"ratio mean {mean / base_mean:.3f}  median {median / base_median:.3f}  "
                   f"(+{(mean - base_mean) * 1e6:.1f} us/step)")
             print(f"           per-round ratios ({len(rounds[name])} rounds): {spread(rounds[name])}")
+    base_mean = statistics.fmean(loop["plain"])
     for name in variants[1:]:
-        print(f"{name}: hooks {times['hook_s'][name] / steps * 1e6:.1f} us/step (timed from within, timer calls "
-              f"included); drains {times['drain_s'][name] / steps * 1e6:.1f} us/step")
+        hook_cpu, drain_cpu = times["hook_cpu_s"][name] / steps, times["drain_cpu_s"][name] / steps
+        cpu = (f", {hook_cpu * 1e6:.1f} CPU" if args.cpu_times else "", f", {drain_cpu * 1e6:.1f} CPU; engine-process "
+               f"CPU {(hook_cpu + drain_cpu) * 1e6:.1f} us/step = {(hook_cpu + drain_cpu) / base_mean * 100:.2f}% of a "
+               f"plain step" if args.cpu_times else "")
+        print(f"{name}: hooks {times['hook_s'][name] / steps * 1e6:.1f} us/step wall{cpu[0]} (timed from within, "
+              f"timer calls included); drains {times['drain_s'][name] / steps * 1e6:.1f} us/step wall{cpu[1]}; "
+              f"converter backlog peak {times['backlog_bytes'][name]} bytes")
     if times["converter"]:
         print(f"converter processes' CPU (all variants): {times['converter_s'] / steps * 1e6:.1f} us per recorded "
               f"step of each, on other cores")

@@ -7,6 +7,7 @@ way to the converter must cost counted drops, never requests named wrongly.
 
 import dataclasses
 
+import msgpack
 import pytest
 
 pytest.importorskip("vllm")
@@ -14,7 +15,7 @@ pytest.importorskip("vllm")
 from tracesim.record import reduce  # noqa: E402
 from tracesim.record.capture import plain  # noqa: E402
 from tracesim.record.convert import Converter  # noqa: E402
-from tracesim.record.items import CompactSched, QueuedSched, QueuedUpd, ReducedUpd  # noqa: E402
+from tracesim.record.items import CompactSched, PlainUpd, QueuedSched, QueuedUpd, ReducedUpd, from_wire  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -41,10 +42,10 @@ def test_compact_reduction_records_the_same_trace_as_the_legacy_one(tmp_path, mo
     assert traces["pure"] == traces["legacy"]
 
 
-def _driver(**kw):
+def _driver(async_scheduling=False, **kw):
     from tracesim.record.standalone import StandaloneDriver
 
-    driver = StandaloneDriver(None, async_scheduling=False, num_blocks=48, max_num_batched_tokens=96,
+    driver = StandaloneDriver(None, async_scheduling=async_scheduling, num_blocks=48, max_num_batched_tokens=96,
                               max_num_seqs=16, **kw)
     for i in range(12):  # 80-token prompts in 96-token steps: chunked prefills, outputs missing for some
         driver.add(f"{i % 3}_g{i // 3}-{i:08x}", [3 + (i * 7 + j) % 400 for j in range(80)], 4 + i % 5)
@@ -85,11 +86,43 @@ def test_the_compiled_update_pass_gives_what_the_reference_and_the_legacy_reduct
         ({0: EngineCoreOutputs(outputs=outs[:1]), 1: EngineCoreOutputs(outputs=outs[1:])}, {"a": 2, "b": 1}),
     ]:
         assert compiled(result, scheduled) == reduce.upd_columns(result, scheduled)
+    class Subclass(EngineCoreOutput):  # read by attribute: the compiled pass reads slots of vLLM's own type only
+        pass
+
+    mixed = [Subclass("a", [1, 2]), outs[1], Subclass("c", [3], finish_reason=FinishReason.STOP), outs[0]]
+    for scheduled in [{"a": 2, "b": 1, "c": 1}, {"a": 2, "b": 1, "c": 1, "d": 1}]:
+        result = {0: EngineCoreOutputs(outputs=mixed)}
+        assert compiled(result, scheduled) == reduce.upd_columns(result, scheduled)
     for label in (3, "v7", 2.5):
         result = {0: EngineCoreOutputs(outputs=outs)}
         result[0].weight_version = label
         assert compiled(result, {}) == reduce.upd_columns(result, {}) and compiled(result, {})[0] == (
             label if isinstance(label, (int, str)) else str(label)) == reduce.version_label(result)
+
+
+def test_the_compiled_schedule_pass_gives_what_the_reference_gives():
+    compiled = reduce._compiled_sched_columns
+    if compiled is None:
+        pytest.skip(f"tracesim.record._fastcapture not built: {reduce.BUILD.reason}")
+    driver = _driver(async_scheduling=True)  # a batch queue of 2: placeholders of 0, 1 and 2
+    sched, queue, prev, seen = driver.scheduler, [], None, {"same": 0, "changed": 0, "held": set()}
+    while sched.has_requests() or queue:
+        if sched.has_requests():
+            out = sched.schedule()
+            expected = reduce.sched_columns(out.num_scheduled_tokens, prev, sched.requests)
+            assert compiled(out.num_scheduled_tokens, prev, sched.requests) == expected
+            assert compiled(out.num_scheduled_tokens, prev, None) == expected[:2] + (None, expected[3])
+            assert expected[2] == [sched.requests[r].num_output_placeholders for r in out.num_scheduled_tokens]
+            seen["same" if expected[3] else "changed"] += 1
+            seen["held"].update(expected[2])
+            prev = expected[0]
+            queue.append((out, driver.fake_output(out)))
+        if len(queue) == 2 or (queue and not sched.has_requests()):
+            sched.update_from_output(*queue.pop(0))
+    assert seen["same"] and seen["changed"] and {0, 1} <= seen["held"]
+    for scheduled, prev, requests in [({}, None, {}), ({"a": 1}, ["a"], {}), ({"a": 1, "b": 2}, ["a", "c"], None),
+                                      ({"a": 1}, ("a",), None), ({"a": 1}, ["a", "b"], None)]:
+        assert compiled(scheduled, prev, requests) == reduce.sched_columns(scheduled, prev, requests)
 
 
 def _sched_item(reducer, out, step):
@@ -166,9 +199,13 @@ def test_the_reduce_setting_picks_what_the_hooks_queue(tmp_path):
             driver.add(f"r{i}-{i:08x}", [3 + j for j in range(20)], 6)
         for _ in range(5):
             driver.step()
-        queued[mode] = {type(item) for item in sink._pending}
+        if mode == "compact":  # the per-step items are encoded for the converter's pipe in the hooks
+            assert bytes in {type(item) for item in sink._pending}
+        queued[mode] = {type(from_wire(msgpack.unpackb(item, use_list=False, strict_map_key=False)))
+                        if type(item) is bytes else type(item) for item in sink._pending}
         driver.scheduler.shutdown()
-    assert CompactSched in queued["compact"] and ReducedUpd in queued["compact"]
+    # the update's label is read in the hook (no engine core here stamps one later): vLLM's outputs are not kept
+    assert CompactSched in queued["compact"] and PlainUpd in queued["compact"] and ReducedUpd not in queued["compact"]
     assert QueuedSched not in queued["compact"]
     assert QueuedSched in queued["legacy"] and QueuedUpd in queued["legacy"] and CompactSched not in queued["legacy"]
 

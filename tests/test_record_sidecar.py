@@ -187,3 +187,124 @@ def test_the_converter_process_and_the_thread_build_the_same_records_from_every_
     assert process == thread
     assert [r.KIND for r in process] == ["add", "add", "sched", "upd", "abort", "pause", "cache_reset", "resume", "lost"]
     assert process[3].outs[0].finish_reason == "stop" and process[3].outs[0].token_ids == (7,)
+
+
+# The data path: the shared-memory ring (default; small here, so that 1,000 items overflow it) or the pipe.
+TRANSPORTS = pytest.mark.parametrize("ring_bytes", [256 << 10, None], ids=["ring", "pipe"])
+
+
+@TRANSPORTS
+def test_a_stopped_converter_never_blocks_the_engine_and_loses_nothing(tmp_path, ring_bytes):
+    """A converter that does not read (stopped, as one starved of CPU): the engine's sends go to the backlog
+    at once instead of waiting for room in the ring or pipe, and reach the trace once the converter runs again."""
+    path = tmp_path / "t.msgpack"
+    sink = _sink(path, ring_bytes=ring_bytes)
+    assert (sink._ring is not None) == (ring_bytes is not None)
+    sink.stop_thread()
+    os.kill(sink.converter_pid, signal.SIGSTOP)
+    try:
+        prompt = list(range(2000))  # ~4 KB per item: 1,000 of them overflow any pipe's capacity
+        slowest_s = 0.0
+        for i in range(1000):
+            sink.put(_plain_add(i)._replace(prompt_ids=prompt))
+            if i % 50 == 49:
+                t0 = time.perf_counter()
+                sink.drain()
+                slowest_s = max(slowest_s, time.perf_counter() - t0)
+        assert sink.backlog_bytes > 0 and sink.peak_backlog_bytes >= sink.backlog_bytes
+        assert slowest_s < 1.0  # a blocking write would hang here until the converter reads
+    finally:
+        os.kill(sink.converter_pid, signal.SIGCONT)
+    sink.close()
+    assert sink.dropped == 0 and sink.backlog_bytes == 0
+    records = read_trace(path).records
+    assert [r.req_id for r in records] == [f"r{i}" for i in range(1000)]
+
+
+@TRANSPORTS
+def test_a_full_backlog_drops_whole_sends_and_the_trace_says_how_many(tmp_path, ring_bytes):
+    path = tmp_path / "t.msgpack"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sink = _sink(path, max_backlog_bytes=64 << 10, ring_bytes=ring_bytes)
+        sink.stop_thread()
+        os.kill(sink.converter_pid, signal.SIGSTOP)
+        try:
+            prompt = list(range(2000))
+            for i in range(1000):
+                sink.put(_plain_add(i)._replace(prompt_ids=prompt))
+                sink.drain()  # one item per send
+            assert sink.dropped > 0 and sink.peak_backlog_bytes <= 64 << 10
+        finally:
+            os.kill(sink.converter_pid, signal.SIGCONT)
+        sink.close()
+    records = read_trace(path).records
+    added = [int(r.req_id[1:]) for r in records if isinstance(r, RequestAdded)]
+    lost = [r.count for r in records if isinstance(r, RecorderLost)]
+    assert added == sorted(added) and len(added) + sum(lost) == 1000  # every item written or counted
+    assert sum(lost) == sink.dropped
+
+
+@pytest.mark.parametrize("nice", [0, 10])
+def test_the_converter_runs_at_the_configured_niceness_above_the_engine(tmp_path, nice):
+    sink = _sink(tmp_path / "t.msgpack", nice=nice)
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, sink.converter_pid) == min(19, own + nice)
+    finally:
+        sink.close()
+
+
+def test_the_converter_niceness_is_read_from_the_environment():
+    from tracesim.record.config import RecorderConfig
+
+    assert RecorderConfig.from_env({}).converter_nice == 10
+    assert RecorderConfig.from_env({"TRACESIM_RECORD_CONVERTER_NICE": "0"}).converter_nice == 0
+    assert RecorderConfig.from_env({"TRACESIM_RECORD_CONVERTER_NICE": "oops"}).converter_nice == 10
+
+
+def test_items_encoded_on_the_engine_thread_reach_the_trace_in_order_and_a_bad_one_is_counted(tmp_path):
+    path = tmp_path / "t.msgpack"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sink = _sink(path)
+        sink.stop_thread()  # what is queued stays queued until close
+        sink.put_encoded(_plain_add(1))
+        sink.put(_plain_add(2))  # queued as is, encoded by the drain: the order holds across both
+        sink.put_encoded(_plain_add(3)._replace(prompt_ids=object()))  # cannot be encoded: lost, counted
+        sink.put_encoded(_plain_add(4))
+        assert [type(item) for item in sink._pending].count(bytes) == 2
+        sink.close()
+    records = read_trace(path).records
+    assert [r.req_id for r in records if isinstance(r, RequestAdded)] == ["r1", "r2", "r4"]
+    assert [r.count for r in records if isinstance(r, RecorderLost)] == [1]
+
+
+def test_the_ring_carries_a_byte_stream_across_its_end_and_takes_only_what_fits():
+    from tracesim.record.ring import Ring, supported
+
+    if not supported():
+        pytest.skip("the shared-memory ring needs x86-64 and memfd_create")
+    writer = Ring.create(64)
+    reader = Ring(writer.fd, 64)  # the converter maps the same memory by the fd it inherits
+    try:
+        stream = bytes(range(200))
+        assert writer.put(stream[:50]) == 50 and reader.take() == stream[:50]
+        assert writer.put(stream[50:100]) == 50  # wraps around the end
+        assert writer.put(stream[100:200]) == 14  # only what fits: the rest is the writer's to put next
+        assert reader.take() == stream[50:114] and reader.take() == b""
+        assert writer.put(stream[114:200]) == 64 and reader.take() == stream[114:178]
+        assert writer.written == reader.taken == 178
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_the_converter_reads_the_data_from_the_ring_by_default(tmp_path):
+    from tracesim.record.ring import supported
+
+    sink = _sink(tmp_path / "t.msgpack")
+    try:
+        assert (sink._ring is not None) == supported()
+    finally:
+        sink.close()

@@ -15,6 +15,9 @@ starts (``enable_engine_recording`` sets them for you):
 ``TRACESIM_RECORD_REDUCE``    ``compact`` (default): per step only what changed, the update pass compiled
                               (``reduce.py``), msgspec on the pipe; ``legacy``: the reduction before issue 16
                               (``capture.plain``, msgpack's Packer), for comparison. Same trace either way
+``TRACESIM_RECORD_CONVERTER_NICE``  niceness the converter process runs at above the engine's (default 10, 0 to
+                              19): on contended cores it yields to the engine and catches up later, its backlog
+                              bounded (``sidecar.py``); 0 runs it at the engine's priority
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ ENV_CONVERT = "TRACESIM_RECORD_CONVERT"
 CONVERT_MODES = ("process", "thread")
 ENV_REDUCE = "TRACESIM_RECORD_REDUCE"
 REDUCE_MODES = ("compact", "legacy")
+ENV_CONVERTER_NICE = "TRACESIM_RECORD_CONVERTER_NICE"
+DEFAULT_CONVERTER_NICE = 10  # yields to the engine on contended cores, still gets ~10% of one against it
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class RecorderConfig:
     raw_ids: bool = False
     convert_in: str = "process"  # where records are built: "process" (converter process) or "thread"
     reduce: str = "compact"  # the engine side's per-step reduction: "compact" (reduce.py) or "legacy"
+    converter_nice: int = DEFAULT_CONVERTER_NICE  # the converter process's niceness above the engine's
 
     @classmethod
     def from_env(cls, environ=None) -> "RecorderConfig":
@@ -54,10 +60,15 @@ class RecorderConfig:
             flush_s = 0.5
         convert_in = env.get(ENV_CONVERT, "process")
         reduce = env.get(ENV_REDUCE, "compact")
+        try:
+            nice = int(env.get(ENV_CONVERTER_NICE, str(DEFAULT_CONVERTER_NICE)))
+        except ValueError:
+            nice = DEFAULT_CONVERTER_NICE
         return cls(out_dir=env.get(ENV_DIR) or None, record_tokens=env.get(ENV_TOKENS, "") == "1",
                    flush_interval_s=flush_s if flush_s > 0 else 0.5, raw_ids=env.get(ENV_RAW_IDS, "") == "1",
                    convert_in=convert_in if convert_in in CONVERT_MODES else "process",
-                   reduce=reduce if reduce in REDUCE_MODES else "compact")
+                   reduce=reduce if reduce in REDUCE_MODES else "compact",
+                   converter_nice=nice if 0 <= nice <= 19 else DEFAULT_CONVERTER_NICE)
 
     def engine_path(self, pid: int, dp_rank: int = 0) -> Path:
         """One file per engine-core process: ``engine-<pid>-dp<rank>.msgpack``."""

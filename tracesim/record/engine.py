@@ -23,7 +23,7 @@ from tracesim.format.records import ProcessInfo
 from tracesim.record.config import RecorderConfig
 from tracesim.record.capture import plain
 from tracesim.record.convert import Converter
-from tracesim.record.reduce import StepReducer, finish_upd
+from tracesim.record.reduce import StepReducer, finish_upd, version_label
 from tracesim.record.items import (
     PlainAbort, PlainPause, PlainReset, QueuedAdd, QueuedSched, QueuedUpd, ReducedUpd,
 )
@@ -76,22 +76,57 @@ def engine_loop_of_caller(max_depth: int = 40) -> str | None:
     for an ``EngineCoreProc`` (its own busy loop), "client" for a plain in-process ``EngineCore`` (stepped by
     ``LLMEngine`` while the client awaits outputs); None when no engine core is on the stack (a driver of our
     own). Read once, when the recorder starts."""
+    return _engine_core_of_caller(max_depth)[1]
+
+
+def _engine_core_of_caller(max_depth: int = 40) -> tuple:
+    """(the vLLM ``EngineCore`` being built, "busy" or "client"), or (None, None): see ``engine_loop_of_caller``."""
     try:
         from vllm.v1.engine.core import EngineCore, EngineCoreProc
     except Exception:
-        return None
+        return None, None
     frame = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:
-            return None
+            return None, None
         owner = frame.f_locals.get("self")
         if isinstance(owner, EngineCoreProc):
-            return "busy"
+            return owner, "busy"
         if isinstance(owner, EngineCore):
             # EngineCoreProc.__init__ calls EngineCore.__init__ with the same self: the Proc check wins first
-            return "client"
+            return owner, "client"
         frame = frame.f_back
-    return None
+    return None, None
+
+
+LABEL_LATER = "later"  # label_source_of_caller: the sink's thread reads the label off the outputs
+
+
+def label_source_of_caller():
+    """How the update hook learns a step's weight-version label, which vLLM's ``EngineCore`` stamps on the
+    outputs only after ``update_from_output`` returned (``_attach_weight_version``: every ``EngineCoreOutputs``
+    of the step gets the core's ``_weight_version``, which changes only between steps):
+
+    * a callable returning the engine core being built (a weak reference), whose ``_weight_version`` the
+      hook reads;
+    * None where no engine core is on the stack (a driver of our own, which stamps nothing): the label is what
+      the outputs carry when the hook runs;
+    * ``LABEL_LATER`` for a core without ``_weight_version`` (another vLLM): the hook keeps the outputs and the
+      sink's thread reads the label off them, as the legacy reduction does.
+
+    The first two spare the hook keeping vLLM's outputs alive until the sink's thread reads them (freeing a
+    256-request step's outputs there, out of the cache, cost ~13 us per step)."""
+    core = _engine_core_of_caller()[0]
+    if core is None:
+        return None
+    if not hasattr(core, "_weight_version"):
+        return LABEL_LATER
+    import weakref
+
+    try:
+        return weakref.ref(core)
+    except TypeError:  # a core class with __slots__
+        return lambda: core
 
 
 def _int(value):
@@ -133,7 +168,7 @@ def _make_sink(config: RecorderConfig, path, header, on_lost=None) -> RecordSink
                           max_pending=ENGINE_MAX_PENDING, on_lost=on_lost)
     return ProcessSink(path, header, prepare=prepare, convert=convert, options={"raw_ids": config.raw_ids},
                        flush_interval_s=config.flush_interval_s, max_pending=ENGINE_MAX_PENDING, on_lost=on_lost,
-                       encoder="msgpack" if config.reduce == "legacy" else "msgspec")
+                       encoder="msgpack" if config.reduce == "legacy" else "msgspec", nice=config.converter_nice)
 
 
 class EngineRecorder:
@@ -143,12 +178,16 @@ class EngineRecorder:
     def __init__(self, sink: RecordSink, is_async: bool, reducer: StepReducer | None = None,
                  record_tokens: bool = False, *, logprobs_mode: str | None = None):
         self.sink = sink
+        # The per-step plain items: encoded for the converter's pipe at once, while their lists are in the cache,
+        # where the sink sends to a converter process (``ProcessSink.put_encoded``); else queued as they are.
+        self.put_plain = getattr(sink, "put_encoded", sink.put)
         self.is_async = is_async
         # The compact reduction (reduce.py) reduces steps in the hooks; None: the legacy one queues vLLM's objects.
         self.reducer = reducer
         self.reduce_updates = reducer is not None and not record_tokens  # token ids: read on the sink's thread
         self.record_sampling = record_tokens  # record_tokens: one SampleSettings per request (parity needs it)
         self.logprobs_mode = logprobs_mode  # the engine's model_config.logprobs_mode, read once at start
+        self.label_core = None  # label_source_of_caller(): set by start
         self.step = 0  # index of the next schedule() call
         self.in_flight = 0  # scheduled steps whose output has not been applied yet
         self.maybe_stale: set = set()  # preempted/reset request ids whose in-flight output may be stale
@@ -169,8 +208,10 @@ class EngineRecorder:
             out = path if path is not None else config.engine_path(os.getpid(), rank)
             reducer = StepReducer() if config.reduce == "compact" else None
             sink = _make_sink(config, out, header, on_lost=reducer.resync if reducer is not None else None)
-            return cls(sink, is_async, reducer, config.record_tokens,
-                       logprobs_mode=logprobs_mode_of(scheduler) if config.record_tokens else None)
+            recorder = cls(sink, is_async, reducer, config.record_tokens,
+                           logprobs_mode=logprobs_mode_of(scheduler) if config.record_tokens else None)
+            recorder.label_core = label_source_of_caller()
+            return recorder
         except Exception as exc:  # never take the engine down because recording could not start
             import warnings
 
@@ -192,6 +233,14 @@ class EngineRecorder:
         self.step = step + 1
         self.in_flight += 1
         out._tracesim_step = step  # read back by on_update: which step this output belongs to
+        if out.preempted_req_ids:
+            self.maybe_stale.update(out.preempted_req_ids)
+        running, waiting = sched.get_request_counts()
+        reducer = self.reducer
+        if reducer is not None:  # reduced now, while vLLM's objects are in the cache (placeholders read with it)
+            self.put_plain(reducer.sched(out, t0_ns, t1_ns, step, sched.requests if self.is_async else None, running,
+                                        waiting, self.in_flight, int(sched.pause_state), sched.kv_cache_manager.usage))
+            return
         placeholders = None
         if self.is_async:  # counts change at the next update: read them now, in the batch's order
             requests = sched.requests
@@ -200,14 +249,6 @@ class EngineRecorder:
             except KeyError:  # a scheduled request already gone: 0 for it
                 placeholders = [getattr(requests.get(r), "num_output_placeholders", 0)
                                 for r in out.num_scheduled_tokens]
-        if out.preempted_req_ids:
-            self.maybe_stale.update(out.preempted_req_ids)
-        running, waiting = sched.get_request_counts()
-        reducer = self.reducer
-        if reducer is not None:  # reduced now, while vLLM's objects are in the cache
-            self.sink.put(reducer.sched(out, t0_ns, t1_ns, step, placeholders, running, waiting, self.in_flight,
-                                        int(sched.pause_state), sched.kv_cache_manager.usage))
-            return
         self.sink.put(_new(QueuedSched, (t0_ns, t1_ns, step, out, placeholders, running, waiting, self.in_flight,
                                          int(sched.pause_state), sched.kv_cache_manager.usage)))
 
@@ -230,7 +271,18 @@ class EngineRecorder:
         self.in_flight = max(0, self.in_flight - 1)
         step = getattr(out, "_tracesim_step", -1)
         if self.reduce_updates:
-            self.sink.put(self.reducer.upd(out.num_scheduled_tokens, result, stale, t0_ns, t1_ns, step))
+            core = self.label_core
+            if result and core is not LABEL_LATER:
+                if core is None:
+                    label = version_label(result)
+                else:
+                    label = core()._weight_version
+                    if label is not None and not isinstance(label, (int, str)):
+                        label = str(label)
+                self.put_plain(self.reducer.upd(out.num_scheduled_tokens, result, stale, t0_ns, t1_ns, step, label))
+            else:  # vLLM's core may yet add outputs to an empty result (iteration details) and stamp them
+                upd = self.reducer.upd(out.num_scheduled_tokens, result, stale, t0_ns, t1_ns, step)
+                self.sink.put(ReducedUpd(upd, result))
             return
         self.sink.put(_new(QueuedUpd, (t0_ns, t1_ns, step, out.num_scheduled_tokens, result, stale)))
 

@@ -11,6 +11,8 @@ the hook, per step:
   running list only when it is not the batch itself. Counts and computed tokens are lists of ints, which
   msgspec (``sidecar.py``) encodes at C speed. The converter expands it into the very ``PlainSched`` the
   legacy reduction makes (``convert.Converter``);
+* schedule, the batch: one pass (``sched_columns``: ids, counts, the compare with the previous batch and, for
+  the AsyncScheduler, each request's output placeholders), compiled (``_fastcapture.pyx``) where built;
 * update: one pass over vLLM's outputs (``upd_columns``), compiled (``_fastcapture.pyx``) where built;
   ``capture.upd_columns`` (shared with the legacy path) is its pure-Python reference. With ``record_tokens``
   the hook queues vLLM's objects for the legacy reduction (token ids and logprobs are read per output anyway).
@@ -34,12 +36,26 @@ _new = tuple.__new__  # a NamedTuple from all its values, without its Python-lev
 # TRACESIM_PURE_PYTHON=1 runs the reference (capture.upd_columns).
 BUILD = _build.status(__name__.rpartition(".")[0])
 _python_upd_columns = upd_columns
-_compiled_upd_columns = None
+_compiled_upd_columns = _compiled_sched_columns = None
 if BUILD.compiled:
     try:
+        from tracesim.record._fastcapture import sched_columns as _compiled_sched_columns
         from tracesim.record._fastcapture import upd_columns as _compiled_upd_columns
     except ImportError:  # e.g. built for another interpreter
-        _compiled_upd_columns = None
+        _compiled_upd_columns = _compiled_sched_columns = None
+
+
+def sched_columns(scheduled: dict, prev_ids, requests) -> tuple:
+    """(the batch's ids, tokens scheduled per request, output placeholders per request or None, whether the ids
+    equal ``prev_ids``) of ``SchedulerOutput.num_scheduled_tokens``; ``requests``: the scheduler's requests by id
+    (AsyncScheduler: their ``num_output_placeholders`` change at the next update, so they are read now), or
+    None. The reference of ``_fastcapture.sched_columns``."""
+    ids = list(scheduled)
+    holds = None
+    if requests is not None:
+        get = requests.get
+        holds = [getattr(get(r), "num_output_placeholders", 0) for r in ids]  # a request already gone: 0
+    return ids, list(scheduled.values()), holds, ids == prev_ids
 
 
 def compiled_available() -> bool:
@@ -57,6 +73,7 @@ class StepReducer:
         use_compiled = compiled_available() if compiled is None else bool(compiled) and _compiled_upd_columns is not None
         self.compiled = use_compiled
         self.upd_columns = _compiled_upd_columns if use_compiled else _python_upd_columns
+        self.sched_columns = _compiled_sched_columns if use_compiled else sched_columns
         self._prev_ids = None  # the batch ids of the previous schedule item ...
         self._prev_step = -1  # ... and its step
         self._resync = False
@@ -66,20 +83,19 @@ class StepReducer:
         Called from the sink's thread (a flag: the hook on the engine thread reads it)."""
         self._resync = True
 
-    def sched(self, out, t0_ns: int, t1_ns: int, step: int, placeholders, running: int, waiting: int,
+    def sched(self, out, t0_ns: int, t1_ns: int, step: int, requests, running: int, waiting: int,
               queue_depth: int, pause_state: int, kv_usage: float) -> CompactSched:
-        """The step's schedule item, from vLLM's ``SchedulerOutput``."""
-        scheduled = out.num_scheduled_tokens
-        ids = list(scheduled)
+        """The step's schedule item, from vLLM's ``SchedulerOutput``; ``requests``: the scheduler's requests by
+        id, to read output placeholders from (AsyncScheduler), or None."""
         if self._resync:
             self._resync = False
             self._prev_ids = None
-        same = ids == self._prev_ids
+        ids, counts, placeholders, same = self.sched_columns(out.num_scheduled_tokens, self._prev_ids, requests)
         cached = out.scheduled_cached_reqs
         cached_ids = cached.req_ids
         spec = out.scheduled_spec_decode_tokens
         item = _new(CompactSched, (
-            CompactSched.KIND, t0_ns, t1_ns, step, self._prev_step if same else ids, list(scheduled.values()),
+            CompactSched.KIND, t0_ns, t1_ns, step, self._prev_step if same else ids, counts,
             [(nd.req_id, nd.num_computed_tokens) for nd in out.scheduled_new_reqs],
             None if cached_ids == ids else list(cached_ids), list(cached.num_computed_tokens), _resumed_ids(cached),
             {r: len(t) for r, t in spec.items()} if spec else {}, placeholders,
@@ -90,11 +106,12 @@ class StepReducer:
         self._prev_step = step  # last: an item that raised above leaves the state as the converter knows it
         return item
 
-    def upd(self, scheduled: dict, result, stale, t0_ns: int, t1_ns: int, step: int) -> ReducedUpd:
-        """The step's update item, from what ``update_from_output`` returned; ``finish_upd`` adds its label."""
+    def upd(self, scheduled: dict, result, stale, t0_ns: int, t1_ns: int, step: int, label=None) -> PlainUpd:
+        """The step's update item, from what ``update_from_output`` returned; ``label``: its weight-version label
+        where the hook knows it (else the sink's thread stamps it: ``finish_upd``)."""
         _label, out_ids, sampled, reasons = self.upd_columns(result, scheduled)  # no label stamped yet
-        return ReducedUpd(_new(PlainUpd, (PlainUpd.KIND, t0_ns, t1_ns, step, None, out_ids, sampled, reasons,
-                                          list(stale) if stale else None, None, None)), result)
+        return _new(PlainUpd, (PlainUpd.KIND, t0_ns, t1_ns, step, label, out_ids, sampled, reasons,
+                               list(stale) if stale else None, None, None))
 
 
 def version_label(result):

@@ -61,8 +61,8 @@ class _RecordingMixin:
         if rec is None:
             return super().update_from_output(scheduler_output, model_runner_output)
         t0 = _now()
-        try:
-            stale = rec.stale_before_update(self, scheduler_output)
+        try:  # nothing preempted or reset in flight (most steps): no call
+            stale = rec.stale_before_update(self, scheduler_output) if rec.maybe_stale else None
         except Exception as exc:
             stale = None
             rec.failed(exc)
