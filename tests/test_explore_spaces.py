@@ -32,7 +32,7 @@ def test_loop_space_draws_the_protocol_settings_with_values_other_than_the_base(
     drawn = _switches(DEFAULT, ("env", "loop"), runs=1200)
     keys = {p.key for p in drawn}
     protocol = set(_protocol_keys())
-    assert protocol - {"continue_label", "reset_connector", "weight_fingerprints"} <= keys, protocol - keys  # most
+    assert len(protocol - keys) <= 3, protocol - keys  # nearly all of them in 1,200 runs (each draw is random)
     settings, _ = base_settings(DEFAULT)
     assert all(p.value != settings[p.key] for p in drawn if p.key in protocol)
     assert not keys & set(_fault_keys())

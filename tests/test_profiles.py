@@ -26,6 +26,8 @@ BUGS = {
     "areal-no-drain": ("no_weight_write_during_forward", "simulate", {"wait_for_drain": True}),
     "nemo-rl-stale-prefix-cache": ("no_stale_kv", "simulate", {"clear_cache": True}),
     "prime-rl-admission-label": ("tokens_from_labelled_version", "explore", {"version_label": "spans"}),
+    "prime-rl-cancel-in-transfer": ("kv_transfer_completes_for_held_request", "simulate",
+                                    {"cancel_off_policy": False}),
     "skyrl-abort-noop": ("no_weight_write_during_forward", "simulate", {"abort_ids": "external"}),
     "skyrl-kv-not-cleared": ("no_stale_kv", "simulate", {"clear_cache": True}),
     "slime-partial-requeue": ("tokens_from_labelled_version", "simulate", {"on_abort": "drop"}),

@@ -301,6 +301,7 @@ CONFIG_KEYS = {
     # the version publisher and the weights served (docs/simulator.md "Publishing a version and the weights served")
     "label_advance": ("loop", str), "publish_aborts_all": ("loop", bool), "version_reset_at": ("loop", int),
     "weight_sync_fault": ("loop", str), "weight_fingerprints": ("loop", bool),
+    "cancel_off_policy": ("loop", bool),  # off-policy cancellation at the update's pause (cancel.py)
     # data-parallel engine cores (docs/simulator.md "Data-parallel engines")
     "data_parallel_size": ("engine", int), "fault_dp_finish_no_output": ("engine", float),
     "dp_pause_wait": ("loop", str),

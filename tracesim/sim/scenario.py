@@ -181,6 +181,9 @@ class LoopPolicy:
     # | "reload_base" (the base checkpoint reloaded at wake-up over them) | "torn" (a mix of old and new)
     weight_sync_fault: str = "none"
     weight_fingerprints: bool = False  # record WeightsFingerprint of both sides (on with any weight_sync_fault)
+    # At each update, once its pause is taken, the loop cancels every live group that would be more than
+    # max_version_lag versions behind the new one (prime-rl's off-policy cancellation, cancel.py)
+    cancel_off_policy: bool = False
 
 
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -331,6 +334,9 @@ def _validate(s: Scenario, where: str) -> None:
                             f"got {s.workload.duplicate_prompt_share}")
     if s.workload.sampling not in ("independent", "parent"):
         raise ScenarioError(f"{where}: [workload].sampling: {s.workload.sampling!r} is not one of independent, parent")
+    if s.loop.cancel_off_policy and s.loop.max_version_lag < 0:
+        raise ScenarioError(f"{where}: [loop].cancel_off_policy: cancels groups older than max_version_lag, which "
+                            "is -1 (no bound): set [loop].max_version_lag")
     if s.loop.version_reset_at < 0 or s.loop.version_reset_at == 1:
         raise ScenarioError(f"{where}: [loop].version_reset_at: must be 0 (never) or the update (2 or later) that "
                             f"publishes version 1 again, got {s.loop.version_reset_at}")

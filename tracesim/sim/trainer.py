@@ -34,6 +34,7 @@ from tracesim.format.records import (
     TrainerConsumed, WeightsUpdated,
 )
 from tracesim.sim.abort_ids import pause_by_ids
+from tracesim.sim.cancel import cancel_off_policy
 from tracesim.sim.grouping import Grouper, sources_of
 from tracesim.sim.publisher import Publisher
 from tracesim.sim.rollout import spans_of
@@ -239,6 +240,8 @@ class Trainer:
         state = PAUSED_ALL if policy.pause_mode == "keep" else PAUSED_NEW
         put_paused(Paused(t_ns=t0, side="client", mode=policy.pause_mode, clear_cache=policy.clear_cache, state=state,
                           end_ns=env.now))
+        if policy.cancel_off_policy:
+            cancel_off_policy(self.rollout, new_version, policy.max_version_lag)
         if policy.reset_prefix_cache:
             yield from self._reset_cache()
         if tw is not None and tw.late_ns:
