@@ -12,6 +12,7 @@ import re
 import pytest
 
 from check_builder import Run
+from conftest import REPO
 from tracesim.check import Policy, check_trace
 from tracesim.format import Aborted, CacheReset, KvTransfer, Paused, RequestAdded, StepScheduled
 from tracesim.format.digest import records_digest
@@ -204,3 +205,19 @@ def test_replay_refuses_a_kv_transfer_switch():
 
     with pytest.raises(ScenarioError, match=r"\[engine\]\.pd_transfer_us: replay runs without KV transfers"):
         replay(read_trace("traces/synthetic-small.msgpack"), perturbations=(parse("set(pd_transfer_us=1000)"),))
+
+
+def test_cache_clearing_pause_with_transfers_in_flight_is_a_refused_reset_the_checkers_name():
+    # docs/simulator.md "Engine behaviours a loop must know": vLLM 0.32 cannot empty the cache while prompt KV
+    # is still arriving (it raises); the model records the refused reset and the stale prefix hits follow
+    from tracesim.check import load_policy
+    from tracesim.sim.scenario import load_scenario
+
+    path = REPO / "scenarios" / "profiles" / "verl.toml"
+    s = load_scenario(path)
+    policy = load_policy(REPO / re.search(r"^# policy: (\S+)$", path.read_text(), re.M).group(1))
+    assert check_trace(simulate(RunInputs(s, 0)), policy).violations == []
+    pd = simulate(RunInputs(s.replace(engine=dataclasses.replace(s.engine, pd_transfer_us=50_000)), 0))
+    assert any(not c.ok and c.reset_running for c in pd.of(CacheReset))
+    stale = [v for v in check_trace(pd, policy).violations if v.invariant == "no_stale_kv"]
+    assert stale and all("refused" in v.cause for v in stale)
