@@ -61,3 +61,24 @@ def both_backends(scenario, seed: int = 0, perturbations=()) -> tuple:
                                     seed, tuple(perturbations)))
               for b in ("native", "vllm")}
     return traces, compare_backends(traces["native"], traces["vllm"])
+
+
+def with_settings(scenario, engine=None, workload=None, **loop):
+    """``scenario`` with some ``[engine]`` / ``[workload]`` fields (dicts) and ``[loop]`` fields changed."""
+    import dataclasses
+
+    return scenario.replace(engine=dataclasses.replace(scenario.engine, **(engine or {})),
+                            workload=dataclasses.replace(scenario.workload, **(workload or {})),
+                            loop=dataclasses.replace(scenario.loop, **loop))
+
+
+def run(scenario, seed: int = 0, perturbations=()):
+    """The simulated trace of ``scenario`` (with ``perturbations``)."""
+    from tracesim.sim.run import RunInputs, simulate
+
+    return simulate(RunInputs(scenario, seed=seed, perturbations=tuple(perturbations)))
+
+
+def records_of(trace, kind, **match) -> list:
+    """The records of type ``kind`` whose fields equal ``match``."""
+    return [r for r in trace.records if type(r) is kind and all(getattr(r, k) == v for k, v in match.items())]

@@ -13,11 +13,12 @@ from collections import Counter
 import pytest
 
 import tracesim.sim.dp as dp
+from helpers import run, with_settings
 from tracesim.check import Policy, check_trace
 from tracesim.format import RequestAdded, StepScheduled
 from tracesim.format.digest import records_digest
 from tracesim.sim.perturb import parse
-from tracesim.sim.run import RunInputs, StuckRunError, simulate
+from tracesim.sim.run import StuckRunError
 from tracesim.sim.scenario import EngineConfig, LoopPolicy, Scenario, ScenarioError, Workload, scenario_from_dict
 
 WRITE = "no_weight_write_during_forward"
@@ -30,21 +31,12 @@ SEEDS = range(20)
 POLICY = Policy(max_version_lag=None)
 
 
-def _with(scenario: Scenario, engine=None, **loop) -> Scenario:
-    return scenario.replace(engine=dataclasses.replace(scenario.engine, **(engine or {})),
-                            loop=dataclasses.replace(scenario.loop, **loop))
-
-
-def _run(scenario: Scenario, seed: int = 0, perturbations=()):
-    return simulate(RunInputs(scenario, seed=seed, perturbations=tuple(perturbations)))
-
-
 def _engine_records(trace, kind):
     return [(p, r) for p, r in trace.with_procs() if type(r) is kind and getattr(r, "side", "engine") == "engine"]
 
 
 def test_each_rank_is_a_process_of_its_own_with_its_own_steps():
-    trace = _run(_with(DP, engine={"data_parallel_size": 3}))
+    trace = run(with_settings(DP, engine={"data_parallel_size": 3}))
     roles = [(p.role, p.rank) for p in trace.header.processes]
     assert roles == [("sim", 0), ("engine-core", 0), ("engine-core", 1), ("engine-core", 2)]
     assert len(trace.procs) == len(trace.records)
@@ -63,12 +55,12 @@ def test_each_rank_is_a_process_of_its_own_with_its_own_steps():
 
 
 def test_one_rank_is_todays_single_engine():
-    trace = _run(DP.replace(engine=dataclasses.replace(DP.engine, data_parallel_size=1)))
+    trace = run(DP.replace(engine=dataclasses.replace(DP.engine, data_parallel_size=1)))
     assert len(trace.header.processes) == 1 and trace.procs == []
 
 
 def test_requests_are_routed_to_the_least_loaded_rank():
-    trace = _run(_with(DP, engine={"data_parallel_size": 4}))
+    trace = run(with_settings(DP, engine={"data_parallel_size": 4}))
     adds = Counter(p for p, _r in _engine_records(trace, RequestAdded))
     assert sorted(adds) == [1, 2, 3, 4]
     assert max(adds.values()) - min(adds.values()) <= 4, adds  # balanced, not all on rank 0
@@ -87,7 +79,7 @@ def test_an_idle_rank_runs_dummy_batches_while_another_has_work(monkeypatch):
         return out
     monkeypatch.setattr(dp, "build_dp", capture)
     # one group of one sample: one rank has all the work, the other only dummy batches
-    _run(_with(DP, engine=None).replace(workload=Workload(num_prompts=1, group_size=1, concurrency=1)))
+    run(with_settings(DP, engine=None).replace(workload=Workload(num_prompts=1, group_size=1, concurrency=1)))
     engines = built[0]
     busy = [e.rank for e in engines.ranks if e.step]
     assert len(busy) == 1
@@ -99,14 +91,14 @@ def test_an_idle_rank_runs_dummy_batches_while_another_has_work(monkeypatch):
 def test_correct_twin_is_clean_over_seeds():
     for mode in ("abort", "wait"):
         for seed in SEEDS if mode == "abort" else range(5):
-            trace = _run(_with(DP, pause_mode=mode), seed)
+            trace = run(with_settings(DP, pause_mode=mode), seed)
             assert check_trace(trace, POLICY).violated() == [], (mode, seed)
 
 
 def test_writing_after_the_first_ranks_pause_overlaps_a_forward_pass():
     fired = 0
     for seed in SEEDS:
-        twin, bug = _run(DP, seed), _run(_with(DP, dp_pause_wait="first"), seed)
+        twin, bug = run(DP, seed), run(with_settings(DP, dp_pause_wait="first"), seed)
         assert WRITE not in check_trace(twin, POLICY).violated(), seed
         violated = check_trace(bug, POLICY).violated()
         fired += WRITE in violated
@@ -118,7 +110,7 @@ def test_writing_after_the_first_ranks_pause_overlaps_a_forward_pass():
 def test_lost_abort_outputs_leave_samples_unaccounted():
     for seed in SEEDS:
         with pytest.raises(StuckRunError) as info:  # the client waits forever for the aborted samples
-            _run(_with(DP, engine={"fault_dp_finish_no_output": 1.0}), seed)
+            run(with_settings(DP, engine={"fault_dp_finish_no_output": 1.0}), seed)
         report = check_trace(info.value.trace, POLICY)
         assert ENDS in report.violated(), seed
         aborted = [r for r in info.value.trace.records if r.KIND == "abort" and r.side == "engine"]
@@ -129,7 +121,7 @@ def test_a_fault_probability_strikes_some_ranks_pauses():
     outcomes = set()
     for seed in range(6):
         try:
-            trace = _run(_with(DP, engine={"fault_dp_finish_no_output": 0.5}), seed)
+            trace = run(with_settings(DP, engine={"fault_dp_finish_no_output": 0.5}), seed)
             outcomes.add(ENDS in check_trace(trace, POLICY).violated())
         except StuckRunError:
             outcomes.add("stuck")
@@ -137,18 +129,18 @@ def test_a_fault_probability_strikes_some_ranks_pauses():
 
 
 def test_same_seed_same_bytes():
-    for s in (DP, _with(DP, dp_pause_wait="first")):
-        a, b = _run(s, 3), _run(s, 3)
+    for s in (DP, with_settings(DP, dp_pause_wait="first")):
+        a, b = run(s, 3), run(s, 3)
         assert records_digest(a.records) == records_digest(b.records) and a.procs == b.procs
-    assert records_digest(_run(DP, 3).records) != records_digest(_run(DP, 4).records)
+    assert records_digest(run(DP, 3).records) != records_digest(run(DP, 4).records)
 
 
 def test_settings_are_perturbations_that_change_the_run():
     base = DP.replace(engine=dataclasses.replace(DP.engine, data_parallel_size=1))
-    plain = _run(base)
-    flipped = _run(base, perturbations=[parse("set(data_parallel_size=2)")])
+    plain = run(base)
+    flipped = run(base, perturbations=[parse("set(data_parallel_size=2)")])
     assert len(flipped.header.processes) == 3 and records_digest(flipped.records) != records_digest(plain.records)
-    first = [_run(DP, seed, perturbations=[parse("set(dp_pause_wait=first)")]) for seed in range(1, 4)]
+    first = [run(DP, seed, perturbations=[parse("set(dp_pause_wait=first)")]) for seed in range(1, 4)]
     assert any(WRITE in check_trace(t, POLICY).violated() for t in first)
 
 
@@ -187,7 +179,7 @@ def test_cli_simulate_writes_the_records_of_a_hung_run(tmp_path, capsys):
 
 def test_a_switch_that_combines_badly_is_refused():
     with pytest.raises(ScenarioError, match="pd_transfer_us"):
-        _run(DP, perturbations=[parse("set(pd_transfer_us=1000)")])
+        run(DP, perturbations=[parse("set(pd_transfer_us=1000)")])
 
 
 def test_replay_refuses_data_parallel_ranks(tmp_path, capsys):
@@ -206,7 +198,7 @@ def test_a_reset_voids_only_its_own_ranks_steps_in_flight():
     # that rank's steps only (a reset on rank 1 says nothing about a step of rank 0 in flight)
     perturbations = [parse("reset_cache(at=sched:30,running=true)"), parse("abort(at=sched:20,req=g3-s0,scope=group)")]
     for seed in range(3):
-        trace = _run(DP, seed, perturbations)
+        trace = run(DP, seed, perturbations)
         resets = [(p, r) for p, r in trace.with_procs() if r.KIND == "cache_reset" and r.reset_running]
         assert {p for p, _r in resets} == {1, 2}, seed
         assert check_trace(trace, POLICY).violated() == [], seed

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from conftest import REPO
-from helpers import both_backends
+from helpers import both_backends, records_of
 from tracesim.check import check_trace
 from tracesim.format import RequestAdded, StepScheduled, TrainerConsumed
 from tracesim.sim import perturb as P
@@ -27,19 +27,15 @@ def scenario(share: float = 0.0, group_by: str = "id", num_prompts: int | None =
     return DEFAULT.replace(workload=wl, loop=dataclasses.replace(DEFAULT.loop, group_by=group_by, **loop))
 
 
-def of(trace, kind, **match):
-    return [r for r in trace.records if type(r) is kind and all(getattr(r, k) == v for k, v in match.items())]
-
-
 def groups_found(trace) -> list:
     return [v for v in check_trace(trace).violations if v.invariant == GROUPS]
 
 
 def consumed_groups(trace) -> dict:
     """admitted group id -> the group ids its samples were consumed under."""
-    admitted = {r.req_id: r.group_id for r in of(trace, RequestAdded, side="client")}
+    admitted = {r.req_id: r.group_id for r in records_of(trace, RequestAdded, side="client")}
     out: dict = {}
-    for tc in of(trace, TrainerConsumed):
+    for tc in records_of(trace, TrainerConsumed):
         for s in tc.samples:
             out.setdefault(admitted[s.req_id], set()).add(s.group_id)
     return out
@@ -49,13 +45,13 @@ def test_duplicate_prompt_share_gives_groups_the_prompt_of_an_earlier_group():
     base, dup = simulate(RunInputs(scenario(0.0), 0)), simulate(RunInputs(scenario(0.8), 0))
 
     def prompts(t):  # group -> its prompt digest
-        return {r.group_id: r.prompt_digest for r in of(t, RequestAdded, side="client")}
+        return {r.group_id: r.prompt_digest for r in records_of(t, RequestAdded, side="client")}
 
     assert len(set(prompts(base).values())) == len(prompts(base))
     assert len(set(prompts(dup).values())) < len(prompts(dup)) * 0.5
     # a duplicate's prompt blocks are the earlier group's: the engine's prefix cache hits across groups
-    cached = sum(q.cached_tokens for r in of(dup, StepScheduled) for q in r.reqs)
-    assert cached > sum(q.cached_tokens for r in of(base, StepScheduled) for q in r.reqs)
+    cached = sum(q.cached_tokens for r in records_of(dup, StepScheduled) for q in r.reqs)
+    assert cached > sum(q.cached_tokens for r in records_of(base, StepScheduled) for q in r.reqs)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -83,7 +79,7 @@ def test_grouping_by_prompt_merges_duplicates_in_flight_together():
             assert any("as a member of group" in v.message for v in found)
             # a merged training group has more samples than a group: two groups' under one id
             sizes: dict = {}
-            for tc in of(t, TrainerConsumed):
+            for tc in records_of(t, TrainerConsumed):
                 for s in tc.samples:
                     sizes[(tc.train_step, s.group_id)] = sizes.get((tc.train_step, s.group_id), 0) + 1
             assert max(sizes.values()) >= 2 * DEFAULT.workload.group_size
@@ -96,7 +92,7 @@ def test_grouping_by_position_mixes_interleaved_completions(seed):
     found = groups_found(t)
     assert found and any("as a member of group" in v.message for v in found), seed
     # every sample is still consumed once: only the grouping is wrong
-    consumed = [s.req_id for tc in of(t, TrainerConsumed) for s in tc.samples]
+    consumed = [s.req_id for tc in records_of(t, TrainerConsumed) for s in tc.samples]
     assert len(consumed) == len(set(consumed))
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 
 from conftest import REPO
-from helpers import both_backends
+from helpers import both_backends, records_of
 from tracesim.check import check_trace
 from tracesim.format import (
     Aborted, OutputDelivered, ParentAdded, RequestAdded, SampleDropped, StepScheduled, StepUpdated,
@@ -30,23 +30,19 @@ def scenario(sampling: str = "parent", aborted_child: str = "handle", num_prompt
     return DEFAULT.replace(workload=wl, loop=dataclasses.replace(DEFAULT.loop, aborted_child=aborted_child, **loop))
 
 
-def of(trace, kind, **match):
-    return [r for r in trace.records if type(r) is kind and all(getattr(r, k) == v for k, v in match.items())]
-
-
 def invariants(trace) -> set:
     return {v.invariant for v in check_trace(trace).violations}
 
 
 def child_at(trace, step: int = 40) -> str:
     """A child running at ``step`` (explore's abort targets are the engine's request ids)."""
-    return of(trace, StepScheduled, step=step)[0].reqs[0].req_id
+    return records_of(trace, StepScheduled, step=step)[0].reqs[0].req_id
 
 
 def finish_ns(trace) -> dict:
     """engine request id -> when the engine finished it (its update's time)."""
     out = {}
-    for u in of(trace, StepUpdated):
+    for u in records_of(trace, StepUpdated):
         for o in u.outs:
             if o.finish_reason is not None:
                 out[o.req_id] = u.t_ns
@@ -60,32 +56,32 @@ def parent_run():
 
 def test_a_group_is_one_parent_whose_children_run_independently(parent_run):
     t, n = parent_run, DEFAULT.workload.group_size
-    parents = of(t, ParentAdded)
+    parents = records_of(t, ParentAdded)
     assert len(parents) == DEFAULT.workload.num_prompts
     p = parents[0]
     assert p.parent_id == "g0" and p.child_ids == tuple(f"{j}_g0" for j in range(n))
-    adds = of(t, RequestAdded, side="client", group_id="g0")
+    adds = records_of(t, RequestAdded, side="client", group_id="g0")
     assert [a.req_id for a in adds] == list(p.child_ids) and all(a.group_size == n for a in adds)
-    assert {a.req_id for a in of(t, RequestAdded, side="engine", group_id="g0")} == set(p.child_ids)
+    assert {a.req_id for a in records_of(t, RequestAdded, side="engine", group_id="g0")} == set(p.child_ids)
     # uneven finish: the engine finishes a parent's children at different times
     ends = finish_ns(t)
     assert any(len({ends[c] for c in q.child_ids if c in ends}) > 1 for q in parents)
-    assert not of(simulate(RunInputs(scenario("independent"), 0)), ParentAdded)
+    assert not records_of(simulate(RunInputs(scenario("independent"), 0)), ParentAdded)
 
 
 def test_final_only_children_outputs_reach_the_client_together_after_the_last_finishes(parent_run):
     t = parent_run
     ends = finish_ns(t)
-    delivered = of(t, OutputDelivered)
+    delivered = records_of(t, OutputDelivered)
     assert all(d.finished and d.start_idx == 0 for d in delivered)  # no partial frames: FINAL_ONLY
     by_req = {d.req_id: d for d in delivered}
-    whole = [q for q in of(t, ParentAdded) if all(c in by_req for c in q.child_ids)]
+    whole = [q for q in records_of(t, ParentAdded) if all(c in by_req for c in q.child_ids)]
     assert whole
     for q in whole:
         times = {by_req[c].t_ns for c in q.child_ids}
         assert len(times) == 1 and min(times) >= max(ends[c] for c in q.child_ids)
     independent = simulate(RunInputs(scenario("independent"), 0))
-    assert any(not d.finished for d in of(independent, OutputDelivered))
+    assert any(not d.finished for d in records_of(independent, OutputDelivered))
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -98,24 +94,24 @@ def test_aborting_one_child_completes_the_parent_with_an_aborted_member(parent_r
     child = child_at(parent_run)
     parent = child.split("_", 1)[1]
     t = simulate(RunInputs(scenario(), 0, (P.Abort("sched:40", child),)))
-    assert of(t, Aborted, side="client")[0].req_ids == (child,)
-    q = of(t, ParentAdded, parent_id=parent)[0]
-    delivered = {d.req_id: d for d in of(t, OutputDelivered) if d.req_id in q.child_ids}
+    assert records_of(t, Aborted, side="client")[0].req_ids == (child,)
+    q = records_of(t, ParentAdded, parent_id=parent)[0]
+    delivered = {d.req_id: d for d in records_of(t, OutputDelivered) if d.req_id in q.child_ids}
     assert set(delivered) == set(q.child_ids)  # the parent completed
     assert delivered[child].finish_reason == "abort"
     assert all(delivered[c].finish_reason != "abort" for c in q.child_ids if c != child)
     assert len({d.t_ns for d in delivered.values()}) == 1
     # the loop's on_abort (drop) drops the group: accounted, clean
-    assert of(t, SampleDropped, group_id=parent) and invariants(t) == set()
+    assert records_of(t, SampleDropped, group_id=parent) and invariants(t) == set()
 
 
 def test_aborting_the_parent_aborts_every_running_child(parent_run):
     parent = child_at(parent_run).split("_", 1)[1]
     t = simulate(RunInputs(scenario(), 0, (P.Abort("sched:40", parent),)))
-    q = of(t, ParentAdded, parent_id=parent)[0]
-    client = of(t, Aborted, side="client")[0].req_ids
+    q = records_of(t, ParentAdded, parent_id=parent)[0]
+    client = records_of(t, Aborted, side="client")[0].req_ids
     assert client and set(client) <= set(q.child_ids) and len(client) > 1
-    engine = {i for a in of(t, Aborted, side="engine") for i in a.req_ids}
+    engine = {i for a in records_of(t, Aborted, side="engine") for i in a.req_ids}
     assert set(client) <= engine
     assert invariants(t) == set()
 

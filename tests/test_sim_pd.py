@@ -13,6 +13,7 @@ import pytest
 
 from check_builder import Run
 from conftest import REPO
+from helpers import run, with_settings
 from tracesim.check import Policy, check_trace
 from tracesim.format import Aborted, CacheReset, KvTransfer, Paused, RequestAdded, StepScheduled
 from tracesim.format.digest import records_digest
@@ -27,21 +28,12 @@ SEEDS = range(20)
 POLICY = Policy(max_version_lag=None)  # the loop sets no lag bound; the rest of the strict policy stands
 
 
-def _with(scenario: Scenario, engine=None, **loop) -> Scenario:
-    return scenario.replace(engine=dataclasses.replace(scenario.engine, **(engine or {})),
-                            loop=dataclasses.replace(scenario.loop, **loop))
-
-
-def _run(scenario: Scenario, seed: int = 0, perturbations=()):
-    return simulate(RunInputs(scenario, seed=seed, perturbations=tuple(perturbations)))
-
-
 def _transfers(trace, phase):
     return [r for r in trace.of(KvTransfer) if r.phase == phase]
 
 
 def test_prompt_kv_arrives_by_transfer_and_is_not_recomputed():
-    trace = _run(PD)
+    trace = run(PD)
     starts, dones = _transfers(trace, "start"), _transfers(trace, "done")
     adds = [r for r in trace.of(RequestAdded) if r.side == "engine"]
     assert len(starts) == len(adds) and dones
@@ -55,13 +47,13 @@ def test_prompt_kv_arrives_by_transfer_and_is_not_recomputed():
         # applied at the core's next action after the transfer time; scheduled only once the KV is there
         assert t_ns >= done_of[req_id] >= start_of[req_id] + 100_000_000
         assert q.prefill_tokens <= PD.engine.block_size and q.cached_tokens > 0  # the partial last block only
-    plain = _run(_with(PD, engine={"pd_transfer_us": 0}))
+    plain = run(with_settings(PD, engine={"pd_transfer_us": 0}))
     assert not plain.of(KvTransfer)
     assert check_trace(trace, POLICY).violated() == []
 
 
 def test_an_abort_in_transfer_holds_the_blocks_until_the_completion():
-    trace = _run(PD)
+    trace = run(PD)
     held = _transfers(trace, "held")
     assert held  # the abort-mode pause finished requests whose KV was still arriving
     for h in held:
@@ -79,12 +71,12 @@ def test_an_abort_in_transfer_holds_the_blocks_until_the_completion():
 
 def test_correct_twin_is_clean_over_seeds():
     for seed in SEEDS:
-        assert check_trace(_run(PD, seed), POLICY).violated() == [], seed
+        assert check_trace(run(PD, seed), POLICY).violated() == [], seed
 
 
 def test_freeing_at_the_abort_gives_a_completion_for_a_freed_request():
     for seed in SEEDS:
-        bug = _run(_with(PD, engine={"fault_pd_free_in_transfer": 1.0}), seed)
+        bug = run(with_settings(PD, engine={"fault_pd_free_in_transfer": 1.0}), seed)
         violations = [v for v in check_trace(bug, POLICY).violations if v.invariant == HELD]
         assert violations, seed
         assert "a completion for a freed request" in violations[0].message
@@ -94,14 +86,14 @@ def test_freeing_at_the_abort_gives_a_completion_for_a_freed_request():
 def test_cancelling_in_transfer_during_a_keep_pause():
     # prime-rl#2841: the loop cancels requests (here one group, at the first pause) while the engine is
     # paused with mode "keep"; their completions are applied after the resume (a paused core does not step)
-    keep = _with(PD, pause_mode="keep")
+    keep = with_settings(PD, pause_mode="keep")
     for seed in range(6):
-        group = _receiving_at_first_pause(_run(keep, seed))
+        group = _receiving_at_first_pause(run(keep, seed))
         cancel = [parse(f"abort(at=pause:1,req={group}-s0,scope=group)")]
-        twin = _run(keep, seed, cancel)
+        twin = run(keep, seed, cancel)
         assert HELD not in check_trace(twin, POLICY).violated(), seed
         assert any(f"{group}-s0" in h.req_ids for h in _transfers(twin, "held")), seed
-        bug = _run(_with(keep, engine={"fault_pd_free_in_transfer": 1.0}), seed, cancel)
+        bug = run(with_settings(keep, engine={"fault_pd_free_in_transfer": 1.0}), seed, cancel)
         fired = {v.req_id for v in check_trace(bug, POLICY).violations if v.invariant == HELD}
         assert fired == {f"{group}-s{i}" for i in range(4)}, seed
 
@@ -122,12 +114,12 @@ def _receiving_at_first_pause(trace) -> str:
 
 
 def test_same_seed_same_bytes_and_the_settings_change_the_run():
-    a, b = _run(PD, 5), _run(PD, 5)
+    a, b = run(PD, 5), run(PD, 5)
     assert records_digest(a.records) == records_digest(b.records)
-    base = _with(PD, engine={"pd_transfer_us": 0})
-    flipped = _run(base, perturbations=[parse("set(pd_transfer_us=100000)")])
-    assert records_digest(flipped.records) == records_digest(_run(PD).records)  # as if the scenario said so
-    faulty = _run(PD, perturbations=[parse("set(fault_pd_free_in_transfer=1.0)")])
+    base = with_settings(PD, engine={"pd_transfer_us": 0})
+    flipped = run(base, perturbations=[parse("set(pd_transfer_us=100000)")])
+    assert records_digest(flipped.records) == records_digest(run(PD).records)  # as if the scenario said so
+    faulty = run(PD, perturbations=[parse("set(fault_pd_free_in_transfer=1.0)")])
     assert HELD in check_trace(faulty, POLICY).violated()
 
 
@@ -153,17 +145,17 @@ def test_bad_settings_name_the_field(engine, field):
 def _in_transfer(abort_held: bool | None):
     """One request whose KV arrives by transfer; ``abort_held``: None, no abort; True, aborted during the
     transfer with its blocks held; False, aborted and freed (no "held" record)."""
-    run = Run()
-    run.admit("r0")
-    run.emit(KvTransfer(run.at(), ("r0",), "start"))
+    built = Run()
+    built.admit("r0")
+    built.emit(KvTransfer(built.at(), ("r0",), "start"))
     if abort_held is not None:
-        run.abort(["r0"], side="engine")
+        built.abort(["r0"], side="engine")
         if abort_held:
-            run.emit(KvTransfer(run.t_ns, ("r0",), "held"))
-    run.emit(KvTransfer(run.at(1000), ("r0",), "done"))
+            built.emit(KvTransfer(built.t_ns, ("r0",), "held"))
+    built.emit(KvTransfer(built.at(1000), ("r0",), "done"))
     if abort_held is None:
-        run.generate(["r0"])
-    return run.trace()
+        built.generate(["r0"])
+    return built.trace()
 
 
 def _held_violations(trace):

@@ -77,6 +77,16 @@ class RankEngine(Engine):
         self.group.kick()  # an idle rank runs one dummy batch towards the pause consensus
 
 
+def _every_rank(name: str) -> property:
+    """An engine attribute the trainer sets on the whole group: read from rank 0, written to every rank."""
+
+    def set_all(self, value) -> None:
+        for e in self.ranks:
+            setattr(e, name, value)
+
+    return property(lambda self: getattr(self.ranks[0], name), set_all)
+
+
 class DPEngines:
     """The client's view of ``data_parallel_size`` engine cores (module docstring); ``ranks[r]`` is rank r."""
 
@@ -95,18 +105,10 @@ class DPEngines:
         self.rank_of: dict = {}  # req_id -> rank it was routed to
         self.inflight = [0] * n  # the client's unfinished requests per rank (DPLBAsyncMPClient.engine_inflight)
         self._start = 0  # where the next routing scan starts (ties rotate)
-        self._on_output = None
+        self.on_output = None  # the client's output handler (Rollout sets it, as on a single core)
         self._kicks = [env.event() for _ in range(n)]  # each rank's dummy-batch loop sleeps on its own
 
     # --- what the client and the trainer use of an engine ------------------------------------------------
-
-    @property
-    def on_output(self):
-        return self._on_output
-
-    @on_output.setter
-    def on_output(self, fn) -> None:
-        self._on_output = fn
 
     @property
     def hooks(self):
@@ -116,23 +118,8 @@ class DPEngines:
     def hooks(self, h) -> None:
         self.ranks[0].hooks = h  # perturbations act at rank 0 (module docstring)
 
-    @property
-    def version(self):
-        return self.ranks[0].version
-
-    @version.setter
-    def version(self, v) -> None:
-        for e in self.ranks:
-            e.version = v
-
-    @property
-    def weights_version(self):
-        return self.ranks[0].weights_version
-
-    @weights_version.setter
-    def weights_version(self, v) -> None:
-        for e in self.ranks:
-            e.weights_version = v
+    version = _every_rank("version")
+    weights_version = _every_rank("weights_version")
 
     @property
     def step(self) -> int:
@@ -211,7 +198,7 @@ class DPEngines:
                 if f.finish_reason is not None and self.rank_of.get(f.req_id) == rank:
                     self.inflight[rank] -= 1
                     del self.rank_of[f.req_id]
-            self._on_output(step, frames)
+            self.on_output(step, frames)
         return output
 
     # --- waves and pause consensus -----------------------------------------------------------------------
