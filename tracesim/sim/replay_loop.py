@@ -28,34 +28,42 @@ inferred ones) or inferred from the recording (``infer_loop_policy``).
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
+
+from simpy.events import NORMAL, Event
 
 from tracesim.format.digest import token_digest
 from tracesim.format.records import ConsumedSample, RewardBound, SampleDropped, TrainerConsumed
+import tracesim.sim.tuplenew as tuplenew
 from tracesim.sim.recorded_loop import LOOP_TYPES, Recorded, infer_loop_policy, recorded_loop
 from tracesim.sim.scenario import LoopPolicy
 
 
 # --- the loop in a replay -------------------------------------------------------------------------------------
 
+# The policy's version_label as a number, decided once per run instead of a string compare per sample.
+LABEL_ADMISSION, LABEL_SPANS, LABEL_FIRST_TOKEN, LABEL_FINISH = 0, 1, 2, 3
+_LABEL_MODE = {"admission": LABEL_ADMISSION, "spans": LABEL_SPANS, "first_token": LABEL_FIRST_TOKEN}
 
-class Bound(NamedTuple):
-    """A reward the replay bound to a sample."""
 
-    t_ns: int  # when (virtual ns)
-    label: int | None  # the version label it carried
-    reward: float
+def reward_bound(t_ns, req_id, digest, version, reward, group_id, worker):
+    """A ``RewardBound``, built in place once per bound reward (the NamedTuple's keyword ``__new__`` costs more
+    than the rest of a binding)."""
+    return tuplenew.new_tuple(RewardBound, (t_ns, req_id, digest, version, reward, group_id, worker))
 
 
 class _Sample:
     """What the replayed loop knows of one request id."""
 
-    __slots__ = ("digest", "label", "bound", "pending", "idle", "waiters")
+    __slots__ = ("digest", "label", "finals", "n_bound", "last_bound_ns", "last_reward", "pending", "idle",
+                 "waiters")
 
     def __init__(self):
         self.digest = None  # digest of its last final frame in the replay
         self.label = None  # its version label (set at its final delivery; again at bind with a late read)
-        self.bound = []  # the Bound of every reward the replay bound to it
+        self.finals = 0  # final deliveries of it seen in the replay (its incarnation count)
+        self.n_bound = 0  # rewards the replay bound to it
+        self.last_bound_ns = 0  # when the last of them was bound (virtual ns)
+        self.last_reward = 0.0  # and its value
         self.pending = 0  # rewards scheduled that will be bound to it
         self.idle = False  # no reward can come for it now (until it is scheduled one again)
         self.waiters = []  # (rewards needed, event) of consumptions waiting for it
@@ -67,11 +75,12 @@ class ReplayLoop:
 
     def __init__(self, rec: Recorded, policy: LoopPolicy, reasons=()):
         self.rec, self.policy, self.reasons = rec, policy, list(reasons)
-        self.extra_ns: dict = {}
+        self.extra_ns = {}
         self.t0 = rec.t0
         self.arrival = policy.reward_match == "arrival"
         self.late = policy.version_read == "late"
-        self._attached: dict = {}  # (scored req_id, incarnation) -> [(ns after its final delivery, RewardBound)]
+        self.label_mode = _LABEL_MODE.get(policy.version_label, LABEL_FINISH)
+        self._attached = {}  # (scored req_id, incarnation) -> [(ns after its final delivery, RewardBound)]
         self._loose = []  # rewards of samples the recording shows no final delivery for
         for r in rec.rewards:
             scored = rec.scored(r) if self.arrival else r.req_id
@@ -80,10 +89,11 @@ class ReplayLoop:
                 self._loose.append(r)
             else:
                 self._attached.setdefault((scored, k), []).append((r.t_ns - fin.t_ns, r))
-        self._samples: dict = {}
-        self._finals: dict = {}  # req_id -> final deliveries seen in the replay
-        self._first: dict = {}  # req_id -> engine version label when its current incarnation's first frame came
-        self._handed: deque = deque()  # "arrival": samples handed to the reward side, oldest first
+        # req_id -> its last client admission (Recorded.admission without a time), looked up per bound reward
+        self._last_add = {rid: adds[-1] for rid, adds in rec.adds.items() if adds}
+        self._samples = {}
+        self._first = {}  # req_id -> engine version label when its current incarnation's first frame came
+        self._handed = deque()  # "arrival": samples handed to the reward side, oldest first
         self._pending = 0
         self._ended = False
         self._quiet = None  # fires once the engine is done and every scheduled reward is bound
@@ -141,7 +151,7 @@ class ReplayLoop:
 
     # --- rewards -------------------------------------------------------------------------------------------
 
-    def _state(self, req_id: str) -> _Sample:
+    def _state(self, req_id) -> _Sample:
         st = self._samples.get(req_id)
         if st is None:
             st = self._samples[req_id] = _Sample()
@@ -149,47 +159,50 @@ class ReplayLoop:
 
     def _final(self, sample, reason, digest) -> None:
         rid, engine = sample.req_id, self.engine
-        k = self._finals.get(rid, 0)
-        self._finals[rid] = k + 1
         st = self._state(rid)
+        k = st.finals
+        st.finals = k + 1
         st.digest = digest
-        src = self.policy.version_label
-        if src == "admission":
+        mode = self.label_mode
+        if mode == LABEL_ADMISSION:
             add = self.rec.admission(rid, self._admission_t(rid, k))
             st.label = add.version if add is not None and add.version is not None else engine.version
-        elif src == "spans":
+        elif mode == LABEL_SPANS:
             st.label = min(sample.stamps) if sample.stamps else engine.version
-        elif src == "first_token":
+        elif mode == LABEL_FIRST_TOKEN:
             st.label = self._first.get(rid, engine.version)
         else:
             st.label = engine.version
-        todo = self._attached.pop((rid, k), ())
-        if reason == "abort" or not todo:  # nothing to score (an aborted sample is not scored)
+        todo = self._attached.pop((rid, k), None)
+        if reason == "abort" or todo is None:  # nothing to score (an aborted sample is not scored)
             if not st.pending:
                 self._set_idle(st)
             return
         for delay_ns, r in todo:
             self._schedule(rid, r, delay_ns)
 
-    def _schedule(self, scored: str, r, delay_ns: int) -> None:
+    def _schedule(self, scored, r, delay_ns) -> None:
         """Reward ``r``, computed on ``scored``'s tokens, is bound ``delay_ns`` from now (plus its perturbation)."""
         self._pending += 1
-        owner = scored
         if self.arrival:
             self._handed.append(scored)  # handed to the reward side now; the result goes to the oldest handed
-        st = self._state(owner)
+        st = self._state(scored)
         st.pending += 1
         st.idle = False
-        ns = max(0, delay_ns + self.extra_ns.get(scored, 0))
-        self.env.timeout(ns, (scored, r)).callbacks.append(self._bind)
+        ns = delay_ns + self.extra_ns.get(scored, 0) if self.extra_ns else delay_ns
+        # what env.timeout(ns, value) schedules, without the Timeout class's Python-level constructor
+        ev = Event(self.env)
+        ev._ok, ev._value = True, (scored, r)
+        ev.callbacks.append(self._bind)
+        self.env.schedule(ev, NORMAL, ns if ns > 0 else 0)
 
-    def _admission_t(self, rid: str, k: int):
+    def _admission_t(self, rid, k):
         """The recorded final of incarnation ``k``'s time: its admission is the last one before it."""
         fins = self.rec.finals.get(rid, ())
         return fins[k].t_ns if k < len(fins) else None
 
     def _bind(self, ev) -> None:
-        scored, r = ev.value
+        scored, r = ev._value
         owner = scored
         if self.arrival and self._handed:
             owner = self._handed.popleft()
@@ -197,11 +210,14 @@ class ReplayLoop:
         label = st.label
         if self.late or label is None:
             label = st.label = self.engine.version
-        add = self.rec.admission(owner)
+        add = self._last_add.get(owner)
         group = add.group_id if add is not None and add.group_id is not None else r.group_id
-        self.emit(RewardBound(t_ns=self.env.now, req_id=owner, digest=self._digest_now(scored), version=label,
-                                  reward=r.reward, group_id=group, worker=r.worker))
-        st.bound.append(Bound(t_ns=self.env.now, label=label, reward=r.reward))
+        now = self.env.now
+        reward = r.reward
+        self.emit(reward_bound(t_ns=now, req_id=owner, digest=self._digest_now(scored), version=label, reward=reward,
+                               group_id=group, worker=r.worker))
+        st.n_bound += 1
+        st.last_bound_ns, st.last_reward = now, reward
         if st.pending:
             st.pending -= 1
         if not st.pending:
@@ -211,7 +227,7 @@ class ReplayLoop:
         if self._ended and not self._pending:
             self._release_all()
 
-    def _digest_now(self, req_id: str):
+    def _digest_now(self, req_id):
         """The digest of what the replay client last had of ``req_id``: its final frame's, else the tokens
         received so far, else None."""
         st = self._samples.get(req_id)
@@ -233,7 +249,7 @@ class ReplayLoop:
             return
         keep = []
         for n, ev in st.waiters:
-            if st.idle or len(st.bound) >= n:
+            if st.idle or st.n_bound >= n:
                 ev.succeed()
             else:
                 keep.append((n, ev))
@@ -245,12 +261,12 @@ class ReplayLoop:
         if not self._quiet.triggered:
             self._quiet.succeed()
 
-    def _wait(self, req_id: str, n: int):
+    def _wait(self, req_id, n):
         """An event that fires once ``n`` rewards were bound to ``req_id`` or none can come; None if so now."""
         if n <= 0:
             return None
         st = self._state(req_id)
-        if len(st.bound) >= n or st.idle or (self._ended and not self._pending):
+        if st.n_bound >= n or st.idle or (self._ended and not self._pending):
             return None
         ev = self.env.event()
         st.waiters.append((n, ev))
@@ -273,22 +289,22 @@ class ReplayLoop:
         for s in c.samples:
             rw_t = rec.last_reward_before(s.req_id, c.t_ns)
             st = self._samples.get(s.req_id)
-            if rw_t is not None and st is not None and st.bound:
-                t = max(t, st.bound[-1].t_ns + (c.t_ns - rw_t))
+            if rw_t is not None and st is not None and st.n_bound:
+                t = max(t, st.last_bound_ns + (c.t_ns - rw_t))
         if t > env.now:
             yield env.timeout(t - env.now)
         out = []
         for s in c.samples:
             st = self._samples.get(s.req_id)
             label = st.label if st is not None and st.label is not None else self._fallback_label(s)
-            reward = st.bound[-1].reward if st is not None and st.bound else s.reward
+            reward = st.last_reward if st is not None and st.n_bound else s.reward
             out.append(ConsumedSample(s.req_id, s.group_id, label, self._digest_now(s.req_id), reward))
         self.emit(TrainerConsumed(env.now, c.train_step, tuple(out), c.trainer_version))
 
     def _fallback_label(self, s):
         """The label of a consumed sample the replay never finished: its admission's with that policy, else
         the recorded one."""
-        if self.policy.version_label == "admission":
+        if self.label_mode == LABEL_ADMISSION:
             add = self.rec.admission(s.req_id)
             if add is not None and add.version is not None:
                 return add.version
