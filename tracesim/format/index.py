@@ -161,10 +161,12 @@ class TraceIndex:
 _STEP_TYPES = frozenset((StepScheduled, StepExecuted, StepUpdated))
 
 
-def index_trace(trace) -> TraceIndex:
+def index_trace(trace, start_ns: int | None = None) -> TraceIndex:
     """Index ``trace`` (a ``Trace``: ``records`` and ``procs``) in one pass; never raises on odd content.
-    Use ``trace.index()``, which builds it once per trace."""
+    Use ``trace.index()``, which builds it once per trace. ``start_ns``: the trace start when the caller knows
+    it (found while reading), else found on first use."""
     ix = TraceIndex(trace.records, trace.procs)
+    ix._start_ns = start_ns
     ix._unpaired = True  # paired when a step attribute is first read (TraceIndex.__getattr__)
     return ix
 

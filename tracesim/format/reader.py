@@ -35,6 +35,16 @@ def _unpacker(fileobj, max_buffer_size: int = codec.MAX_FRAME_BYTES) -> msgpack.
     )
 
 
+def _kind_grouper():
+    """The compiled columnizer's ``KindGrouper``, or None where it is not built (the trace then groups and
+    finds its start on first use)."""
+    try:
+        from tracesim.format.columns import _fastcols
+    except ImportError:  # numpy missing
+        return None
+    return None if _fastcols is None or not hasattr(_fastcols, "KindGrouper") else _fastcols.KindGrouper()
+
+
 class TraceReader:
     """Iterate the records of one trace file.
 
@@ -55,6 +65,9 @@ class TraceReader:
         self._unpacker = _unpacker(self._file)
         self.truncated_bytes = 0
         self.skipped = 0
+        self.by_type: dict | None = None  # read_all: records grouped by type (compiled build only)
+        self.start_ns: int | None = None  # read_all: the earliest t_ns (compiled build only)
+        self._grouper = None
         try:
             self.header = self._read_header()
         except BaseException:
@@ -130,8 +143,13 @@ class TraceReader:
         decoded by msgspec in one call (``codec.FrameDecoder``). A chunk msgspec cannot take (a kind or field
         of a newer minor version, a bad field) goes through the reference decoder, frame by frame, which
         applies the evolution rules or raises the error with the frame's offset.
+
+        Where the compiled columnizer is built, each chunk is also grouped by record type and its earliest
+        t_ns taken while it is in the CPU cache: ``by_type`` and ``start_ns`` hold them afterwards (None
+        where not), for ``read_trace`` to hand to the Trace (its ``_kinds`` and its index's start).
         """
         unpacker, decoder = self._unpacker, codec.FrameDecoder()
+        self._grouper = _kind_grouper()
         skip, tell = unpacker.skip, unpacker.tell
         out: tuple = ([], [], [0])  # records, procs, skipped (boxed)
         chunk_start = tell()
@@ -157,6 +175,8 @@ class TraceReader:
         if count:
             self._decode_chunk(decoder, chunk_start, start, count, out, progress)
         self._finish(start, len(out[0]) + out[2][0])
+        if self._grouper is not None:
+            self.by_type, self.start_ns = self._grouper.by_type, self._grouper.start_ns
         return out[0], out[1], out[2][0]
 
     def _offset_after(self, begin: int, count: int) -> int:
@@ -173,9 +193,10 @@ class TraceReader:
         decoded = decoder.decode(body, count)
         n_proc = len(self.header.processes)
         if decoded is not None and max(decoded[1]) < max(n_proc, 1):
-            records += decoded[0]
+            chunk_records = decoded[0]
             procs += decoded[1]
         else:  # the reference decoder, frame by frame: evolution rules, or the error at its offset
+            chunk_records = []
             chunk = _unpacker(None, max(len(body), 1 << 18))  # not below the read size
             chunk.feed(body)
             for _ in range(count):
@@ -185,7 +206,10 @@ class TraceReader:
                     skipped[0] += 1
                 else:
                     procs.append(decoded[0])
-                    records.append(decoded[1])
+                    chunk_records.append(decoded[1])
+        records += chunk_records
+        if self._grouper is not None:
+            self._grouper.add(chunk_records)
         if progress is not None:
             progress(len(records))
 

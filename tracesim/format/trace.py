@@ -24,6 +24,8 @@ class Trace:
     _by_type_key: tuple = field(default=(), init=False, repr=False, compare=False)
     _index: object = field(default=None, init=False, repr=False, compare=False)
     _index_key: tuple = field(default=(), init=False, repr=False, compare=False)
+    # (id, length of ``records``, earliest t_ns or None) found while reading (read_trace), for the index
+    _start_hint: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def index(self, step_records=None, start_ns: int | None = None):
         """The trace's ``TraceIndex`` (steps paired per process, faults, trace start: format/index.py), built
@@ -32,7 +34,10 @@ class Trace:
         ``step_records`` and ``start_ns`` (see ``index_steps``) instead of a second walk."""
         key = (id(self.records), len(self.records), id(self.procs), len(self.procs))
         if self._index_key != key:
-            self._index = (index_trace(self) if step_records is None
+            hint = self._start_hint
+            if start_ns is None and hint[:2] == key[:2]:
+                start_ns = hint[2]  # None: not known, found by the index
+            self._index = (index_trace(self, start_ns) if step_records is None
                            else index_steps(step_records, self.records, start_ns, self.procs))
             self._index_key = key
         return self._index
@@ -92,7 +97,11 @@ def read_trace(path: str | os.PathLike, progress=None) -> Trace:
     """
     with cyclic_gc_paused(), TraceReader(path) as reader:
         records, procs, skipped = reader.read_all(progress)
-    return Trace(reader.header, records, procs if any(procs) else [], str(path), reader.truncated_bytes, skipped)
+    trace = Trace(reader.header, records, procs if any(procs) else [], str(path), reader.truncated_bytes, skipped)
+    if reader.by_type is not None:  # grouped and its start found while decoding: no pass over the records later
+        trace._by_type, trace._by_type_key = reader.by_type, (id(records), len(records))
+        trace._start_hint = (id(records), len(records), reader.start_ns)
+    return trace
 
 
 @cyclic_gc_paused()  # the frames of each batch are acyclic temporaries (see tracesim/gcpause.py)

@@ -1,0 +1,57 @@
+"""Reading groups records by type and finds the trace start while it decodes (``_fastcols.KindGrouper``): the
+trace's ``_kinds`` and its index's ``start_ns`` then need no pass over the records, and must be what those
+passes give."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TRACES
+from tracesim.format import read_trace
+from tracesim.format.columns import compiled_available
+from tracesim.format.records import RequestAdded
+
+pytestmark = pytest.mark.skipif(not compiled_available(), reason="the compiled columnizer is not built")
+
+
+def _grouped(records) -> dict:
+    by_type: dict = {}
+    for r in records:
+        by_type.setdefault(type(r), []).append(r)
+    return by_type
+
+
+@pytest.mark.parametrize("name", ["vllm-abort.msgpack", "vllm-wait-preempt.msgpack", "synthetic-small.msgpack",
+                                  "vllm-async-engine.msgpack"])
+def test_the_grouping_and_start_found_while_reading_are_those_of_the_records(name):
+    trace = read_trace(TRACES / name)
+    assert trace._by_type_key == (id(trace.records), len(trace.records))  # handed over, not built later
+    assert trace._start_hint[2] is not None
+    expected = _grouped(trace.records)
+    assert list(trace._kinds()) == list(expected)  # kinds in order of first appearance (Trace.counts)
+    assert all(trace._kinds()[k] == v for k, v in expected.items())
+    assert trace.index().start_ns == min(r.t_ns for r in trace.records)
+
+
+def test_the_hint_is_dropped_when_the_records_change():
+    trace = read_trace(TRACES / "vllm-abort.msgpack")
+    first = min(range(len(trace.records)), key=lambda i: trace.records[i].t_ns)
+    trace.records = trace.records[:first] + trace.records[first + 1:]  # the earliest record removed
+    assert trace.index().start_ns == min(r.t_ns for r in trace.records)
+    assert list(trace._kinds()) == list(_grouped(trace.records))
+
+
+def test_a_start_the_grouper_cannot_take_is_left_to_the_index():
+    from tracesim.format.columns import _fastcols
+
+    add = RequestAdded(t_ns=5, req_id="a", prompt_len=1)
+    for odd in (None, 1.5, True, 2 ** 70):
+        grouper = _fastcols.KindGrouper()
+        grouper.add([add, add._replace(t_ns=odd)])
+        assert grouper.start_ns is None, odd
+        assert grouper.by_type == {RequestAdded: [add, add._replace(t_ns=odd)]}
+    grouper = _fastcols.KindGrouper()
+    assert grouper.start_ns == 0  # no records: the start of an empty trace
+    grouper.add([add._replace(t_ns=9), add])
+    grouper.add([add._replace(t_ns=-3)])
+    assert grouper.start_ns == -3
