@@ -151,3 +151,25 @@ def test_replays_scan_hands_the_index_the_same_step_records_and_start():
         assert ix.last_records() == fresh.last_records() == naive_last(trace)
         assert [f[0] for f in ix.step_faults] == [f[0] for f in fresh.step_faults]
         assert ix.in_flight_at_end == fresh.in_flight_at_end and ix.n_upd == fresh.n_upd
+
+
+def test_an_index_built_for_its_start_is_paired_from_the_scans_step_records(monkeypatch):
+    # `tracesim replay` reads the start first (loop-policy inference), then replay's scan hands over the step
+    # records it walked: the index pairs those instead of walking every record again, with the same result.
+    from tracesim.format.index import index_trace
+    from tracesim.sim.replay import _Scan
+
+    a = Trace(header(role="engine-core", pid=1), [sched(10, 0, "a"), execd(12, 0), upd(14, 0, "a"), upd(15, 3)])
+    b = Trace(header(role="client", pid=2), [RequestAdded(t_ns=3, req_id="a", side="client")])
+    for trace in (simulated(num_prompts=24), merge_traces([a, b])):
+        fresh = index_trace(trace)
+        ix = trace.index()
+        assert ix.start_ns == fresh.start_ns and ix._unpaired
+        with monkeypatch.context() as m:  # the index's own walk over the records is not taken
+            m.setattr("tracesim.format.index.compress", lambda *a: pytest.fail("the index walked the records"))
+            _Scan(trace)
+        assert trace.index() is ix and not ix._unpaired
+        assert ix.last_records() == fresh.last_records() == naive_last(trace)
+        assert [f[0] for f in ix.step_faults] == [f[0] for f in fresh.step_faults]
+        assert ix.in_flight_at_end == fresh.in_flight_at_end and ix.n_upd == fresh.n_upd
+        assert ix.first_ns == fresh.first_ns

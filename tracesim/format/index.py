@@ -89,6 +89,13 @@ class TraceIndex:
         _pair(self, taken, records)
         return getattr(self, name)
 
+    def pair_with(self, step_records) -> None:
+        """Pair the steps from ``step_records`` (as ``index_steps`` takes them) if they are not paired yet: a
+        reader that walked the records anyway hands them over instead of the pairing's own walk."""
+        if self._unpaired:
+            self._unpaired = False
+            _pair(self, step_records, self._source[0])
+
     @property
     def start_ns(self) -> int:
         if self._start_ns is None:

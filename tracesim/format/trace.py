@@ -40,6 +40,8 @@ class Trace:
             self._index = (index_trace(self, start_ns) if step_records is None
                            else index_steps(step_records, self.records, start_ns, self.procs))
             self._index_key = key
+        elif step_records is not None:
+            self._index.pair_with(step_records)  # built for its start only: pair the steps handed over
         return self._index
 
     def of(self, *types) -> list:
