@@ -11,3 +11,4 @@ cpdef object step_scheduled(t_ns, end_ns, step, reqs, preempted, finished, waiti
 cpdef object step_executed(t_ns, end_ns, step, version)
 cpdef object step_updated(t_ns, end_ns, step, outs, version)
 cpdef object output_delivered(t_ns, req_id, start_idx, num_tokens, finished, finish_reason, spans, digest)
+cpdef object reward_bound(t_ns, req_id, digest, version, reward, group_id, worker)

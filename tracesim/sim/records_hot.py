@@ -10,7 +10,9 @@ made off the hot paths are built with their NamedTuple's keywords.
 
 from __future__ import annotations
 
-from tracesim.format.records import OutputDelivered, OutReq, SchedReq, StepExecuted, StepScheduled, StepUpdated
+from tracesim.format.records import (
+    OutputDelivered, OutReq, RewardBound, SchedReq, StepExecuted, StepScheduled, StepUpdated,
+)
 import tracesim.sim.tuplenew as tuplenew
 
 
@@ -49,7 +51,13 @@ def output_delivered(t_ns, req_id, start_idx, num_tokens, finished, finish_reaso
                                                 digest))
 
 
-BUILDERS = {SchedReq: sched_req, OutReq: out_req, StepScheduled: step_scheduled, StepExecuted: step_executed,
-            StepUpdated: step_updated, OutputDelivered: output_delivered}
+def reward_bound(t_ns, req_id, digest, version, reward, group_id, worker):
+    """A ``RewardBound`` (a replayed loop binds one per recorded reward: replay_loop.py)."""
+    return tuplenew.new_tuple(RewardBound, (t_ns, req_id, digest, version, reward, group_id, worker))
 
-__all__ = ["sched_req", "out_req", "step_scheduled", "step_executed", "step_updated", "output_delivered", "BUILDERS"]
+
+BUILDERS = {SchedReq: sched_req, OutReq: out_req, StepScheduled: step_scheduled, StepExecuted: step_executed,
+            StepUpdated: step_updated, OutputDelivered: output_delivered, RewardBound: reward_bound}
+
+__all__ = ["sched_req", "out_req", "step_scheduled", "step_executed", "step_updated", "output_delivered",
+           "reward_bound", "BUILDERS"]

@@ -3,12 +3,10 @@
 # as plain Python where the build is missing or stale (tracesim/sim/_compiled.py).
 cimport cython
 
-cimport tracesim.sim.tuplenew as tuplenew
+from tracesim.sim.records_hot cimport reward_bound
 
 
 cdef int LABEL_ADMISSION, LABEL_SPANS, LABEL_FIRST_TOKEN, LABEL_FINISH
-
-cpdef object reward_bound(t_ns, req_id, digest, version, reward, group_id, worker)
 
 
 @cython.final

@@ -32,8 +32,8 @@ from collections import deque
 from simpy.events import NORMAL, Event
 
 from tracesim.format.digest import token_digest
-from tracesim.format.records import ConsumedSample, RewardBound, SampleDropped, TrainerConsumed
-import tracesim.sim.tuplenew as tuplenew
+from tracesim.format.records import ConsumedSample, SampleDropped, TrainerConsumed
+from tracesim.sim.records_hot import reward_bound  # built in place: the keyword __new__ costs more than a binding
 from tracesim.sim.recorded_loop import LOOP_TYPES, Recorded, infer_loop_policy, recorded_loop
 from tracesim.sim.scenario import LoopPolicy
 
@@ -43,12 +43,6 @@ from tracesim.sim.scenario import LoopPolicy
 # The policy's version_label as a number, decided once per run instead of a string compare per sample.
 LABEL_ADMISSION, LABEL_SPANS, LABEL_FIRST_TOKEN, LABEL_FINISH = 0, 1, 2, 3
 _LABEL_MODE = {"admission": LABEL_ADMISSION, "spans": LABEL_SPANS, "first_token": LABEL_FIRST_TOKEN}
-
-
-def reward_bound(t_ns, req_id, digest, version, reward, group_id, worker):
-    """A ``RewardBound``, built in place once per bound reward (the NamedTuple's keyword ``__new__`` costs more
-    than the rest of a binding)."""
-    return tuplenew.new_tuple(RewardBound, (t_ns, req_id, digest, version, reward, group_id, worker))
 
 
 class _Sample:
