@@ -18,6 +18,7 @@ run ``pip install -e .`` again after editing it (tests/test_format_columns_compi
 """
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from libc.limits cimport LLONG_MAX, LLONG_MIN
 
 import numpy as np
 
@@ -298,3 +299,156 @@ def group_by_type(list records) -> dict:
             last_type = t
         bucket.append(r)
     return by_type
+
+
+# Fidelity's passes over whole traces (tracesim/sim/fidelity.py, format/index.py start_of): as Python loops
+# over millions of records and step outputs they cost seconds. Each function below answers only for input it
+# can answer exactly as the Python code does and returns None (or stops early) otherwise, so the Python code
+# (the reference, and what runs without this module) decides every odd case, its errors included.
+#
+# They read borrowed pointers without touching reference counts: a refcount write would dirty the cache line
+# of every record visited, and these passes are bound by memory traffic, not by instructions.
+cdef extern from "Python.h":
+    PyObject* _list_item "PyList_GET_ITEM"(PyObject* lst, Py_ssize_t i)
+    PyObject* _item "PyTuple_GET_ITEM"(PyObject* tup, Py_ssize_t i)
+    Py_ssize_t _size "Py_SIZE"(PyObject* o)
+    void* _type "Py_TYPE"(PyObject* o)
+    bint _is_tuple "PyTuple_Check"(PyObject* o)
+    long long _as_ll "PyLong_AsLongLongAndOverflow"(PyObject* o, int* overflow) except? -1
+    int _eq "PyObject_RichCompareBool"(PyObject* a, PyObject* b, int op) except -1
+    int _Py_EQ "Py_EQ"
+    void _prefetch "__builtin_prefetch"(const void* p)
+
+cdef void* _INT = <void*>int
+cdef void* _STR = <void*>str
+cdef void* _BOOL = <void*>bool
+cdef void* _FLOAT = <void*>float
+cdef void* _TUPLE = <void*>tuple
+cdef PyObject* _NONE = <PyObject*>None
+
+
+cdef inline bint _int64(PyObject* v, long long* out):
+    """``*out`` = v if v is exactly an int that fits int64."""
+    cdef int overflow = 0
+    if _type(v) != _INT:
+        return False
+    out[0] = _as_ll(v, &overflow)
+    return overflow == 0
+
+
+def min_t_ns(list records):
+    """The least field 0 (``t_ns``) of ``records``, 0 if there are none: ``index.start_of``'s ``min``. None if
+    a record is not a tuple or its field 0 is not exactly an int that fits int64."""
+    cdef Py_ssize_t i, n = len(records)
+    cdef long long t_ns = 0, least_ns = 0
+    cdef PyObject* r
+    for i in range(n):
+        if i + 16 < n:
+            _prefetch(_list_item(<PyObject*>records, i + 16))
+        if i + 8 < n:
+            r = _list_item(<PyObject*>records, i + 8)
+            if _is_tuple(r) and _size(r) > 0:
+                _prefetch(_item(r, 0))
+        r = _list_item(<PyObject*>records, i)
+        if not _is_tuple(r) or _size(r) < 1 or not _int64(_item(r, 0), &t_ns):
+            return None
+        if i == 0 or t_ns < least_ns:
+            least_ns = t_ns
+    return least_ns
+
+
+def finishes_and_sampled(list upds, type upd_type, type out_type):
+    """One pass over StepUpdated records: ``(finishes, sampled)``. ``finishes``: ``(req_id, end_ns)`` of every
+    out with a finish_reason, in order (fidelity's ``_finishes``); ``sampled``: the sum of every out's
+    ``sampled``, or None if one is not exactly an int or the sum leaves int64 (the caller then sums in Python).
+    None altogether unless every update is exactly ``upd_type`` with a tuple of outs, each exactly
+    ``out_type`` (fields read by position: StepUpdated.end_ns 1, outs 3; OutReq.req_id 0, sampled 1,
+    finish_reason 2)."""
+    cdef list finishes = []
+    cdef long long sampled = 0, total = 0
+    cdef bint summed = True
+    cdef Py_ssize_t i, k
+    cdef PyObject *r
+    cdef PyObject *outs
+    cdef PyObject *o
+    for i in range(len(upds)):
+        r = _list_item(<PyObject*>upds, i)
+        if _type(r) != <void*>upd_type or _size(r) < 4:
+            return None
+        outs = _item(r, 3)
+        if _type(outs) != _TUPLE:
+            return None
+        for k in range(_size(outs)):
+            o = _item(outs, k)
+            if _type(o) != <void*>out_type or _size(o) < 3:
+                return None
+            if _item(o, 2) != _NONE:
+                finishes.append((<object>_item(o, 0), <object>_item(r, 1)))
+            if summed:
+                if (not _int64(_item(o, 1), &sampled) or (sampled > 0 and total > LLONG_MAX - sampled)
+                        or (sampled < 0 and total < LLONG_MIN - sampled)):
+                    summed = False
+                else:
+                    total += sampled
+    return finishes, (total if summed else None)
+
+
+cdef inline bint _plain(PyObject* v):
+    """A value whose == cannot raise or run user code (what a trace read from a file holds)."""
+    cdef void* t = _type(v)
+    return t == _INT or t == _STR or v == _NONE or t == _BOOL or t == _FLOAT
+
+
+def equal_batches_prefix(list rs, list ss, type sched_type, type req_type):
+    """How many leading steps of two StepScheduled lists have equal compositions (step, then each entry's
+    req_id, prefill_tokens, decode_tokens: fidelity's ``_batches_of``), stopping at the first step it cannot
+    show equal: a difference, or anything but records exactly of ``sched_type`` / ``req_type`` whose fields
+    are all plain values (``_plain``: then comparing whole entries, as fidelity's Python loop does first,
+    cannot raise, so not doing it changes nothing). Fields by position: step 2, reqs 3."""
+    cdef Py_ssize_t i, k, j, n = min(len(rs), len(ss))
+    cdef PyObject *a
+    cdef PyObject *b
+    cdef PyObject *x
+    cdef PyObject *y
+    for i in range(n):
+        a, b = _list_item(<PyObject*>rs, i), _list_item(<PyObject*>ss, i)
+        if _type(a) != <void*>sched_type or _type(b) != <void*>sched_type or _size(a) < 4 or _size(b) < 4:
+            return i
+        x, y = _item(a, 2), _item(b, 2)
+        if not (_plain(x) and _plain(y) and _eq(x, y, _Py_EQ)):
+            return i
+        a, b = _item(a, 3), _item(b, 3)  # the entries
+        if _type(a) != _TUPLE or _type(b) != _TUPLE or _size(a) != _size(b):
+            return i
+        if i + 1 < n:
+            _prefetch_step(_list_item(<PyObject*>rs, i + 1))
+            _prefetch_step(_list_item(<PyObject*>ss, i + 1))
+        for k in range(_size(a)):
+            x, y = _item(a, k), _item(b, k)
+            if x == y:  # one object: equal without comparing, as in Python
+                continue
+            if _type(x) != <void*>req_type or _type(y) != <void*>req_type or _size(x) < 3 or _size(y) != _size(x):
+                return i
+            for j in range(_size(x)):
+                if not (_plain(_item(x, j)) and _plain(_item(y, j))):
+                    return i
+            for j in range(3):  # the composition: req_id, prefill_tokens, decode_tokens
+                if not _eq(_item(x, j), _item(y, j), _Py_EQ):
+                    return i
+    return n
+
+
+cdef inline void _prefetch_step(PyObject* sched):
+    """Start loading a StepScheduled's entries and their req_ids while the current step is compared (the
+    pass waits on memory: each entry and req_id is an object of its own)."""
+    cdef PyObject* reqs
+    cdef PyObject* q
+    cdef Py_ssize_t k
+    if not _is_tuple(sched) or _size(sched) < 4:
+        return
+    reqs = _item(sched, 3)
+    if _type(reqs) != _TUPLE:
+        return
+    for k in range(_size(reqs)):
+        q = _item(reqs, k)
+        _prefetch(q)

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tracesim.format.records import RequestAdded, StepScheduled, StepUpdated
+from tracesim.format import columns as _columns
+from tracesim.format.records import OutReq, RequestAdded, SchedReq, StepScheduled, StepUpdated
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,25 @@ def _batches(trace) -> list:
     return _batches_of(trace.of(StepScheduled))
 
 
+def _compiled():
+    """``tracesim.format._fastcols``, whose C loops walk a trace's millions of records and step outputs ~10x
+    faster than the Python here (the reference); None where it is not built or ``TRACESIM_PURE_PYTHON=1``."""
+    return _columns._fastcols if _columns.compiled_available() else None
+
+
 def _finishes(trace) -> list:
     return [(o.req_id, r.end_ns) for r in trace.of(StepUpdated) for o in r.outs if o.finish_reason is not None]
+
+
+def _finishes_and_tokens(trace) -> tuple:
+    """``(_finishes(trace), tokens sampled)``, in one C pass over the outputs where compiled; tokens None: not
+    counted (``_run_figures`` sums them in Python, only where it needs them, as it always did)."""
+    fast = _compiled()
+    if fast is not None:
+        got = fast.finishes_and_sampled(trace.of(StepUpdated), StepUpdated, OutReq)
+        if got is not None:  # None: an odd record, judged by the Python path
+            return got
+    return _finishes(trace), None
 
 
 def _q(errs: list, p: float) -> float:
@@ -72,13 +90,18 @@ def first_mismatch(xs: list, ys: list) -> int | None:
 
 def _first_batch_mismatch(rs: list, ss: list) -> int | None:
     """``first_mismatch`` of the two traces' ``_batches``, without building them: a step whose schedule
-    entries are equal as a whole (the usual case, compared in C) has equal compositions."""
-    for i, (a, b) in enumerate(zip(rs, ss)):
+    entries are equal as a whole (the usual case, compared in C) has equal compositions. Where compiled, a C
+    loop first skips the leading steps it shows equal (all of them, in an exact replay)."""
+    fast = _compiled()
+    start = fast.equal_batches_prefix(rs, ss, StepScheduled, SchedReq) if fast is not None else 0
+    if start:
+        rs, ss = rs[start:], ss[start:]
+    for i, (a, b) in enumerate(zip(rs, ss), start):
         if a.step == b.step and a.reqs == b.reqs:
             continue
         if _batches_of((a,)) != _batches_of((b,)):
             return i
-    return None if len(rs) == len(ss) else min(len(rs), len(ss))
+    return None if len(rs) == len(ss) else start + min(len(rs), len(ss))
 
 
 def _batches_of(scheds) -> list:
@@ -89,7 +112,7 @@ def compare(recorded, simulated) -> Fidelity:
     r_sched, s_sched = recorded.of(StepScheduled), simulated.of(StepScheduled)
     first = _first_batch_mismatch(r_sched, s_sched)
     same = first if first is not None else len(r_sched)
-    rf, sf = _finishes(recorded), _finishes(simulated)
+    (rf, r_tokens), (sf, s_tokens) = _finishes_and_tokens(recorded), _finishes_and_tokens(simulated)
     # Durations are compared step by step over the steps both traces have (matching batches or not).
     rt = [r.t_ns for r in r_sched]
     st = [r.t_ns for r in s_sched]
@@ -104,7 +127,7 @@ def compare(recorded, simulated) -> Fidelity:
         if rid in s_fin and rid in r_add and rid in s_add:
             lat_r, lat_s = t - r0 - r_add[rid], s_fin[rid] - s_add[rid]
             req_errs.append(abs(lat_s - lat_r) / max(lat_r, 1))
-    rw, sw = _run_figures(recorded, r_add, rf, r0), _run_figures(simulated, s_add, sf, s0)
+    rw, sw = _run_figures(recorded, r_add, rf, r0, r_tokens), _run_figures(simulated, s_add, sf, s0, s_tokens)
     whole = {name: (a, b, abs(b - a) / a if a else 0.0) for name, a, b in zip(_RUN_FIGURES, rw, sw)}
     return Fidelity(len(r_sched), len(s_sched), same, first, [r for r, _ in rf] == [r for r, _ in sf],
                     _q(step_errs, 50), _q(step_errs, 99), _q(req_errs, 50), _q(req_errs, 99), **whole)
@@ -113,11 +136,13 @@ def compare(recorded, simulated) -> Fidelity:
 _RUN_FIGURES = ("throughput_tok_s", "drain_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms")
 
 
-def _run_figures(trace, adds: dict, finishes: list, t0: int) -> tuple:
-    """(throughput, drain, latency p50, p90, p99) of one trace; ``adds`` rebased to ``t0``, ``finishes`` not."""
+def _run_figures(trace, adds: dict, finishes: list, t0: int, tokens: int | None = None) -> tuple:
+    """(throughput, drain, latency p50, p90, p99) of one trace; ``adds`` rebased to ``t0``, ``finishes`` not;
+    ``tokens``: the trace's tokens sampled if already counted."""
     if not adds or not finishes:
         return (0.0,) * len(_RUN_FIGURES)
-    tokens = sum(o.sampled for r in trace.of(StepUpdated) for o in r.outs)
+    if tokens is None:
+        tokens = sum(o.sampled for r in trace.of(StepUpdated) for o in r.outs)
     drain_ns = max(t for _, t in finishes) - t0 - min(adds.values())
     latencies_ms = [(t - t0 - adds[rid]) / 1e6 for rid, t in finishes if rid in adds]
     q50, q90, q99 = np.percentile(latencies_ms, (50, 90, 99)) if latencies_ms else (0.0, 0.0, 0.0)
