@@ -357,6 +357,21 @@ def min_t_ns(list records):
     return least_ns
 
 
+def int64_column(list records, Py_ssize_t field):
+    """Field ``field`` of every record as an int64 array (fidelity's step start times), without a Python int
+    list numpy would convert one cell at a time. None unless every record is a tuple holding exactly an int
+    that fits int64 there."""
+    cdef Py_ssize_t i, n = len(records)
+    cdef PyObject* r
+    out = np.empty(n, dtype=np.int64)
+    cdef long long* col = <long long*><size_t>out.__array_interface__["data"][0]
+    for i in range(n):
+        r = _list_item(<PyObject*>records, i)
+        if not _is_tuple(r) or _size(r) <= field or not _int64(_item(r, field), col + i):
+            return None
+    return out
+
+
 def finishes_and_sampled(list upds, type upd_type, type out_type):
     """One pass over StepUpdated records: ``(finishes, sampled)``. ``finishes``: ``(req_id, end_ns)`` of every
     out with a finish_reason, in order (fidelity's ``_finishes``); ``sampled``: the sum of every out's
