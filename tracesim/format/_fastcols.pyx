@@ -363,6 +363,8 @@ def int64_column(list records, Py_ssize_t field):
     that fits int64 there."""
     cdef Py_ssize_t i, n = len(records)
     cdef PyObject* r
+    if field < 0:
+        return None
     out = np.empty(n, dtype=np.int64)
     cdef long long* col = <long long*><size_t>out.__array_interface__["data"][0]
     for i in range(n):
