@@ -188,3 +188,45 @@ def test_step_errs_numpy_equals_python_ints():
     huge = [t + 2**58 if i % 2 else t for i, t in enumerate(rt)]  # differences past 2**53
     assert type(fidelity._step_errs(sched(huge), sched(st))) is list
     assert fidelity._step_errs(sched(rt[:1]), sched(st)) == []
+
+
+def _py_request_errs(rf, r_add, s_fin, s_add, r0) -> list:
+    errs = []
+    for rid, t in rf:
+        if rid in s_fin and rid in r_add and rid in s_add:
+            lat_r, lat_s = t - r0 - r_add[rid], s_fin[rid] - s_add[rid]
+            errs.append(abs(lat_s - lat_r) / max(lat_r, 1))
+    return errs
+
+
+@needs_compiled
+def test_request_errs_and_latencies_match_python_or_decline(traces):
+    from tracesim.format.records import RequestAdded
+
+    recorded, _, fitted = traces
+    r0, s0 = recorded.index().start_ns, fitted.index().start_ns
+    r_add = {r.req_id: r.t_ns - r0 for r in recorded.of(RequestAdded) if r.side == "engine"}
+    s_add = {r.req_id: r.t_ns - s0 for r in fitted.of(RequestAdded) if r.side == "engine"}
+    rf, sf = fidelity._finishes(recorded), fidelity._finishes(fitted)
+    s_fin = {rid: t - s0 for rid, t in sf}
+    got = fast.request_errs(rf, r_add, s_fin, s_add, r0)
+    assert [repr(x) for x in got] == [repr(x) for x in _py_request_errs(rf, r_add, s_fin, s_add, r0)]
+    assert any(got)
+    for finishes, adds, t0 in ((rf, r_add, r0), (sf, s_add, s0)):
+        assert [repr(x) for x in fast.latencies_ms(finishes, adds, t0)] == [
+            repr((t - t0 - adds[rid]) / 1e6) for rid, t in finishes if rid in adds]
+    # missing ids are skipped; a zero or negative latency divides by 1
+    few = [("a", 10), ("gone", 5), ("b", 3)]
+    adds, fins = {"a": 2, "b": 7, "gone": 0}, {"a": 9, "b": 2}
+    assert fast.request_errs(few, adds, fins, {"a": 1, "b": 1}, 1) == _py_request_errs(
+        few, adds, fins, {"a": 1, "b": 1}, 1) == [1 / 7, abs(1 - -5) / 1]
+    assert fast.latencies_ms(few, {"a": 2}, 1) == [(10 - 1 - 2) / 1e6]
+    assert fast.request_errs([], {}, {}, {}, 0) == [] == fast.latencies_ms([], {}, 0)
+    # what only Python computes exactly as it does: declined
+    for odd in ([(1, 10)], [("a", 10.0)], [("a", 2**63)], [("a", 10, 0)], [["a", 10]]):
+        assert fast.request_errs(odd, {1: 0, "a": 0}, {1: 0, "a": 0}, {1: 0, "a": 0}, 0) is None
+        assert fast.latencies_ms(odd, {1: 0, "a": 0}, 0) is None
+    assert fast.request_errs([("a", 2**54)], {"a": 0}, {"a": 0}, {"a": 0}, 0) is None  # past 2**53
+    assert fast.latencies_ms([("a", 2**54)], {"a": 0}, 0) is None
+    assert fast.request_errs([("a", 5)], {"a": 0.5}, {"a": 0}, {"a": 0}, 0) is None
+    assert fast.latencies_ms([("a", 5)], {"a": 1}, 1.0) is None

@@ -317,6 +317,7 @@ cdef extern from "Python.h":
     long long _as_ll "PyLong_AsLongLongAndOverflow"(PyObject* o, int* overflow) except? -1
     int _eq "PyObject_RichCompareBool"(PyObject* a, PyObject* b, int op) except -1
     int _Py_EQ "Py_EQ"
+    PyObject* _dict_get "PyDict_GetItemWithError"(PyObject* d, PyObject* key)  # borrowed; NULL: absent
     void _prefetch "__builtin_prefetch"(const void* p)
 
 cdef void* _INT = <void*>int
@@ -408,6 +409,88 @@ def finishes_and_sampled(list upds, type upd_type, type out_type):
                 else:
                     total += sampled
     return finishes, (total if summed else None)
+
+
+cdef inline bint _sub(long long a, long long b, long long* out):
+    """``*out`` = a - b unless that leaves int64."""
+    if (b < 0 and a > LLONG_MAX + b) or (b > 0 and a < LLONG_MIN + b):
+        return False
+    out[0] = a - b
+    return True
+
+
+cdef inline PyObject* _finish_of(PyObject* f, long long* t_ns):
+    """The req_id of a ``(req_id, t)`` finish whose req_id is exactly a str (a dict look-up then runs no user
+    code and cannot fail) and t an int64 (``*t_ns``); NULL otherwise."""
+    if _type(f) != _TUPLE or _size(f) != 2 or _type(_item(f, 0)) != _STR or not _int64(_item(f, 1), t_ns):
+        return NULL
+    return _item(f, 0)
+
+
+cdef long long _EXACT = 2 ** 53  # ints up to this are doubles exactly: C's division is then Python's int / int
+
+
+def request_errs(list finishes, dict r_add, dict s_fin, dict s_add, r0):
+    """fidelity.compare's per-request errors: for each ``(req_id, t)`` of ``finishes`` whose req_id is in all
+    three dicts, ``|lat_s - lat_r| / max(lat_r, 1)`` with ``lat_r = t - r0 - r_add[req_id]`` and ``lat_s =
+    s_fin[req_id] - s_add[req_id]``, as a list. None where Python must compute: a req_id not exactly a str, a
+    value not exactly an int64, a result past int64 or past 2**53 (a double would not hold it exactly)."""
+    cdef list errs = []
+    cdef long long t0_ns = 0, t_ns = 0, add_ns = 0, fin_ns = 0, lat_r = 0, lat_s = 0, num = 0
+    cdef Py_ssize_t i
+    cdef PyObject *rid
+    cdef PyObject *a
+    cdef PyObject *b
+    cdef PyObject *c
+    if not _int64(<PyObject*>r0, &t0_ns):
+        return None
+    for i in range(len(finishes)):
+        rid = _finish_of(_list_item(<PyObject*>finishes, i), &t_ns)
+        if rid == NULL:
+            return None
+        a = _dict_get(<PyObject*>s_fin, rid)
+        if a == NULL:
+            continue
+        b = _dict_get(<PyObject*>r_add, rid)
+        if b == NULL:
+            continue
+        c = _dict_get(<PyObject*>s_add, rid)
+        if c == NULL:
+            continue
+        if not (_int64(b, &add_ns) and _sub(t_ns, t0_ns, &lat_r) and _sub(lat_r, add_ns, &lat_r)
+                and _int64(a, &fin_ns) and _int64(c, &add_ns) and _sub(fin_ns, add_ns, &lat_s)
+                and _sub(lat_s, lat_r, &num)):
+            return None
+        if num > _EXACT or num < -_EXACT or lat_r > _EXACT:
+            return None
+        num = -num if num < 0 else num
+        errs.append(<double>num / <double>(lat_r if lat_r > 1 else 1))
+    return errs
+
+
+def latencies_ms(list finishes, dict adds, t0):
+    """fidelity's request latencies: ``(t - t0 - adds[req_id]) / 1e6`` for each ``(req_id, t)`` of ``finishes``
+    whose req_id is in ``adds``, as a list. None where Python must compute (as in ``request_errs``)."""
+    cdef list out = []
+    cdef long long t0_ns = 0, t_ns = 0, add_ns = 0, lat_ns = 0
+    cdef Py_ssize_t i
+    cdef PyObject *rid
+    cdef PyObject *a
+    if not _int64(<PyObject*>t0, &t0_ns):
+        return None
+    for i in range(len(finishes)):
+        rid = _finish_of(_list_item(<PyObject*>finishes, i), &t_ns)
+        if rid == NULL:
+            return None
+        a = _dict_get(<PyObject*>adds, rid)
+        if a == NULL:
+            continue
+        if not (_int64(a, &add_ns) and _sub(t_ns, t0_ns, &lat_ns) and _sub(lat_ns, add_ns, &lat_ns)):
+            return None
+        if lat_ns > _EXACT or lat_ns < -_EXACT:
+            return None
+        out.append(<double>lat_ns / 1e6)
+    return out
 
 
 cdef inline bint _plain(PyObject* v):

@@ -139,11 +139,14 @@ def compare(recorded, simulated) -> Fidelity:
     r_add = {r.req_id: r.t_ns - r0 for r in recorded.of(RequestAdded) if r.side == "engine"}
     s_add = {r.req_id: r.t_ns - s0 for r in simulated.of(RequestAdded) if r.side == "engine"}
     s_fin = {rid: t - s0 for rid, t in sf}
-    req_errs = []
-    for rid, t in rf:
-        if rid in s_fin and rid in r_add and rid in s_add:
-            lat_r, lat_s = t - r0 - r_add[rid], s_fin[rid] - s_add[rid]
-            req_errs.append(abs(lat_s - lat_r) / max(lat_r, 1))
+    fast = _compiled()
+    req_errs = fast.request_errs(rf, r_add, s_fin, s_add, r0) if fast is not None else None  # None: in Python
+    if req_errs is None:
+        req_errs = []
+        for rid, t in rf:
+            if rid in s_fin and rid in r_add and rid in s_add:
+                lat_r, lat_s = t - r0 - r_add[rid], s_fin[rid] - s_add[rid]
+                req_errs.append(abs(lat_s - lat_r) / max(lat_r, 1))
     rw, sw = _run_figures(recorded, r_add, rf, r0, r_tokens), _run_figures(simulated, s_add, sf, s0, s_tokens)
     whole = {name: (a, b, abs(b - a) / a if a else 0.0) for name, a, b in zip(_RUN_FIGURES, rw, sw)}
     return Fidelity(len(r_sched), len(s_sched), same, first, [r for r, _ in rf] == [r for r, _ in sf],
@@ -161,6 +164,9 @@ def _run_figures(trace, adds: dict, finishes: list, t0: int, tokens: int | None 
     if tokens is None:
         tokens = sum(o.sampled for r in trace.of(StepUpdated) for o in r.outs)
     drain_ns = max(map(itemgetter(1), finishes)) - t0 - min(adds.values())
-    latencies_ms = [(t - t0 - adds[rid]) / 1e6 for rid, t in finishes if rid in adds]
+    fast = _compiled()
+    latencies_ms = fast.latencies_ms(finishes, adds, t0) if fast is not None else None  # None: in Python
+    if latencies_ms is None:
+        latencies_ms = [(t - t0 - adds[rid]) / 1e6 for rid, t in finishes if rid in adds]
     q50, q90, q99 = np.percentile(latencies_ms, (50, 90, 99)) if latencies_ms else (0.0, 0.0, 0.0)
     return (tokens / (drain_ns / 1e9) if drain_ns > 0 else 0.0, drain_ns / 1e6, float(q50), float(q90), float(q99))
