@@ -434,8 +434,11 @@ def finishes_and_sampled(list upds, type upd_type, type out_type):
     out with a finish_reason, in order (fidelity's ``_finishes``); ``sampled``: the sum of every out's
     ``sampled``, or None if one is not exactly an int or the sum leaves int64 (the caller then sums in Python).
     None altogether unless every update is exactly ``upd_type`` with a tuple of outs, each exactly
-    ``out_type`` (fields read by position: StepUpdated.end_ns 1, outs 3; OutReq.req_id 0, sampled 1,
-    finish_reason 2)."""
+    ``out_type`` (their fields read in place, at the positions their ``_fields`` name)."""
+    cdef Py_ssize_t END_NS = upd_type._fields.index("end_ns"), OUTS = upd_type._fields.index("outs")
+    cdef Py_ssize_t REQ_ID = out_type._fields.index("req_id"), SAMPLED = out_type._fields.index("sampled")
+    cdef Py_ssize_t REASON = out_type._fields.index("finish_reason")
+    cdef Py_ssize_t upd_min = max(END_NS, OUTS) + 1, out_min = max(REQ_ID, SAMPLED, REASON) + 1
     cdef list finishes = []
     cdef long long sampled = 0, total = 0
     cdef bint summed = True
@@ -445,19 +448,19 @@ def finishes_and_sampled(list upds, type upd_type, type out_type):
     cdef PyObject *o
     for i in range(len(upds)):
         r = _list_item(<PyObject*>upds, i)
-        if _type(r) != <void*>upd_type or _size(r) < 4:
+        if _type(r) != <void*>upd_type or _size(r) < upd_min:
             return None
-        outs = _item(r, 3)
+        outs = _item(r, OUTS)
         if _type(outs) != _TUPLE:
             return None
         for k in range(_size(outs)):
             o = _item(outs, k)
-            if _type(o) != <void*>out_type or _size(o) < 3:
+            if _type(o) != <void*>out_type or _size(o) < out_min:
                 return None
-            if _item(o, 2) != _NONE:
-                finishes.append((<object>_item(o, 0), <object>_item(r, 1)))
+            if _item(o, REASON) != _NONE:
+                finishes.append((<object>_item(o, REQ_ID), <object>_item(r, END_NS)))
             if summed:
-                if (not _int64(_item(o, 1), &sampled) or (sampled > 0 and total > LLONG_MAX - sampled)
+                if (not _int64(_item(o, SAMPLED), &sampled) or (sampled > 0 and total > LLONG_MAX - sampled)
                         or (sampled < 0 and total < LLONG_MIN - sampled)):
                     summed = False
                 else:
@@ -558,7 +561,14 @@ def equal_batches_prefix(list rs, list ss, type sched_type, type req_type):
     req_id, prefill_tokens, decode_tokens: fidelity's ``_batches_of``), stopping at the first step it cannot
     show equal: a difference, or anything but records exactly of ``sched_type`` / ``req_type`` whose fields
     are all plain values (``_plain``: then comparing whole entries, as fidelity's Python loop does first,
-    cannot raise, so not doing it changes nothing). Fields by position: step 2, reqs 3."""
+    cannot raise, so not doing it changes nothing). Fields are read in place, at the positions the types'
+    ``_fields`` name."""
+    cdef Py_ssize_t STEP = sched_type._fields.index("step"), REQS = sched_type._fields.index("reqs")
+    cdef Py_ssize_t sched_min = max(STEP, REQS) + 1
+    # the composition: what fidelity's _batches_of compares of each entry
+    cdef Py_ssize_t[3] composition = [req_type._fields.index("req_id"), req_type._fields.index("prefill_tokens"),
+                                      req_type._fields.index("decode_tokens")]
+    cdef Py_ssize_t req_min = max(composition[0], composition[1], composition[2]) + 1
     cdef Py_ssize_t i, k, j, n = min(len(rs), len(ss))
     cdef PyObject *a
     cdef PyObject *b
@@ -566,25 +576,26 @@ def equal_batches_prefix(list rs, list ss, type sched_type, type req_type):
     cdef PyObject *y
     for i in range(n):
         a, b = _list_item(<PyObject*>rs, i), _list_item(<PyObject*>ss, i)
-        if _type(a) != <void*>sched_type or _type(b) != <void*>sched_type or _size(a) < 4 or _size(b) < 4:
+        if (_type(a) != <void*>sched_type or _type(b) != <void*>sched_type or _size(a) < sched_min
+                or _size(b) < sched_min):
             return i
-        x, y = _item(a, 2), _item(b, 2)
+        x, y = _item(a, STEP), _item(b, STEP)
         if not (_plain(x) and _plain(y) and _eq(x, y, _Py_EQ)):
             return i
-        a, b = _item(a, 3), _item(b, 3)  # the entries
+        a, b = _item(a, REQS), _item(b, REQS)  # the entries
         if _type(a) != _TUPLE or _type(b) != _TUPLE or _size(a) != _size(b):
             return i
         for k in range(_size(a)):
             x, y = _item(a, k), _item(b, k)
             if x == y:  # one object: equal without comparing, as in Python
                 continue
-            if _type(x) != <void*>req_type or _type(y) != <void*>req_type or _size(x) < 3 or _size(y) != _size(x):
+            if _type(x) != <void*>req_type or _type(y) != <void*>req_type or _size(x) < req_min or _size(y) != _size(x):
                 return i
             for j in range(_size(x)):
                 if not (_plain(_item(x, j)) and _plain(_item(y, j))):
                     return i
-            for j in range(3):  # the composition: req_id, prefill_tokens, decode_tokens
-                if not _eq(_item(x, j), _item(y, j), _Py_EQ):
+            for j in range(3):
+                if not _eq(_item(x, composition[j]), _item(y, composition[j]), _Py_EQ):
                     return i
     return n
 

@@ -89,7 +89,8 @@ def _step_errs(r_sched: list, s_sched: list):
     n = min(len(r_sched), len(s_sched))
     fast = _compiled()
     if fast is not None and n > 1:
-        r, s = fast.int64_column(r_sched[:n], 0), fast.int64_column(s_sched[:n], 0)  # t_ns; None: not all ints
+        t_ns = StepScheduled._fields.index("t_ns")
+        r, s = fast.int64_column(r_sched[:n], t_ns), fast.int64_column(s_sched[:n], t_ns)  # None: not all ints
         if r is not None and s is not None and min(r.min(), s.min()) > -2**60 and max(r.max(), s.max()) < 2**60:
             dr, ds = np.diff(r), np.diff(s)  # no overflow: the times are under 2**60
             num, den = np.abs(ds - dr), np.maximum(dr, 1)
