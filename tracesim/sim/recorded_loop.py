@@ -365,9 +365,9 @@ class _Fit:
 
 
 class _Seen:
-    """What the recorded labels and reward digests show, counted in one pass over the rewards and one over the
-    consumed samples (``_gather``): all the inference decides on. A label is read across a version change
-    ("crossing") when the engine's version at its read differs from that at its sample's final delivery."""
+    """What the recorded labels and reward digests show, counted in one walk through the rewards and consumed
+    samples (``_gather``): all the inference decides on. A label is read across a version change ("crossing")
+    when the engine's version at its read differs from that at its sample's final delivery."""
 
     __slots__ = ("labels", "on_rewards", "admission", "first_token", "finish", "spans", "crossing", "kept",
                  "late_known", "late_matched", "checked", "differ", "first_differ")
