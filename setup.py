@@ -5,6 +5,8 @@ Everything else is in pyproject.toml. A failed build costs speed, never function
 * ``tracesim.format._fastcols`` (a .pyx) has a pure-Python reference implementation in columns.py;
 * ``tracesim.record._fastcapture`` (a .pyx, the recorder's per-step update pass) has its reference in
   tracesim/record/reduce.py;
+* ``tracesim._bulkmem`` (a .pyx, Linux only) maps Python's object arenas in bulk for the bulk commands'
+  processes (tracesim/bulkmem.py); without it they fault their memory in page by page, as Python does;
 * the simulator's hot modules (``SIM_MODULES``) are compiled from their own .py files, typed by the .pxd
   beside each; the .py files run as they are where the build is missing or stale (tracesim/sim/_compiled.py).
 
@@ -22,6 +24,7 @@ SIM_DIR = os.path.join("tracesim", "sim")
 # The simulator's per-step path (each has a .pxd of C types but feed, timing and steptime, compiled as they are).
 SIM_MODULES = ("records_hot", "kvcache", "scheduler", "rollout", "engine", "replay", "feed", "timing", "steptime",
                "replay_loop", "recorded_loop")
+BULKMEM = sys.platform.startswith("linux")  # MAP_POPULATE
 SIM_SOURCES = sorted([f"{m}.py" for m in SIM_MODULES] + [f for f in os.listdir(SIM_DIR) if f.endswith(".pxd")])
 
 
@@ -32,10 +35,12 @@ def write_build_record() -> None:
     compiled = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = compiled  # dataclasses look their module up
     spec.loader.exec_module(compiled)
-    compiled.write_record({"tracesim.sim": (SIM_MODULES, SIM_SOURCES),
-                           "tracesim.format": (("_fastcols",), ("_fastcols.pyx",)),
-                           "tracesim.record": (("_fastcapture",), ("_fastcapture.pyx",))},
-                          root=os.path.abspath("tracesim"))
+    groups = {"tracesim.sim": (SIM_MODULES, SIM_SOURCES),
+              "tracesim.format": (("_fastcols",), ("_fastcols.pyx",)),
+              "tracesim.record": (("_fastcapture",), ("_fastcapture.pyx",))}
+    if BULKMEM:
+        groups["tracesim"] = (("_bulkmem",), ("_bulkmem.pyx",))
+    compiled.write_record(groups, root=os.path.abspath("tracesim"))
 
 
 try:
@@ -44,7 +49,8 @@ except ImportError:  # building without pyproject's build requirements (e.g. --n
     ext_modules = []
 else:
     ext_modules = cythonize([Extension("tracesim.format._fastcols", ["tracesim/format/_fastcols.pyx"]),
-                             Extension("tracesim.record._fastcapture", ["tracesim/record/_fastcapture.pyx"])],
+                             Extension("tracesim.record._fastcapture", ["tracesim/record/_fastcapture.pyx"])]
+                            + ([Extension("tracesim._bulkmem", ["tracesim/_bulkmem.pyx"])] if BULKMEM else []),
                             language_level=3, quiet=True)
     # Types come from the .pxd files only: Cython's annotation typing would turn e.g. `features: bool` into a
     # C boolean that rejects what Python accepts.

@@ -16,6 +16,7 @@ import sys
 import warnings
 
 from tracesim import __version__
+from tracesim.bulkmem import populate_arenas
 from tracesim.format.errors import TraceFormatError
 from tracesim.gcpause import cyclic_gc_paused
 from tracesim.inputs import InputError
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None, *, bulk_exit: bool = False) -> int:
     # collector would rescan them again and again and free nothing (writing a 3.9M-record trace: 7.5 s with
     # it, 1.2 s without). Commands that run many simulations in one process (explore) say bulk=False.
     bulk = getattr(args, "bulk", True)
+    if bulk and bulk_exit:  # a process that ends with its output: its memory mapped in bulk (tracesim/bulkmem.py)
+        populate_arenas()
     try:
         with cyclic_gc_paused() if bulk else contextlib.nullcontext():
             code = int(args.run(args) or 0)
