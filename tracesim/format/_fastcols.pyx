@@ -599,3 +599,28 @@ def equal_batches_prefix(list rs, list ss, type sched_type, type req_type):
                     return i
     return n
 
+
+
+def frames_of(records, procs):
+    """The writer's frames of ``records``: ``(kind, record)``, or ``(kind, record, proc)`` where ``procs`` (None:
+    all 0; else one per record) gives a non-zero process; ``kind`` is the record's ``KIND``. What
+    ``TraceWriter.frames_of`` builds in Python (~90 ns a record, a third of writing a replay's trace), with the
+    kind looked up once per run of one record type."""
+    cdef list recs = records if type(records) is list else list(records)
+    cdef Py_ssize_t i, n = len(recs)
+    cdef list out = [None] * n
+    cdef object r, t, proc, kind = None, last_type = None
+    if procs is not None and len(procs) != n:
+        raise ValueError(f"{len(procs)} processes for {n} records")
+    for i in range(n):
+        r = recs[i]
+        t = type(r)
+        if t is not last_type:
+            kind, last_type = r.KIND, t
+        if procs is not None:
+            proc = procs[i]
+            if proc:
+                out[i] = (kind, r, proc)
+                continue
+        out[i] = (kind, r)
+    return out

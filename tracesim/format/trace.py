@@ -109,4 +109,17 @@ def read_trace(path: str | os.PathLike, progress=None) -> Trace:
 @cyclic_gc_paused()  # the frames of each batch are acyclic temporaries (see tracesim/gcpause.py)
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:
     with TraceWriter(path, trace.header) as writer:
+        fast = _compiled_columnizer()
+        if fast is not None:
+            writer.frames_of = fast.frames_of  # the frames built in C
         writer.extend(trace.records, trace.procs or None)
+
+
+def _compiled_columnizer():
+    """``tracesim.format._fastcols`` where it is built and current (and ``TRACESIM_PURE_PYTHON`` is not set),
+    else None. Imported on first use: it brings numpy, which a tool that writes a whole trace has anyway."""
+    try:
+        from tracesim.format.columns import _fastcols, compiled_available
+    except ImportError:  # numpy missing
+        return None
+    return _fastcols if compiled_available() else None

@@ -91,11 +91,7 @@ class TraceWriter:
         if not isinstance(records, (list, tuple)):
             records = list(records)
         for i in range(0, len(records), _BATCH):
-            batch = records[i:i + _BATCH]
-            if procs is None:
-                frames = [(record.KIND, record) for record in batch]
-            else:
-                frames = [(r.KIND, r, proc) if proc else (r.KIND, r) for r, proc in zip(batch, procs[i:i + _BATCH])]
+            frames = self.frames_of(records[i:i + _BATCH], None if procs is None else procs[i:i + _BATCH])
             with self._lock:
                 buf = self._buf
                 start = len(buf)
@@ -103,6 +99,14 @@ class TraceWriter:
                 del buf[start:start + _array_header_len(buf[start])]  # the frames, back to back
                 self.records_appended += len(frames)
                 self._maybe_flush_locked()
+
+    @staticmethod
+    def frames_of(batch, procs) -> list:
+        """The frames of ``batch``: ``(kind, record)``, or ``(kind, record, proc)`` for a non-zero ``procs``
+        entry (None: all 0). ``write_trace`` puts the compiled ``_fastcols.frames_of`` in its place."""
+        if procs is None:
+            return [(record.KIND, record) for record in batch]
+        return [(r.KIND, r, proc) if proc else (r.KIND, r) for r, proc in zip(batch, procs)]
 
     def flush(self) -> None:
         with self._lock:

@@ -1,6 +1,8 @@
-"""Reading groups records by type and finds the trace start while it decodes (``_fastcols.KindGrouper``): the
-trace's ``_kinds`` and its index's ``start_ns`` then need no pass over the records, and must be what those
-passes give."""
+"""The compiled columnizer's helpers for reading and writing whole traces (tracesim/format/_fastcols.pyx).
+
+Reading groups records by type and finds the trace start while it decodes (``KindGrouper``): the trace's
+``_kinds`` and its index's ``start_ns`` then need no pass over the records, and must be what those passes give.
+Writing builds its frames in C (``frames_of``): the same frames, the same bytes, as the writer's Python."""
 
 from __future__ import annotations
 
@@ -55,3 +57,24 @@ def test_a_start_the_grouper_cannot_take_is_left_to_the_index():
     grouper.add([add._replace(t_ns=9), add])
     grouper.add([add._replace(t_ns=-3)])
     assert grouper.start_ns == -3
+
+
+def test_the_writers_frames_built_in_c_are_the_pythons(tmp_path, monkeypatch):
+    from tracesim.format import Trace, write_trace
+    from tracesim.format import trace as trace_module
+    from tracesim.format.columns import _fastcols
+    from tracesim.format.writer import TraceWriter
+
+    trace = read_trace(TRACES / "vllm-async-engine.msgpack")
+    procs = [i % 3 for i in range(len(trace.records))]  # some records from other processes
+    for batch, batch_procs in ((trace.records, None), (trace.records, procs), (tuple(trace.records[:50]), None)):
+        assert _fastcols.frames_of(batch, batch_procs) == TraceWriter.frames_of(batch, batch_procs)
+    with pytest.raises(ValueError):
+        _fastcols.frames_of(trace.records, procs[:-1])
+    header = trace.header._replace(processes=tuple(trace.header.processes) * 3) if trace.header.processes else None
+    multi = Trace(header or trace.header, trace.records, procs if header else [])
+    fast, plain = tmp_path / "fast.msgpack", tmp_path / "plain.msgpack"
+    write_trace(fast, multi)
+    monkeypatch.setattr(trace_module, "_compiled_columnizer", lambda: None)  # the Python frames
+    write_trace(plain, multi)
+    assert fast.read_bytes() == plain.read_bytes()
