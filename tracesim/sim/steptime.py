@@ -77,11 +77,28 @@ def costs_of_steps(scheds: dict, upds: dict, execs: dict, t0: int, features: boo
                            np.concatenate([sched_end, upd_end]), t0))
 
 
+_T_NS, _END_NS = StepScheduled._fields.index("t_ns"), StepScheduled._fields.index("end_ns")
+if (StepUpdated._fields.index("t_ns"), StepUpdated._fields.index("end_ns")) != (_T_NS, _END_NS):
+    raise TypeError("_times reads t_ns and end_ns at one position in StepScheduled and StepUpdated: they moved")
+
+
 def _times(records) -> tuple:
-    """int64 arrays of the t_ns and the end_ns of StepScheduled / StepUpdated ``records`` (fields 0 and 1):
-    arrays, not a tuple per record (replay runs this on traces of 100k+ steps)."""
-    both = np.fromiter(chain.from_iterable(map(itemgetter(0, 1), records)), np.int64, 2 * len(records))
+    """int64 arrays of the t_ns and the end_ns of StepScheduled / StepUpdated ``records``: arrays, not a tuple
+    per record (replay runs this on traces of 100k+ steps); read by the compiled columnizer where it is built."""
+    records = list(records)
+    fast = _compiled_columnizer()
+    if fast is not None:
+        t, end = fast.int64_column(records, _T_NS), fast.int64_column(records, _END_NS)
+        if t is not None and end is not None:  # None: a time that is not an int64, for numpy to judge below
+            return t, end
+    both = np.fromiter(chain.from_iterable(map(itemgetter(_T_NS, _END_NS), records)), np.int64, 2 * len(records))
     return both[0::2], both[1::2]
+
+
+def _compiled_columnizer():
+    from tracesim.format import columns
+
+    return columns._fastcols if columns.compiled_available() else None
 
 
 def _gaps(sched_steps: list, upd_steps: list, t, end, t0: int) -> dict:
