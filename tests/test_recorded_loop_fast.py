@@ -214,6 +214,7 @@ def test_lookups_follow_each_incarnation_of_a_retried_request():
     assert rec.rewards_before("x", 99) == 1 and rec.last_reward_before("nope", 99) is None
     # "x" names no delivered request: its digest is the one "r" delivered first
     assert [rec.scored(r) for r in rec.rewards] == ["r", "r", "r"]
+    assert rec.reward_finals() == [(0, 2), (1, 5), (None, None)]  # from each named request's final frame
     assert rec.has_loop and not recorded(sample("a")).has_loop
     policy, reasons = infer_loop_policy(rec)
     assert (policy.version_label, policy.version_read, policy.reward_match) == ("spans", "once", "arrival")
@@ -252,6 +253,9 @@ def test_recorded_gathers_what_a_loop_over_the_records_finds(name):
         got = getattr(rec, attr)
         assert got == want and list(got) == list(want), attr  # same contents, same order
     assert rec.rewards == [r for r in trace.records if type(r) is RewardBound]
+    named = [rec.final_before(r.req_id, r.t_ns) for r in rec.rewards]
+    assert rec.reward_finals() == [(k, r.t_ns - fin.t_ns) if fin is not None else (None, None)
+                                   for r, (k, fin) in zip(rec.rewards, named)]
 
 
 # the compiled and the plain-Python build infer the same from the same recordings (a process imports one build)

@@ -93,3 +93,6 @@ cdef _count(_Seen seen, label, _Incarnation inc, at_read)
 
 @cython.locals(matched=bint)
 cdef _tally(_Fit fit, label, v, bint crossing)
+
+@cython.locals(i=Py_ssize_t, k=Py_ssize_t, req=_Req, t=cython.longlong)
+cdef list _reward_finals(list rewards, list reward_reqs)

@@ -124,6 +124,13 @@ class Recorded:
         req = self._reqs.get(req_id)
         return _admission(req.adds if req is not None else None, t_ns)
 
+    def reward_finals(self) -> list:
+        """For each recorded reward, in order: ``(k, ns)``, the incarnation ``k`` of the request it names whose
+        final frame came last at or before it (``final_before``) and the time from that frame to the reward;
+        ``(None, None)`` when there is none. What a replay with ``reward_match = "id"`` ties each reward to,
+        in one pass over the rewards' requests as gathered (no look-up by id)."""
+        return _reward_finals(self.rewards, self._reward_reqs)
+
     def scored(self, r) -> str:
         """The request whose tokens reward ``r`` was computed on: the one it names when its final digest is
         ``r``'s, else the last request that delivered that digest before ``r`` (arrival matching)."""
@@ -268,6 +275,16 @@ def _incarnation(set_t: list, set_v: list, req: _Req, k, fin) -> _Incarnation:
             if v >= 0 and (inc.spans is None or v < inc.spans):  # min() of the versions >= 0
                 inc.spans = v
     return inc
+
+
+def _reward_finals(rewards: list, reward_reqs: list) -> list:
+    out = []
+    for i in range(len(rewards)):
+        t = tuplenew.item(rewards[i], T_NS)
+        req = reward_reqs[i]
+        k = _final_index(req.incs, t)
+        out.append((k, t - req.incs[k].t) if k >= 0 else (None, None))
+    return out
 
 
 def _version_at(set_t: list, set_v: list, t):

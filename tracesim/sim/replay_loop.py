@@ -40,6 +40,8 @@ from tracesim.sim.scenario import LoopPolicy
 
 # --- the loop in a replay -------------------------------------------------------------------------------------
 
+_SCORED_OR_CONSUMED = LOOP_TYPES - {SampleDropped}  # a recording has a loop to replay when it has one of them
+
 # The policy's version_label as a number, decided once per run instead of a string compare per sample.
 LABEL_ADMISSION, LABEL_SPANS, LABEL_FIRST_TOKEN, LABEL_FINISH = 0, 1, 2, 3
 _LABEL_MODE = {"admission": LABEL_ADMISSION, "spans": LABEL_SPANS, "first_token": LABEL_FIRST_TOKEN}
@@ -76,13 +78,20 @@ class ReplayLoop:
         self.label_mode = _LABEL_MODE.get(policy.version_label, LABEL_FINISH)
         self._attached = {}  # (scored req_id, incarnation) -> [(ns after its final delivery, RewardBound)]
         self._loose = []  # rewards of samples the recording shows no final delivery for
-        for r in rec.rewards:
-            scored = rec.scored(r) if self.arrival else r.req_id
-            k, fin = rec.final_before(scored, r.t_ns)
-            if fin is None:
-                self._loose.append(r)
-            else:
-                self._attached.setdefault((scored, k), []).append((r.t_ns - fin.t_ns, r))
+        if self.arrival:  # each reward goes with the sample it was computed on
+            for r in rec.rewards:
+                scored = rec.scored(r)
+                k, fin = rec.final_before(scored, r.t_ns)
+                if fin is None:
+                    self._loose.append(r)
+                else:
+                    self._attached.setdefault((scored, k), []).append((r.t_ns - fin.t_ns, r))
+        else:  # with the one it names: what Recorded tied it to as it gathered the recording
+            for r, (k, delay_ns) in zip(rec.rewards, rec.reward_finals()):
+                if k is None:
+                    self._loose.append(r)
+                else:
+                    self._attached.setdefault((r.req_id, k), []).append((delay_ns, r))
         # req_id -> its last client admission (Recorded.admission without a time), looked up per bound reward
         self._last_add = {rid: adds[-1] for rid, adds in rec.adds.items() if adds}
         self._samples = {}
@@ -96,7 +105,7 @@ class ReplayLoop:
     @classmethod
     def from_recording(cls, trace, scan, policy: LoopPolicy | None = None):
         """The loop of ``trace`` (its ``replay._Scan``), or None when it recorded no rewards or consumption."""
-        if not any(type(r) is not SampleDropped for _i, r in scan.of_types(LOOP_TYPES)):
+        if not any(type(r) in _SCORED_OR_CONSUMED for _i, r in scan.picked):  # stops at the first
             return None
         rec = recorded_loop(trace)  # the one the caller may have inferred the policy from
         reasons = []
