@@ -69,6 +69,28 @@ def test_corrupted_byte_mid_stream_names_file_and_offset(small, tmp_path):
     assert err.value.offset == ends[3]
 
 
+def test_invalid_utf8_in_a_string_names_file_and_offset_in_both_readers(small, tmp_path):
+    # The bulk reader's scan only finds where frames end; the bad string shows when the frame is decoded, and
+    # must be the same one clear error as iterating gives (it was a UnicodeDecodeError traceback).
+    from tracesim.format import TraceReader
+
+    trace, data = small
+    ends = _frame_ends(data)
+    frame = data[ends[3]:ends[4]]
+    at = frame.index(trace.records[3].req_id.encode())  # inside the frame's req_id string
+    bad = bytearray(data)
+    bad[ends[3] + at] = 0xC1  # not valid UTF-8 anywhere
+    path = tmp_path / "bad-utf8.msgpack"
+    path.write_bytes(bytes(bad))
+    errors = []
+    for read in (read_trace, lambda p: list(TraceReader(p))):
+        with pytest.raises(TraceFormatError) as err:
+            read(path)
+        errors.append(str(err.value))
+        assert err.value.offset == ends[3] and "utf-8" in str(err.value)
+    assert errors[0] == errors[1]
+
+
 def test_wrong_field_type_names_the_field_and_offset(tmp_path):
     path = tmp_path / "t.msgpack"
     good = msgpack.packb(("header", tuple(header())))
