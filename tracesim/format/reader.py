@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import deque
-from itertools import repeat, starmap
 
 import msgpack
 
@@ -152,17 +150,16 @@ class TraceReader:
         unpacker, decoder = self._unpacker, codec.FrameDecoder()
         self._grouper = _kind_grouper()
         skip, tell = unpacker.skip, unpacker.tell
-        consume = deque(maxlen=0).extend  # runs an iterator to its end in C
         out: tuple = ([], [], [0])  # records, procs, skipped (boxed)
-        chunk_start = stride_start = tell()
-        count = 0  # complete frames found in the current chunk, up to the current stride
+        chunk_start = tell()
+        count = 0  # complete frames found in the current chunk
         try:
             while True:
-                # _SCAN_STRIDE frames skipped by a C loop (no bytecode per frame), then one tell(): the scan is
-                # then ~1/8 of the read. A stride that fails is counted again below, frame by frame.
-                consume(starmap(skip, repeat((), _SCAN_STRIDE)))
-                count += _SCAN_STRIDE
-                stride_start = end = tell()
+                # tell() only every _SCAN_STRIDE frames: the scan is then ~1/8 of the read.
+                for _ in range(_SCAN_STRIDE):
+                    skip()
+                    count += 1
+                end = tell()
                 if count >= _CHUNK_FRAMES or end - chunk_start >= _CHUNK_BYTES:
                     self._decode_chunk(decoder, chunk_start, end, count, out, progress)
                     chunk_start, count = end, 0
@@ -170,7 +167,6 @@ class TraceReader:
             error = None
         except _UNPACK_ERRORS as exc:
             error = exc
-        count += self._complete_frames(stride_start, _SCAN_STRIDE)  # those of the stride the scan ended in
         # The frame that ended the scan starts after the chunk's `count` complete frames.
         start = self._offset_after(chunk_start, count)
         if error is not None:
@@ -181,20 +177,6 @@ class TraceReader:
         if self._grouper is not None:
             self.by_type, self.start_ns = self._grouper.by_type, self._grouper.start_ns
         return out[0], out[1], out[2][0]
-
-    def _complete_frames(self, begin: int, most: int) -> int:
-        """How many complete, well-formed frames (at most ``most``) lie back to back from ``begin`` (scanned
-        again, with the reader's bounds): where a scan that stopped inside them stopped."""
-        unpacker = _unpacker(self._file)
-        self._file.seek(begin)
-        n = 0
-        try:
-            while n < most:
-                unpacker.skip()
-                n += 1
-        except (msgpack.OutOfData, *_UNPACK_ERRORS):
-            pass
-        return n
 
     def _offset_after(self, begin: int, count: int) -> int:
         """Byte offset just after the ``count`` complete frames that start at ``begin`` (scanned again)."""
