@@ -1,4 +1,4 @@
-"""Small builders shared by the format tests."""
+"""Small builders and runners shared by the tests."""
 
 from __future__ import annotations
 
@@ -82,3 +82,20 @@ def run(scenario, seed: int = 0, perturbations=()):
 def records_of(trace, kind, **match) -> list:
     """The records of type ``kind`` whose fields equal ``match``."""
     return [r for r in trace.records if type(r) is kind and all(getattr(r, k) == v for k, v in match.items())]
+
+
+def in_build(script: str, pure: bool) -> dict:
+    """The JSON that ``script`` prints, run in a fresh process with the repository root as its argument, in the
+    plain-Python build (``pure``) or the compiled one (a process imports one build of the simulator)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "TRACESIM_PURE_PYTHON": "1" if pure else "0"}
+    run = subprocess.run([sys.executable, "-c", script, str(REPO)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)

@@ -6,10 +6,6 @@ policy, reasons and ``Recorded`` contents on the bundled recordings and simulate
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ import pytest
 from tracesim.format.records import (
     ConsumedSample, OutputDelivered, RequestAdded, RewardBound, TrainerConsumed, VersionSpan, WeightsUpdated,
 )
+from helpers import in_build
 from tracesim.sim import _compiled
 from tracesim.sim.recorded_loop import Recorded, infer_loop_policy, resolve_loop_policy
 
@@ -285,11 +282,7 @@ print(json.dumps(out))
 
 
 def _summaries(pure: bool) -> dict:
-    env = {**os.environ, "TRACESIM_PURE_PYTHON": "1" if pure else "0"}
-    run = subprocess.run([sys.executable, "-c", SUMMARIES, str(REPO)], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
+    return in_build(SUMMARIES, pure)
 
 
 @pytest.mark.skipif(not _compiled.STATUS.compiled,

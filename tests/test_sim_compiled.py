@@ -9,7 +9,6 @@ with requeue, stale frames and chunked prefill.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import tracesim.sim.scheduler
+from helpers import in_build
 from tracesim.sim import _compiled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,11 +55,7 @@ print(json.dumps(out))
 
 
 def _digests(pure: bool) -> dict:
-    env = {**os.environ, "TRACESIM_PURE_PYTHON": "1" if pure else "0"}
-    run = subprocess.run([sys.executable, "-c", DIGESTS, str(REPO)], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
+    return in_build(DIGESTS, pure)
 
 
 def test_compiled_simulator_is_built_where_ci_requires_it():
