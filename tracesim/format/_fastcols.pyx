@@ -484,6 +484,13 @@ cdef inline PyObject* _finish_of(PyObject* f, long long* t_ns):
     return _item(f, 0)
 
 
+cdef inline bint _latency(PyObject* add, long long t_ns, long long t0_ns, long long* out):
+    """``*out`` = t_ns - t0_ns - add (a request's latency from its add), unless ``add`` is not an int64 or that
+    leaves int64."""
+    cdef long long add_ns = 0
+    return _int64(add, &add_ns) and _sub(t_ns, t0_ns, out) and _sub(out[0], add_ns, out)
+
+
 cdef long long _EXACT = 2 ** 53  # ints up to this are doubles exactly: C's division is then Python's int / int
 
 
@@ -493,7 +500,7 @@ def request_errs(list finishes, dict r_add, dict s_fin, dict s_add, r0):
     s_fin[req_id] - s_add[req_id]``, as a list. None where Python must compute: a req_id not exactly a str, a
     value not exactly an int64, a result past int64 or past 2**53 (a double would not hold it exactly)."""
     cdef list errs = []
-    cdef long long t0_ns = 0, t_ns = 0, add_ns = 0, fin_ns = 0, lat_r = 0, lat_s = 0, num = 0
+    cdef long long t0_ns = 0, t_ns = 0, fin_ns = 0, lat_r = 0, lat_s = 0, num = 0
     cdef Py_ssize_t i
     cdef PyObject *rid
     cdef PyObject *a
@@ -514,8 +521,7 @@ def request_errs(list finishes, dict r_add, dict s_fin, dict s_add, r0):
         c = _dict_get(<PyObject*>s_add, rid)
         if c == NULL:
             continue
-        if not (_int64(b, &add_ns) and _sub(t_ns, t0_ns, &lat_r) and _sub(lat_r, add_ns, &lat_r)
-                and _int64(a, &fin_ns) and _int64(c, &add_ns) and _sub(fin_ns, add_ns, &lat_s)
+        if not (_int64(a, &fin_ns) and _latency(b, t_ns, t0_ns, &lat_r) and _latency(c, fin_ns, 0, &lat_s)
                 and _sub(lat_s, lat_r, &num)):
             return None
         if num > _EXACT or num < -_EXACT or lat_r > _EXACT:
@@ -529,7 +535,7 @@ def latencies_ms(list finishes, dict adds, t0):
     """fidelity's request latencies: ``(t - t0 - adds[req_id]) / 1e6`` for each ``(req_id, t)`` of ``finishes``
     whose req_id is in ``adds``, as a list. None where Python must compute (as in ``request_errs``)."""
     cdef list out = []
-    cdef long long t0_ns = 0, t_ns = 0, add_ns = 0, lat_ns = 0
+    cdef long long t0_ns = 0, t_ns = 0, lat_ns = 0
     cdef Py_ssize_t i
     cdef PyObject *rid
     cdef PyObject *a
@@ -542,7 +548,7 @@ def latencies_ms(list finishes, dict adds, t0):
         a = _dict_get(<PyObject*>adds, rid)
         if a == NULL:
             continue
-        if not (_int64(a, &add_ns) and _sub(t_ns, t0_ns, &lat_ns) and _sub(lat_ns, add_ns, &lat_ns)):
+        if not _latency(a, t_ns, t0_ns, &lat_ns):
             return None
         if lat_ns > _EXACT or lat_ns < -_EXACT:
             return None
