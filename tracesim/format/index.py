@@ -44,12 +44,11 @@ def start_of(records) -> int:
     """The trace start: the earliest ``t_ns`` of ``records`` (0 if none). Records are in stream order, which
     is not time order (a step's record is written when the step ends), so this is a minimum, not the first."""
     if type(records) is list:  # millions of records: the minimum as a typed C loop where compiled (~10x)
-        try:
-            from tracesim.format.columns import _fastcols, compiled_available  # imported late: columns imports us
-        except ImportError:  # numpy missing
-            _fastcols = None
-        if _fastcols is not None and compiled_available():
-            least_ns = _fastcols.min_t_ns(records)  # None: a record only the Python path below judges
+        from tracesim.format.trace import compiled_columnizer  # imported late: trace imports this module
+
+        fast = compiled_columnizer()
+        if fast is not None:
+            least_ns = fast.min_t_ns(records)  # None: a record only the Python path below judges
             if least_ns is not None:
                 return least_ns
     try:

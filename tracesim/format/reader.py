@@ -35,13 +35,12 @@ def _unpacker(fileobj, max_buffer_size: int = codec.MAX_FRAME_BYTES) -> msgpack.
 
 
 def _kind_grouper():
-    """The compiled columnizer's ``KindGrouper``, or None where it is not built (the trace then groups and
+    """The compiled columnizer's ``KindGrouper``, or None where it is not in use (the trace then groups and
     finds its start on first use)."""
-    try:
-        from tracesim.format.columns import _fastcols
-    except ImportError:  # numpy missing
-        return None
-    return None if _fastcols is None or not hasattr(_fastcols, "KindGrouper") else _fastcols.KindGrouper()
+    from tracesim.format.trace import compiled_columnizer  # imported late: trace imports this module
+
+    fast = compiled_columnizer()
+    return None if fast is None else fast.KindGrouper()
 
 
 class TraceReader:

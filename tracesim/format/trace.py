@@ -75,12 +75,9 @@ class Trace:
 def group_by_type(records) -> dict:
     """``{type: [records of exactly that type, in stream order]}``; compiled (``_fastcols.group_by_type``)
     where the columnizer is built: the Python loop below costs ~0.2 us a record, over a second on a replay."""
-    try:
-        from tracesim.format.columns import _fastcols  # brings numpy: a trace worth grouping is read by a tool
-    except ImportError:  # numpy missing: the plain loop
-        _fastcols = None
-    if _fastcols is not None and type(records) is list:
-        return _fastcols.group_by_type(records)
+    fast = compiled_columnizer()  # brings numpy: a trace worth grouping is read by a tool
+    if fast is not None and type(records) is list:
+        return fast.group_by_type(records)
     by_type: dict = {}
     for r in records:
         bucket = by_type.get(type(r))
@@ -109,15 +106,16 @@ def read_trace(path: str | os.PathLike, progress=None) -> Trace:
 @cyclic_gc_paused()  # the frames of each batch are acyclic temporaries (see tracesim/gcpause.py)
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:
     with TraceWriter(path, trace.header) as writer:
-        fast = _compiled_columnizer()
+        fast = compiled_columnizer()
         if fast is not None:
             writer.frames_of = fast.frames_of  # the frames built in C
         writer.extend(trace.records, trace.procs or None)
 
 
-def _compiled_columnizer():
-    """``tracesim.format._fastcols`` where it is built and current (and ``TRACESIM_PURE_PYTHON`` is not set),
-    else None. Imported on first use: it brings numpy, which a tool that writes a whole trace has anyway."""
+def compiled_columnizer():
+    """``tracesim.format._fastcols`` (the columnizer and the C passes over whole traces that readers, the index,
+    fidelity and the step costs use) where it is built and current and ``TRACESIM_PURE_PYTHON`` is not set,
+    else None: the callers' Python is the reference. Imported on first use: it brings numpy."""
     try:
         from tracesim.format.columns import _fastcols, compiled_available
     except ImportError:  # numpy missing

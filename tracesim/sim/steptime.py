@@ -16,6 +16,7 @@ from operator import itemgetter
 import numpy as np
 
 from tracesim.format.index import index_trace, start_of
+from tracesim.format.trace import compiled_columnizer
 from tracesim.format.records import StepScheduled, StepUpdated
 from tracesim.sim.scenario import StepTime
 from tracesim.sim.timing import batch_features
@@ -86,19 +87,13 @@ def _times(records) -> tuple:
     """int64 arrays of the t_ns and the end_ns of StepScheduled / StepUpdated ``records``: arrays, not a tuple
     per record (replay runs this on traces of 100k+ steps); read by the compiled columnizer where it is built."""
     records = list(records)
-    fast = _compiled_columnizer()
+    fast = compiled_columnizer()
     if fast is not None:
         t, end = fast.int64_column(records, _T_NS), fast.int64_column(records, _END_NS)
         if t is not None and end is not None:  # None: a time that is not an int64, for numpy to judge below
             return t, end
     both = np.fromiter(chain.from_iterable(map(itemgetter(_T_NS, _END_NS), records)), np.int64, 2 * len(records))
     return both[0::2], both[1::2]
-
-
-def _compiled_columnizer():
-    from tracesim.format import columns
-
-    return columns._fastcols if columns.compiled_available() else None
 
 
 def _gaps(sched_steps: list, upd_steps: list, t, end, t0: int) -> dict:
