@@ -23,9 +23,6 @@ from tracesim.sim.timing import batch_features
 
 HOLD_OUT_EVERY = 5
 
-if StepScheduled._fields[:2] != ("t_ns", "end_ns") or StepUpdated._fields[:2] != ("t_ns", "end_ns"):
-    raise TypeError("_times reads t_ns and end_ns as fields 0 and 1: a record type changed them")
-
 
 @dataclass(frozen=True)
 class StepCosts:
