@@ -20,6 +20,8 @@ _CHUNK_FRAMES = 1 << 12
 _CHUNK_BYTES = 1 << 20
 _SCAN_STRIDE = 256
 
+_ID_PLANS = codec.id_plans()
+
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   msgpack.BufferFull)
 
@@ -35,12 +37,12 @@ def _unpacker(fileobj, max_buffer_size: int = codec.MAX_FRAME_BYTES) -> msgpack.
 
 
 def _kind_grouper():
-    """The compiled columnizer's ``KindGrouper``, or None where it is not in use (the trace then groups and
-    finds its start on first use)."""
+    """The compiled columnizer's ``KindGrouper`` (which also keeps one str per distinct request id), or None
+    where it is not in use (the trace then groups and finds its start on first use)."""
     from tracesim.format.trace import compiled_columnizer  # imported late: trace imports this module
 
     fast = compiled_columnizer()
-    return None if fast is None else fast.KindGrouper()
+    return None if fast is None else fast.KindGrouper(_ID_PLANS)
 
 
 class TraceReader:
@@ -209,9 +211,9 @@ class TraceReader:
                 else:
                     procs.append(decoded[0])
                     chunk_records.append(decoded[1])
-        records += chunk_records
-        if self._grouper is not None:
+        if self._grouper is not None:  # before the chunk's records are referred to from anywhere else
             self._grouper.add(chunk_records)
+        records += chunk_records
         if progress is not None:
             progress(len(records))
 
