@@ -57,3 +57,34 @@ def test_a_bulk_command_with_it_writes_what_one_without_it_writes(tmp_path):
     without = tmp_path / "without.msgpack"
     assert main([*args, "-o", str(without)]) == 0
     assert with_it.read_bytes() == without.read_bytes()
+
+
+def test_background_helper_populates_ahead_and_a_forked_child_maps_its_own():
+    # The helper thread makes each next chunk; a forked child (no helper thread there) must map its chunks
+    # itself instead of waiting on a helper that does not exist in it (it would hang: the timeout catches it).
+    out = _python("""
+        import os
+        from tracesim import _bulkmem
+        assert _bulkmem.install(background=True) and _bulkmem.in_background()
+        objs = [(i, str(i)) for i in range(1_500_000)]  # ~200 MB: several chunks, each made by the helper
+        made = _bulkmem.populated_bytes()
+        pid = os.fork()
+        if pid == 0:
+            more = [(i, str(i)) for i in range(1_500_000)]
+            os._exit(0 if sum(len(s) for _, s in more) == sum(len(s) for _, s in objs) else 3)
+        _, status = os.waitpid(pid, 0)
+        print(made, os.waitstatus_to_exitcode(status), sum(len(s) for _, s in objs))
+    """)
+    made, child_code, chars = map(int, out.split())
+    assert made >= 128 << 20 and child_code == 0 and chars == sum(len(str(i)) for i in range(1_500_000))
+
+
+def test_bulk_commands_populate_in_the_background_where_a_core_is_spare():
+    out = _python("""
+        import os
+        from tracesim import _bulkmem, bulkmem
+        bulkmem.populate_arenas()
+        print(len(os.sched_getaffinity(0)), _bulkmem.in_background())
+    """)
+    cores, background = out.split()
+    assert background == str(int(cores) > 1)

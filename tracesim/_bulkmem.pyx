@@ -9,11 +9,35 @@ in one pass, and keeps the arenas pymalloc gives back for its next requests inst
 a process freed is therefore not returned to the system before it exits: right for a command that ends when
 its output is out, wrong for a long-lived process, which is why only ``tracesim``'s bulk commands install it.
 
+Populating is the kernel zeroing each page (and, on a VM, the host backing it): ~1.3 s per GB on the machine
+measured, a quarter of a ``tracesim replay``'s wall time, on the one core the command runs on. With
+``background=True`` a helper thread (plain C, no Python) maps and populates the next chunk while the command
+works, so that cost moves to another core; the command waits only if it outruns the helper. The helper is
+used by the process that installed the allocator only (a forked child maps its chunks itself).
+
 Requests of any other size, arenas it did not make, and a failed mapping go to the allocator it replaced.
-Called by pymalloc with the GIL held: no locking.
+Called by pymalloc with the GIL held: the arena lists need no lock; the hand-over of a chunk between the
+helper and the allocator takes one mutex, once per chunk.
 """
 
 from libc.stddef cimport size_t
+from posix.types cimport pid_t
+from posix.unistd cimport getpid
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_detach(pthread_t thread)
+    int pthread_mutex_init(pthread_mutex_t *mutex, const void *attr)
+    int pthread_mutex_lock(pthread_mutex_t *mutex)
+    int pthread_mutex_unlock(pthread_mutex_t *mutex)
+    int pthread_cond_init(pthread_cond_t *cond, const void *attr)
+    int pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
+    int pthread_cond_signal(pthread_cond_t *cond)
 
 cdef extern from "Python.h":
     ctypedef struct PyObjectArenaAllocator:
@@ -48,6 +72,63 @@ cdef size_t _n_free = 0
 cdef bint _installed = False
 cdef size_t _populated_bytes = 0
 
+# The background populator (install(background=True)): the allocator asks for its next chunk (_wanted_bytes)
+# as soon as it takes one; the helper maps it and leaves it in _ready. All four guarded by _lock.
+cdef pthread_mutex_t _lock
+cdef pthread_cond_t _wanted  # the helper waits here for a request
+cdef pthread_cond_t _made  # the allocator waits here for the chunk in the making
+cdef size_t _wanted_bytes = 0  # requested and not yet made; 0: none
+cdef void *_ready = NULL  # made, not taken yet (NULL: none, or the mapping failed)
+cdef size_t _ready_bytes = 0
+cdef bint _background = False
+cdef pid_t _owner = 0  # the process whose helper thread it is
+
+
+cdef void *_map_populated(size_t size) noexcept nogil:
+    cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
+    return NULL if p == MAP_FAILED else p
+
+
+cdef void *_populator(void *arg) noexcept nogil:
+    """The helper thread: make each chunk asked for, for ever (the process ends it)."""
+    global _wanted_bytes, _ready, _ready_bytes
+    cdef size_t size
+    cdef void *p
+    while True:
+        pthread_mutex_lock(&_lock)
+        while _wanted_bytes == 0:
+            pthread_cond_wait(&_wanted, &_lock)
+        size = _wanted_bytes
+        pthread_mutex_unlock(&_lock)
+        p = _map_populated(size)
+        pthread_mutex_lock(&_lock)
+        _ready, _ready_bytes, _wanted_bytes = p, size, 0
+        pthread_cond_signal(&_made)
+        pthread_mutex_unlock(&_lock)
+
+
+cdef void *_next_chunk(size_t *size) noexcept nogil:
+    """A new populated chunk (its size in ``*size``), or NULL. From the helper where there is one (waiting for
+    the chunk it is making), which is then asked for the one after; else mapped here."""
+    global _wanted_bytes, _ready, _ready_bytes
+    cdef void *p = NULL
+    cdef size_t next_bytes
+    if not _background or getpid() != _owner:
+        size[0] = _chunk_bytes
+        return _map_populated(_chunk_bytes)
+    pthread_mutex_lock(&_lock)
+    while _wanted_bytes != 0:
+        pthread_cond_wait(&_made, &_lock)
+    p, size[0] = _ready, _ready_bytes
+    _ready = NULL
+    if p == NULL:  # none asked for yet (the first chunk), or the helper's mapping failed
+        size[0] = _chunk_bytes
+    next_bytes = size[0] * 2 if size[0] < MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
+    _wanted_bytes = next_bytes
+    pthread_cond_signal(&_wanted)
+    pthread_mutex_unlock(&_lock)
+    return p if p != NULL else _map_populated(size[0])
+
 
 cdef bint _ours(void *ptr) noexcept nogil:
     cdef size_t i
@@ -61,6 +142,7 @@ cdef void *_alloc(void *ctx, size_t size) noexcept nogil:
     global _arena_bytes, _chunk_bytes, _n_chunks, _next, _end, _n_free, _populated_bytes
     cdef void *p
     cdef char *arena
+    cdef size_t got = 0
     if _arena_bytes == 0:
         _arena_bytes = size
     if size != _arena_bytes:
@@ -71,15 +153,14 @@ cdef void *_alloc(void *ctx, size_t size) noexcept nogil:
     if _next == NULL or _next + size > _end:
         if _n_chunks == MAX_CHUNKS:
             return _replaced.alloc(_replaced.ctx, size)
-        p = mmap(NULL, _chunk_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
-        if p == MAP_FAILED:
+        p = _next_chunk(&got)
+        if p == NULL:
             return _replaced.alloc(_replaced.ctx, size)
-        _next, _end = <char*>p, <char*>p + _chunk_bytes
+        _next, _end = <char*>p, <char*>p + got
         _chunk_begin[_n_chunks], _chunk_end[_n_chunks] = _next, _end
         _n_chunks += 1
-        _populated_bytes += _chunk_bytes
-        if _chunk_bytes < MAX_CHUNK_BYTES:
-            _chunk_bytes *= 2
+        _populated_bytes += got
+        _chunk_bytes = got * 2 if got < MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
     arena = _next
     _next += size
     return arena
@@ -96,12 +177,21 @@ cdef void _free(void *ctx, void *ptr, size_t size) noexcept nogil:
         munmap(ptr, size)  # a hole in its chunk, never handed out again
 
 
-def install() -> bool:
-    """Serve pymalloc's arenas from here from now on (once per process); True if it was installed now."""
-    global _installed
+def install(bint background=False) -> bool:
+    """Serve pymalloc's arenas from here from now on (once per process); True if it was installed now.
+    ``background``: a helper thread populates the next chunk ahead (for a machine with a core to spare)."""
+    global _installed, _background, _owner
     cdef PyObjectArenaAllocator mine
+    cdef pthread_t helper
     if _installed:
         return False
+    if background:
+        pthread_mutex_init(&_lock, NULL)
+        pthread_cond_init(&_wanted, NULL)
+        pthread_cond_init(&_made, NULL)
+        if pthread_create(&helper, NULL, _populator, NULL) == 0:
+            pthread_detach(helper)
+            _background, _owner = True, getpid()
     PyObject_GetArenaAllocator(&_replaced)
     mine.ctx = NULL
     mine.alloc = _alloc
@@ -109,6 +199,11 @@ def install() -> bool:
     PyObject_SetArenaAllocator(&mine)
     _installed = True
     return True
+
+
+def in_background() -> bool:
+    """Whether a helper thread populates the chunks (install(background=True) started one)."""
+    return _background
 
 
 def populated_bytes() -> int:
