@@ -99,3 +99,29 @@ def test_a_concurrent_flusher_does_not_lose_or_reorder_records(tmp_path):
     t.join()
     w.close()
     assert read_trace(path).records == trace.records
+
+
+def test_background_writes_give_the_same_bytes_and_raise_a_failed_write(tmp_path):
+    # write_trace writes from a thread (background_io): same bytes as writing on the caller's thread, and a
+    # write that fails there is raised to the caller, at close at the latest, never lost or hung on.
+    trace = synthetic_trace(seed=5)
+    a, b = tmp_path / "a.msgpack", tmp_path / "b.msgpack"
+    write_trace(a, trace)
+    with TraceWriter(b, trace.header, flush_bytes=256) as w:
+        w.extend(trace.records, trace.procs or None)
+    assert a.read_bytes() == b.read_bytes()
+
+    class Full:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    for close_only in (False, True):
+        w = TraceWriter(tmp_path / "c.msgpack", trace.header, flush_bytes=256, background_io=True)
+        w._io._file = Full()
+        thread = w._io._thread
+        with pytest.raises(OSError, match="No space left"):
+            with w:
+                # more batches than the queue holds: a put must not block for ever; or one batch, at close
+                for record in trace.records[:1] if close_only else trace.records * 20:
+                    w.append(record)
+        assert w._file.closed and not thread.is_alive()

@@ -105,7 +105,7 @@ def read_trace(path: str | os.PathLike, progress=None) -> Trace:
 
 @cyclic_gc_paused()  # the frames of each batch are acyclic temporaries (see tracesim/gcpause.py)
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:
-    with TraceWriter(path, trace.header) as writer:
+    with TraceWriter(path, trace.header, background_io=True) as writer:
         fast = compiled_columnizer()
         if fast is not None:
             writer.frames_of = fast.frames_of  # the frames built in C

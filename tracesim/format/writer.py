@@ -6,6 +6,10 @@ the last write, on ``flush()`` and on ``close()`` (which also fsyncs). A process
 loses at most the records appended since the last write, and a reader recovers everything before that.
 
 One thread may append while another flushes or closes: packing and buffer swaps happen under one lock.
+``background_io=True`` (``write_trace``: whole traces at once) hands each batch of bytes to a thread that writes
+it while the caller encodes the next (a write releases the GIL): on a 255 MB trace the file writes, mostly
+the kernel taking page-cache memory, then cost the encoding thread nothing. Errors surface at the next call
+or at ``close()``, which still fsyncs before it returns.
 The bytes depend only on the records appended (no clocks, no object ids), so the same events give the same
 file.
 
@@ -17,6 +21,7 @@ exactly the frames back to back.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -30,6 +35,40 @@ DEFAULT_FLUSH_BYTES = 1 << 20
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 _BATCH = 1 << 14  # records per encoder call in extend(): bounds the frame list and the buffer between writes
 _CHECK_EVERY = 64  # appends between two flush-threshold checks: keeps the clock read off the hot path
+_IO_QUEUE = 8  # background_io: batches encoded ahead of the writes (bounds the memory held, ~8 MiB)
+
+
+class _BackgroundWrites:
+    """A thread that writes the byte batches put to it to ``file``, in order; the first error is kept for the
+    owner to raise (``check``), and later batches are dropped (the thread never dies early: a put never hangs)."""
+
+    def __init__(self, file):
+        self._file, self.error = file, None
+        self._todo: queue.Queue = queue.Queue(_IO_QUEUE)
+        self._thread = threading.Thread(target=self._run, name="tracesim-trace-writes", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._todo.get()) is not None:
+            if self.error is None:
+                try:
+                    self._file.write(data)
+                except Exception as exc:  # noqa: BLE001 - handed to the owner as it is
+                    self.error = exc
+
+    def put(self, data: bytes) -> None:
+        self.check()
+        self._todo.put(data)
+
+    def drain(self) -> None:
+        """Wait for every batch put so far to be written; raise the first error."""
+        self._todo.put(None)
+        self._thread.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def _base_value(obj):
@@ -57,7 +96,7 @@ class TraceWriter:
     """
 
     def __init__(self, path: str | os.PathLike, header: Header, *, flush_bytes: int = DEFAULT_FLUSH_BYTES,
-                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S):
+                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S, background_io: bool = False):
         self.path = Path(path)
         self.header = header
         self._flush_bytes = flush_bytes
@@ -69,8 +108,11 @@ class TraceWriter:
         self.records_appended = 0
         self._next_check = _CHECK_EVERY  # records_appended at which the flush thresholds are looked at
         self._file = open(self.path, "wb")
+        self._io = None
         self._buf += msgpack.packb((Header.KIND, header), use_bin_type=True)
         self.flush()  # a header on disk at once: even an early crash leaves a readable trace
+        if background_io:
+            self._io = _BackgroundWrites(self._file)
 
     def append(self, record, proc: int = 0) -> None:
         """Append one event record; ``proc`` indexes ``header.processes``."""
@@ -118,7 +160,13 @@ class TraceWriter:
             if self._file.closed:
                 return
             try:
-                self._write_locked()
+                try:
+                    self._write_locked()
+                finally:
+                    if self._io is not None:  # the thread ends here, whatever happened
+                        io, self._io = self._io, None
+                        io.drain()
+                self._file.flush()
                 os.fsync(self._file.fileno())
             finally:
                 self._file.close()
@@ -132,8 +180,11 @@ class TraceWriter:
     def _write_locked(self) -> None:
         self._last_write_s = time.monotonic()
         if self._buf:
-            self._file.write(self._buf)
-            self._file.flush()
+            if self._io is not None:
+                self._io.put(bytes(self._buf))
+            else:
+                self._file.write(self._buf)
+                self._file.flush()
             self._buf.clear()
 
     def __enter__(self) -> "TraceWriter":
