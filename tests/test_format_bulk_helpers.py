@@ -78,3 +78,45 @@ def test_the_writers_frames_built_in_c_are_the_pythons(tmp_path, monkeypatch):
     monkeypatch.setattr(trace_module, "compiled_columnizer", lambda: None)  # the Python frames
     write_trace(plain, multi)
     assert fast.read_bytes() == plain.read_bytes()
+
+
+def _ids(records):
+    """Every request / group id object the records hold, where ``codec.id_plans`` says ids are."""
+    from tracesim.format.codec import ID_ENTRIES, ID_STR, ID_TUPLE, id_plans
+
+    plans = id_plans()
+    for r in records:
+        for i, op, entry_fields in plans.get(type(r), ()):
+            v = r[i]
+            if op == ID_STR:
+                yield v
+            elif v is not None:
+                yield from (e[j] for e in v for j in entry_fields) if op == ID_ENTRIES else v
+            assert op in (ID_STR, ID_TUPLE, ID_ENTRIES)
+
+
+@pytest.mark.parametrize("name", ["vllm-abort.msgpack", "vllm-wait-preempt.msgpack", "vllm-async-engine.msgpack"])
+def test_reading_keeps_one_str_per_distinct_id_and_the_same_records(name, monkeypatch):
+    trace = read_trace(TRACES / name)
+    ids = [v for v in _ids(trace.records) if isinstance(v, str)]
+    first: dict = {}
+    assert all(first.setdefault(v, v) is v for v in ids)  # each id: one object, however often it recurs
+    assert len(ids) > 3 * len(first)  # (ids recur: the check above has something to check)
+    monkeypatch.setenv("TRACESIM_PURE_PYTHON", "1")  # the reference reader: no interning, the same records
+    assert read_trace(TRACES / name).records == trace.records
+
+
+def test_ids_are_only_shared_in_records_nothing_else_holds():
+    from tracesim.format.codec import id_plans
+    from tracesim.format.columns import _fastcols
+
+    def fresh(t_ns):  # a new str each time (a literal would be one constant object)
+        return RequestAdded(t_ns=t_ns, req_id="".join(["re", "q"]), prompt_len=1)
+
+    grouper = _fastcols.KindGrouper(id_plans())
+    grouper.add([fresh(1), fresh(2)])  # as the reader hands them over: held by the chunk's list only
+    x, y = grouper.by_type[RequestAdded]
+    assert x.req_id is y.req_id
+    held = fresh(3)  # referred to from elsewhere too: left as it is
+    grouper.add([held])
+    assert held.req_id == x.req_id and held.req_id is not x.req_id
