@@ -120,3 +120,21 @@ def test_ids_are_only_shared_in_records_nothing_else_holds():
     held = fresh(3)  # referred to from elsewhere too: left as it is
     grouper.add([held])
     assert held.req_id == x.req_id and held.req_id is not x.req_id
+
+
+def test_ids_of_any_characters_are_shared_only_with_equal_ids(tmp_path):
+    # ids in 1-, 2- and 4-byte str kinds, some equal in length and hash-cache slot candidates to others
+    from helpers import header
+    from tracesim.format import TraceWriter
+    from tracesim.format.records import OutputDelivered
+
+    names = ["a-1", "a-2", "é-1", "é-2", "中-1", "中-2", "😀-1", "😀-2", "", "a" * 300]
+    with TraceWriter(tmp_path / "t.msgpack", header()) as w:
+        for t_ns in range(200):
+            name = names[t_ns * 7 % len(names)]
+            w.append(OutputDelivered(t_ns=t_ns, req_id=name, start_idx=0, num_tokens=1, finished=False))
+    records = read_trace(tmp_path / "t.msgpack").records
+    assert [r.req_id for r in records] == [names[t * 7 % len(names)] for t in range(200)]
+    by_value: dict = {}
+    assert all(by_value.setdefault(r.req_id, r.req_id) is r.req_id for r in records)
+    assert len(by_value) == len(names)
