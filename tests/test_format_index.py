@@ -145,7 +145,7 @@ def test_replays_scan_hands_the_index_the_same_step_records_and_start():
     b = Trace(header(role="client", pid=2), [RequestAdded(t_ns=3, req_id="a", side="client")])
     for trace in (simulated(num_prompts=24), merge_traces([a, b])):
         fresh = index_trace(trace)
-        scan = _Scan(trace)  # builds trace.index() from its own walk
+        scan = _Scan(trace)  # pairs a well-formed trace's steps itself; trace.index() pairs on first use
         ix = trace.index()
         assert scan.t0 == ix.start_ns == fresh.start_ns and ix.first_ns == fresh.first_ns
         assert ix.last_records() == fresh.last_records() == naive_last(trace)
@@ -153,23 +153,43 @@ def test_replays_scan_hands_the_index_the_same_step_records_and_start():
         assert ix.in_flight_at_end == fresh.in_flight_at_end and ix.n_upd == fresh.n_upd
 
 
-def test_an_index_built_for_its_start_is_paired_from_the_scans_step_records(monkeypatch):
-    # `tracesim replay` reads the start first (loop-policy inference), then replay's scan hands over the step
-    # records it walked: the index pairs those instead of walking every record again, with the same result.
-    from tracesim.format.index import index_trace
+def _scan_steps(trace) -> tuple:
+    """What replay's scan takes from ``trace`` (its own pairing of a well-formed recording, else the index's),
+    with whether it paired the steps itself (the index then stays unpaired)."""
     from tracesim.sim.replay import _Scan
 
-    a = Trace(header(role="engine-core", pid=1), [sched(10, 0, "a"), execd(12, 0), upd(14, 0, "a"), upd(15, 3)])
-    b = Trace(header(role="client", pid=2), [RequestAdded(t_ns=3, req_id="a", side="client")])
-    for trace in (simulated(num_prompts=24), merge_traces([a, b])):
-        fresh = index_trace(trace)
-        ix = trace.index()
-        assert ix.start_ns == fresh.start_ns and ix._unpaired
-        with monkeypatch.context() as m:  # the index's own walk over the records is not taken
-            m.setattr("tracesim.format.index.compress", lambda *a: pytest.fail("the index walked the records"))
-            _Scan(trace)
-        assert trace.index() is ix and not ix._unpaired
-        assert ix.last_records() == fresh.last_records() == naive_last(trace)
-        assert [f[0] for f in ix.step_faults] == [f[0] for f in fresh.step_faults]
-        assert ix.in_flight_at_end == fresh.in_flight_at_end and ix.n_upd == fresh.n_upd
-        assert ix.first_ns == fresh.first_ns
+    scan = _Scan(trace)
+    return (scan.scheds, scan.execs, scan.upds, scan.t0), trace.index()._unpaired
+
+
+def _index_steps(trace) -> tuple:
+    from tracesim.sim.steptime import exec_ns_of
+
+    ix = Trace(trace.header, trace.records, trace.procs).index()
+    _proc, scheds, execs, upds = ix.engine_steps()
+    return scheds, exec_ns_of(execs), upds, ix.start_ns
+
+
+@pytest.mark.parametrize("path", TRACES, ids=lambda p: Path(p).stem)
+def test_replays_scan_pairs_a_recording_as_the_index_does(path):
+    trace = read_trace(path)
+    steps, index_left_unpaired = _scan_steps(trace)
+    assert steps == _index_steps(trace)
+    assert index_left_unpaired  # well formed: the scan paired it, the index was not asked to
+
+
+@pytest.mark.parametrize("odd", ["repeated_sched", "exec_after_upd", "exec_twice", "upd_twice", "upd_unscheduled",
+                                 "second_engine"])
+def test_replays_scan_leaves_odd_step_streams_to_the_index(odd):
+    good = [sched(10, 0, "a"), execd(11, 0), upd(12, 0, "a"), sched(20, 1, "a"), execd(21, 1), upd(22, 1, "a")]
+    procs = [0] * len(good)
+    extra = {"repeated_sched": sched(25, 1, "a"), "exec_after_upd": execd(26, 1), "exec_twice": execd(21, 0),
+             "upd_twice": upd(27, 1, "a"), "upd_unscheduled": upd(28, 5, "a"), "second_engine": sched(29, 0, "b")}[odd]
+    records = good + [extra]
+    procs = procs + [1 if odd == "second_engine" else 0]
+    trace = Trace(header(), records, procs if odd == "second_engine" else [])
+    if odd == "second_engine":
+        trace.header = trace.header._replace(processes=trace.header.processes * 2)
+    steps, index_left_unpaired = _scan_steps(trace)
+    assert not index_left_unpaired  # the index paired it
+    assert steps == _index_steps(trace)

@@ -97,13 +97,6 @@ class TraceIndex:
         _pair(self, taken, records)
         return getattr(self, name)
 
-    def pair_with(self, step_records) -> None:
-        """Pair the steps from ``step_records`` (as ``index_steps`` takes them) if they are not paired yet: a
-        reader that walked the records anyway hands them over instead of the pairing's own walk."""
-        if self._unpaired:
-            self._unpaired = False
-            _pair(self, step_records, self._source[0])
-
     @property
     def start_ns(self) -> int:
         if self._start_ns is None:
@@ -186,22 +179,13 @@ def index_trace(trace, start_ns: int | None = None) -> TraceIndex:
     return ix
 
 
-def index_steps(step_records, records, start_ns: int | None = None, procs=()) -> TraceIndex:
-    """The index of ``records`` from ``step_records``: ``(proc, record)`` for each of its StepScheduled /
-    StepExecuted / StepUpdated, in stream order. For a reader that walks every record anyway (replay's
-    compiled scan) and hands over what it saw, with the trace start if it found it (else found on first use)."""
-    ix = TraceIndex(records, procs)
-    ix._start_ns = start_ns
-    _pair(ix, step_records, records)
-    return ix
-
-
 _PAIRED = frozenset(("first_ns", "steps", "step_order", "step_faults", "in_flight_at_end", "extras", "n_exec",
                      "n_upd"))
 
 
 def _pair(ix: TraceIndex, step_records, records) -> None:
-    """Fill ``ix``'s paired attributes (``_PAIRED``) from ``step_records`` (see ``index_steps``)."""
+    """Fill ``ix``'s paired attributes (``_PAIRED``) from ``step_records``: ``(proc, record)`` for each
+    StepScheduled / StepExecuted / StepUpdated of ``records``, in stream order."""
     ix.steps, ix.step_order, ix.step_faults, ix.in_flight_at_end, ix.extras = {}, [], [], {}, []
     ix.first_ns = next((r.t_ns for r in records if type(getattr(r, "t_ns", None)) is int), None)
     steps, order, faults, extras = ix.steps, ix.step_order, ix.step_faults, ix.extras

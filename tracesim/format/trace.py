@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from tracesim.format.index import index_steps, index_trace
+from tracesim.format.index import index_trace
 from tracesim.format.reader import TraceReader
 from tracesim.format.records import Header
 from tracesim.format.writer import TraceWriter
@@ -27,21 +27,18 @@ class Trace:
     # (id, length of ``records``, earliest t_ns or None) found while reading (read_trace), for the index
     _start_hint: tuple = field(default=(), init=False, repr=False, compare=False)
 
-    def index(self, step_records=None, start_ns: int | None = None):
+    def index(self, start_ns: int | None = None):
         """The trace's ``TraceIndex`` (steps paired per process, faults, trace start: format/index.py), built
         in one pass on first use and kept, so check and plots of one trace share it; rebuilt if ``records``
-        or ``procs`` was replaced or grew. A first caller that has walked the records itself may hand over
-        ``step_records`` and ``start_ns`` (see ``index_steps``) instead of a second walk."""
+        or ``procs`` was replaced or grew. A first caller that found the start itself may hand it over
+        (``start_ns``)."""
         key = (id(self.records), len(self.records), id(self.procs), len(self.procs))
         if self._index_key != key:
             hint = self._start_hint
             if start_ns is None and hint[:2] == key[:2]:
                 start_ns = hint[2]  # None: not known, found by the index
-            self._index = (index_trace(self, start_ns) if step_records is None
-                           else index_steps(step_records, self.records, start_ns, self.procs))
+            self._index = index_trace(self, start_ns)
             self._index_key = key
-        elif step_records is not None:
-            self._index.pair_with(step_records)  # built for its start only: pair the steps handed over
         return self._index
 
     def of(self, *types) -> list:

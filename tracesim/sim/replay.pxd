@@ -21,13 +21,14 @@ cdef class _Scan:
     cdef public dict execs
     cdef public list picked
     cdef public dict before
-    cdef public list steprecs
+    cdef dict _execs
 
-    @cython.locals(i=Py_ssize_t, actions=Py_ssize_t, t=cython.longlong, t0=cython.longlong)
+    @cython.locals(i=Py_ssize_t, actions=Py_ssize_t, t=cython.longlong, t0=cython.longlong, proc=Py_ssize_t,
+                   proc0=Py_ssize_t, paired=bint, scheds=dict, execs=dict, upds=dict)
     cpdef object _scan(self, records, procs, bint find_t0)
 
 
-cdef Py_ssize_t OUT_REQ_ID, OUT_SAMPLED, OUT_FINISH_REASON, OUT_TOKEN_IDS, T_NS
+cdef Py_ssize_t OUT_REQ_ID, OUT_SAMPLED, OUT_FINISH_REASON, OUT_TOKEN_IDS, T_NS, STEP
 
 @cython.locals(a=_Arrival, current=dict)
 cpdef list _arrivals(_Scan scan)

@@ -53,6 +53,9 @@ OUT_SAMPLED = OutReq._fields.index("sampled")
 OUT_FINISH_REASON = OutReq._fields.index("finish_reason")
 OUT_TOKEN_IDS = OutReq._fields.index("token_ids")
 T_NS = StepScheduled._fields.index("t_ns")  # the same in every event record (format/index.py checks at import)
+STEP = StepScheduled._fields.index("step")
+if any(kind._fields[STEP] != "step" for kind in (StepExecuted, StepUpdated)):
+    raise TypeError("_Scan reads every step record's step at one position: a step record type changed that")
 
 
 # EngineConfig fields a replay takes from the recording's header (the others keep the scenario's values)
@@ -89,31 +92,42 @@ class _Scan:
     are mostly steps and output frames, and walking them once per question took a fifth of a replay.
 
     ``t0``: the trace start (the earliest t_ns); ``scheds`` / ``upds``: step -> StepScheduled / StepUpdated
-    (last in stream order) and ``execs``: step -> forward-pass ns of its StepExecuted, of the first engine
-    process: all three from the trace's index (``Trace.index()``, which pairs steps once per trace);
+    and ``execs``: step -> forward-pass ns of its StepExecuted, of the first engine process: what the trace
+    index's ``engine_steps()`` gives (``Trace.index()``: the last record of each kind of each step);
     ``picked``: (stream index, record) of every StepUpdated and input / control record, in stream order;
     ``before``: stream index of each picked non-step record -> engine actions (sched / upd records) that
-    preceded it (``feed.engine_actions_before``)."""
+    preceded it (``feed.engine_actions_before``).
+
+    The pass pairs a well-formed recording's steps itself: one engine process, each step scheduled once,
+    then executed at most once and updated at most once, in that order. That is the case in which the index
+    takes every step record and ``engine_steps()`` gives exactly these dicts, so the index is not paired
+    for replay (a check of the same trace pairs it when it needs it). Anything else (a repeated or
+    out-of-order step record, several engines) is left to the index, which pairs it under its one rule."""
 
     def __init__(self, trace):
         try:
             t0 = self._scan(trace.records, trace.procs, True)
         except (TypeError, OverflowError):  # a t_ns that is no int64 (the compiled build types it): again, without
             t0 = self._scan(trace.records, trace.procs, False)  # None: the index finds the start
-        # This pass sees every record anyway: it hands the step records and the start to the trace's index,
-        # which pairs them (shared with checks and plots of the same trace) instead of a second walk.
-        ix = trace.index(self.steprecs, t0)
-        self.steprecs = None
+        ix = trace.index(t0)
         self.t0 = ix.start_ns
-        _proc, self.scheds, execs, self.upds = ix.engine_steps()
+        if self.scheds is None:  # not well formed: the index's pairing decides
+            _proc, self.scheds, execs, self.upds = ix.engine_steps()
+        else:
+            execs = self._execs
+        self._execs = None
         self.execs = exec_ns_of(execs)
 
     def _scan(self, records, procs, find_t0: bool):
-        """Fill ``picked``, ``before`` and ``steprecs`` ((proc, record) of each step record) from ``records``;
-        with ``find_t0`` return the earliest t_ns (every event record has it first), else None."""
-        self.picked, self.before, self.steprecs = [], {}, []
-        picked, before, steprecs = self.picked, self.before, self.steprecs
+        """Fill ``picked``, ``before`` and, for a well-formed recording (class doc), ``scheds``, ``upds`` and
+        ``_execs`` (step -> StepExecuted; else ``scheds`` is None) from ``records``; with ``find_t0`` return
+        the earliest t_ns (every event record has it first), else None."""
+        self.picked, self.before = [], {}
+        picked, before = self.picked, self.before
+        scheds, execs, upds = {}, {}, {}
         actions = 0
+        proc0 = -1  # the engine process: that of the first step record
+        paired = True
         t0 = tuplenew.item(records[0], T_NS) if find_t0 and records else 0
         for i, r in enumerate(records):
             if find_t0:
@@ -123,18 +137,40 @@ class _Scan:
             kind = type(r)
             if kind is OutputDelivered:  # most records: skipped first
                 continue
-            if kind is StepScheduled:
-                steprecs.append((procs[i] if procs else 0, r))
+            if kind is StepScheduled or kind is StepExecuted or kind is StepUpdated:
+                if paired:
+                    proc = procs[i] if procs else 0
+                    if proc0 < 0:
+                        proc0 = proc
+                    step = tuplenew.item(r, STEP)
+                    if proc != proc0:
+                        paired = False
+                    elif kind is StepScheduled:
+                        if step in scheds:
+                            paired = False
+                        else:
+                            scheds[step] = r
+                    elif step not in scheds or step in upds:
+                        paired = False
+                    elif kind is StepExecuted:
+                        if step in execs:
+                            paired = False
+                        else:
+                            execs[step] = r
+                    else:
+                        upds[step] = r
+                if kind is StepExecuted:
+                    continue
+                if kind is StepUpdated:
+                    picked.append((i, r))
                 actions += 1
-            elif kind is StepUpdated:
-                steprecs.append((procs[i] if procs else 0, r))
-                picked.append((i, r))
-                actions += 1
-            elif kind is StepExecuted:
-                steprecs.append((procs[i] if procs else 0, r))
             elif kind in _INPUT_TYPES:
                 picked.append((i, r))
                 before[i] = actions
+        if paired:
+            self.scheds, self._execs, self.upds = scheds, execs, upds
+        else:
+            self.scheds = self._execs = self.upds = None
         return t0 if find_t0 else None
 
     def of_types(self, types) -> list:
