@@ -28,6 +28,8 @@ cdef class _Scan:
     cpdef object _scan(self, records, procs, bint find_t0)
 
 
+cdef bint _first_of_step(dict records, step, record)
+
 cdef Py_ssize_t OUT_REQ_ID, OUT_SAMPLED, OUT_FINISH_REASON, OUT_TOKEN_IDS, T_NS, STEP
 
 @cython.locals(a=_Arrival, current=dict)

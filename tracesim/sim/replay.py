@@ -146,17 +146,11 @@ class _Scan:
                     if proc != proc0:
                         paired = False
                     elif kind is StepScheduled:
-                        if step in scheds:
-                            paired = False
-                        else:
-                            scheds[step] = r
+                        paired = _first_of_step(scheds, step, r)
                     elif step not in scheds or step in upds:
                         paired = False
                     elif kind is StepExecuted:
-                        if step in execs:
-                            paired = False
-                        else:
-                            execs[step] = r
+                        paired = _first_of_step(execs, step, r)
                     else:
                         upds[step] = r
                 if kind is StepExecuted:
@@ -175,6 +169,14 @@ class _Scan:
 
     def of_types(self, types) -> list:
         return [(i, r) for i, r in self.picked if type(r) in types]
+
+
+def _first_of_step(records: dict, step, record) -> bool:
+    """Keep ``record`` as ``step``'s, unless the step has one already (then False: not well formed)."""
+    if step in records:
+        return False
+    records[step] = record
+    return True
 
 
 def _arrivals(scan: _Scan) -> list:
