@@ -12,7 +12,8 @@ its output is out, wrong for a long-lived process, which is why only ``tracesim`
 Populating is the kernel zeroing each page (and, on a VM, the host backing it): ~1.3 s per GB on the machine
 measured, a quarter of a ``tracesim replay``'s wall time, on the one core the command runs on. With
 ``background=True`` a helper thread (plain C, no Python) maps and populates the next chunk while the command
-works, so that cost moves to another core; the command waits only if it outruns the helper. The helper is
+works, so that cost moves to another core; the command waits only if it outruns the helper. One chunk (up to
+128 MiB) is always made ahead, so up to that much more is resident than the command uses. The helper is
 used by the process that installed the allocator only (a forked child maps its chunks itself).
 
 Requests of any other size, arenas it did not make, and a failed mapping go to the allocator it replaced.
