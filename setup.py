@@ -21,9 +21,10 @@ import sys
 from setuptools import Extension, setup
 
 SIM_DIR = os.path.join("tracesim", "sim")
-# The simulator's per-step path (each has a .pxd of C types but feed, timing and steptime, compiled as they are).
+# The simulator's per-step path (each has a .pxd of C types but feed, timing, steptime and simloop, compiled as
+# they are).
 SIM_MODULES = ("records_hot", "kvcache", "scheduler", "rollout", "engine", "replay", "feed", "timing", "steptime",
-               "replay_loop", "recorded_loop")
+               "replay_loop", "recorded_loop", "simloop")
 BULKMEM = sys.platform.startswith("linux")  # MAP_POPULATE
 SIM_SOURCES = sorted([f"{m}.py" for m in SIM_MODULES] + [f for f in os.listdir(SIM_DIR) if f.endswith(".pxd")])
 

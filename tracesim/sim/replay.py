@@ -32,6 +32,7 @@ from tracesim.format.records import (
 from tracesim.format.trace import Trace
 from tracesim.sim.engine import Engine, Pause
 from tracesim.sim.feed import Feed, FeedItem
+from tracesim.sim import simloop
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.replay_inputs import ClientRecord, Input, VersionWrite
 from tracesim.sim.replay_loop import LOOP_TYPES, ReplayLoop
@@ -304,7 +305,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
     elif timing != "fitted":
         raise ValueError(f"timing must be 'exact' or 'fitted', got {timing!r}")
 
-    env = simpy.Environment()
+    env = simloop.Environment()
     records: list = []
     emit = records.append
     engine = Engine(env, cfg, hooks.timing(model), emit, None, progress)

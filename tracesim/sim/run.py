@@ -18,6 +18,7 @@ from tracesim.format.header import make_header
 from tracesim.format.records import ProcessInfo
 from tracesim.format.trace import Trace
 from tracesim.gcpause import cyclic_gc_paused
+from tracesim.sim import simloop
 from tracesim.sim.engine import Engine
 from tracesim.sim.hooks import Hooks
 from tracesim.sim.rollout import Rollout
@@ -78,7 +79,7 @@ def simulate(inputs: RunInputs, progress=None) -> Trace:
     s = hooks.scenario(inputs.scenario)
     if hooks:  # a switch may combine DP / P/D with a setting they do not run with: refuse, do not ignore
         validate_dp_pd(s, "scenario with perturbations")
-    env = simpy.Environment()
+    env = simloop.Environment()
     records: list = []
     emit = records.append
     rng_work = random.Random(f"{inputs.seed}:workload")
