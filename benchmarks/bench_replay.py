@@ -152,6 +152,7 @@ def cli_replay(path: str, steps: int) -> None:
         wall_s = time.perf_counter() - t
         after = os.times()
         cpu_s = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        os.sync()  # the command's output written back before the next measured process
         run = subprocess.run([sys.executable, "-c", _PHASES, path, out], check=True, capture_output=True, text=True)
         phases = json.loads(run.stdout)
     print(f"tracesim replay, process start to exit: {wall_s:.2f} s = {steps / wall_s:,.0f} steps/s "
@@ -173,9 +174,11 @@ def main() -> None:
     print(f"simulator build here: {'compiled' if _compiled.STATUS.compiled else 'plain Python'} "
           f"({_compiled.STATUS.reason})")
     t = time.perf_counter()
+    made = "read"
     if args.keep and os.path.exists(args.keep):
         trace = read_trace(args.keep)
     else:
+        made = "simulated"
         trace = make_trace(args.steps, args.batch)
         if args.keep:
             write_trace(args.keep, trace)
@@ -183,10 +186,14 @@ def main() -> None:
     steps = trace.counts()["sched"]
     req_steps = sum(len(r.reqs) for r in trace.records if type(r) is StepScheduled)
     print(f"input trace: {steps} steps, {req_steps / steps:.1f} requests/step, {len(trace.records)} records "
-          f"(simulated in {gen_s:.1f} s: {steps / gen_s:,.0f} steps/s)")
+          f"({made} in {gen_s:.1f} s: {steps / gen_s:,.0f} steps/s)")
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "input.msgpack")
-        write_trace(path, trace)
+        path = args.keep or os.path.join(tmp, "input.msgpack")
+        if not args.keep:
+            write_trace(path, trace)
+        if not args.in_process:  # not held here while the measured processes run (memory is the VM's slow part)
+            del trace
+        os.sync()  # no write-back of the input running beside the measured processes
         results = {"fresh process": replay_fresh(path, plain=False)}
         if args.cli:
             cli_replay(path, steps)
