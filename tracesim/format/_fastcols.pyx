@@ -351,8 +351,9 @@ cdef class KindGrouper:
     ``id_plans`` (``codec.id_plans()``): where each record type holds request and group ids. Every id found
     there is replaced by the first str seen equal to it, so a trace holds one str per distinct id instead of
     one per occurrence (~0.7 GB less on a 118k-step trace, and each id's hash is computed once for all the
-    look-ups that follow). Only records and entries nothing else refers to yet are touched (reference count
-    1: just decoded, held by the chunk's list alone); the values stay equal, so nothing else can tell."""
+    look-ups that follow). Only records and entries nothing else refers to yet are touched (just decoded: a
+    record held by the chunk's list and its type's bucket alone, an entry by its record alone); the values
+    stay equal, so nothing else can tell."""
 
     cdef readonly dict by_type
     cdef object _last_type
