@@ -154,11 +154,12 @@ def test_replays_scan_hands_the_index_the_same_step_records_and_start():
 
 
 def _scan_steps(trace) -> tuple:
-    """What replay's scan takes from ``trace`` (its own pairing of a well-formed recording, else the index's),
-    with whether it paired the steps itself (the index then stays unpaired)."""
+    """What replay's scan takes from ``trace`` (the steps it collected from a well-formed recording and handed
+    to the index, else the index's pairing), with whether the index was left unpaired."""
     from tracesim.sim.replay import _Scan
 
     scan = _Scan(trace)
+    assert trace.index().engine_steps()[1] is scan.scheds  # replay reads its steps from the index, always
     return (scan.scheds, scan.execs, scan.upds, scan.t0), trace.index()._unpaired
 
 
@@ -175,7 +176,7 @@ def test_replays_scan_pairs_a_recording_as_the_index_does(path):
     trace = read_trace(path)
     steps, index_left_unpaired = _scan_steps(trace)
     assert steps == _index_steps(trace)
-    assert index_left_unpaired  # well formed: the scan paired it, the index was not asked to
+    assert index_left_unpaired  # well formed: the index took the scan's steps, with no pairing pass
 
 
 @pytest.mark.parametrize("odd", ["repeated_sched", "exec_after_upd", "exec_twice", "upd_twice", "upd_unscheduled",

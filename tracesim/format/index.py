@@ -145,6 +145,15 @@ class TraceIndex:
             return False
         return (st.exec if type(rec) is StepExecuted else st.upd if type(rec) is StepUpdated else st.sched) is not None
 
+    def adopt_engine_steps(self, proc: int, sched: dict, execs: dict, upds: dict) -> None:
+        """Take ``engine_steps()`` from a reader that walked every record anyway (replay's scan,
+        sim/replay.py) and found the steps well formed: every step record of one process ``proc``, each step
+        scheduled once, then executed at most once and updated at most once, in that order. Under the pairing
+        rule (module doc) such a stream makes no fault that leaves a record out, so ``engine_steps()`` is
+        exactly these dicts, without the pairing pass; the steps themselves are still paired on first use."""
+        if self._engine_steps is None:
+            self._engine_steps = (proc, sched, execs, upds)
+
     def engine_steps(self) -> tuple:
         """``(proc, sched, execs, upds)`` for one engine: the process that scheduled the first step (0 if
         none); dicts step -> the last record of each kind of that process (what a step-time fit and an exact

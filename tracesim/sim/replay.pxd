@@ -22,6 +22,7 @@ cdef class _Scan:
     cdef public list picked
     cdef public dict before
     cdef dict _execs
+    cdef Py_ssize_t _proc
 
     @cython.locals(i=Py_ssize_t, actions=Py_ssize_t, t=cython.longlong, t0=cython.longlong, proc=Py_ssize_t,
                    proc0=Py_ssize_t, paired=bint, scheds=dict, execs=dict, upds=dict)

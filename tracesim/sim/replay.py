@@ -99,11 +99,11 @@ class _Scan:
     ``before``: stream index of each picked non-step record -> engine actions (sched / upd records) that
     preceded it (``feed.engine_actions_before``).
 
-    The pass pairs a well-formed recording's steps itself: one engine process, each step scheduled once,
-    then executed at most once and updated at most once, in that order. That is the case in which the index
-    takes every step record and ``engine_steps()`` gives exactly these dicts, so the index is not paired
-    for replay (a check of the same trace pairs it when it needs it). Anything else (a repeated or
-    out-of-order step record, several engines) is left to the index, which pairs it under its one rule."""
+    The pass also collects a well-formed recording's steps (one engine process, each step scheduled once,
+    then executed at most once and updated at most once, in that order) and hands them to the index
+    (``TraceIndex.adopt_engine_steps``): in that case they are its ``engine_steps()``, and its pairing pass
+    is not needed for replay (a check of the same trace pairs it when it needs it). Anything else (a
+    repeated or out-of-order step record, several engines) the index pairs under its one rule."""
 
     def __init__(self, trace):
         try:
@@ -112,17 +112,16 @@ class _Scan:
             t0 = self._scan(trace.records, trace.procs, False)  # None: the index finds the start
         ix = trace.index(t0)
         self.t0 = ix.start_ns
-        if self.scheds is None:  # not well formed: the index's pairing decides
-            _proc, self.scheds, execs, self.upds = ix.engine_steps()
-        else:
-            execs = self._execs
+        if self.scheds is not None:  # well formed (else the index's pairing decides)
+            ix.adopt_engine_steps(self._proc, self.scheds, self._execs, self.upds)
         self._execs = None
+        _proc, self.scheds, execs, self.upds = ix.engine_steps()
         self.execs = exec_ns_of(execs)
 
     def _scan(self, records, procs, find_t0: bool):
-        """Fill ``picked``, ``before`` and, for a well-formed recording (class doc), ``scheds``, ``upds`` and
-        ``_execs`` (step -> StepExecuted; else ``scheds`` is None) from ``records``; with ``find_t0`` return
-        the earliest t_ns (every event record has it first), else None."""
+        """Fill ``picked``, ``before`` and, for a well-formed recording (class doc), ``scheds``, ``upds``,
+        ``_execs`` (step -> StepExecuted) and ``_proc`` (else ``scheds`` is None) from ``records``; with
+        ``find_t0`` return the earliest t_ns (every event record has it first), else None."""
         self.picked, self.before = [], {}
         picked, before = self.picked, self.before
         scheds, execs, upds = {}, {}, {}
@@ -164,6 +163,7 @@ class _Scan:
                 before[i] = actions
         if paired:
             self.scheds, self._execs, self.upds = scheds, execs, upds
+            self._proc = proc0 if proc0 >= 0 else 0
         else:
             self.scheds = self._execs = self.upds = None
         return t0 if find_t0 else None
