@@ -47,7 +47,7 @@ def _both_paths(monkeypatch, recorded, simulated) -> tuple:
     compiled = compare(_fresh(recorded), _fresh(simulated))
     monkeypatch.setenv("TRACESIM_PURE_PYTHON", "1")
     try:
-        assert fidelity._compiled() is None
+        assert fidelity.compiled_columnizer() is None
         pure = compare(_fresh(recorded), _fresh(simulated))
     finally:
         monkeypatch.delenv("TRACESIM_PURE_PYTHON")
