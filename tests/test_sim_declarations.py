@@ -21,7 +21,9 @@ COMPATIBLE = {
     "str": {"str", "str | None"}, "list": {"list"}, "dict": {"dict"}, "tuple": {"tuple"},
 }
 CDEF_CLASS = re.compile(r"^cdef class (\w+)(?:\(.*\))?:\s*$")
-ATTRIBUTE = re.compile(r"^\s+cdef (?:public |readonly )?([\w ]+?) (\w+)\s*$")
+# a field: "cdef [public|readonly] <C type> <name>", the type possibly a typed memoryview ("long long[::1]"),
+# a comment after it allowed
+ATTRIBUTE = re.compile(r"^\s+cdef (?:public |readonly )?([\w ]+?(?:\[[:\d, ]*\])?) (\w+)\s*(?:#.*)?$")
 
 
 def _pxd_classes(path: str) -> dict:
@@ -114,8 +116,11 @@ def test_a_disagreement_is_caught(tmp_path):
     py, pxd = tmp_path / "m.py", tmp_path / "m.pxd"
     py.write_text("class C:\n    def __init__(self, a: int, b: bool):\n        self.a, self.b = a, 0\n"
                   "        self.b = b\n")
-    pxd.write_text("cdef class C:\n    cdef public long long a\n    cdef public long long b\n    cdef public list c\n")
+    pxd.write_text("cdef class C:\n    cdef public long long a\n    cdef public long long b\n    cdef public list c\n"
+                   "    cdef long long[::1] d  # a C array\n")
     attrs = _pxd_classes(str(pxd))["C"]
+    assert attrs["d"] == "long long[::1]"
+    attrs.pop("d")
     fields, annotations = _py_class(str(py), "C")
     assert set(attrs) - set(fields) == {"c"}
     assert annotations["b"] == "bool" and "bool" not in COMPATIBLE[attrs["b"]]

@@ -11,12 +11,23 @@ cdef class BlockPool:
     cdef public list key_of
     cdef public list version_of
     cdef public dict cached
-    cdef public object free
+    # the free queue's links, read and written as C arrays (see kvcache.py)
+    cdef long long[::1] nxt
+    cdef long long[::1] prv
+    cdef public long long num_free
     cdef public long long offload_blocks
     cdef public object tier
     cdef public long long tier_hits
 
     cpdef double usage(self)
+    @cython.locals(b=cython.longlong, out=list)
+    cpdef list free_order(self)
+    @cython.locals(after=cython.longlong, before=cython.longlong)
+    cdef inline void _unlink(self, long long b)
+    @cython.locals(last=cython.longlong, end=cython.longlong)
+    cdef inline void _link_back(self, long long b)
+    @cython.locals(first=cython.longlong, end=cython.longlong)
+    cdef inline void _link_front(self, long long b)
     cpdef list lookup(self, list keys)
     @cython.locals(n=Py_ssize_t, i=Py_ssize_t)
     cpdef long long lookup_tier(self, list keys, Py_ssize_t start)
@@ -27,7 +38,7 @@ cdef class BlockPool:
     cpdef bint can_take(self, list hits, long long num_new)
     @cython.locals(b=Py_ssize_t)
     cpdef touch(self, list blocks)
-    @cython.locals(b=Py_ssize_t, out=list, same=dict)
+    @cython.locals(b=Py_ssize_t, out=list)
     cpdef list take(self, long long n)
     @cython.locals(b=Py_ssize_t, front=list)
     cpdef release(self, list blocks)
