@@ -21,7 +21,7 @@ import sys
 from setuptools import Extension, setup
 
 SIM_DIR = os.path.join("tracesim", "sim")
-# The simulator's per-step path (each has a .pxd of C types but feed, timing, steptime and simloop, compiled as
+# The simulator's per-step path (each has a .pxd of C types but feed, steptime and simloop, compiled as
 # they are).
 SIM_MODULES = ("records_hot", "kvcache", "scheduler", "rollout", "engine", "replay", "feed", "timing", "steptime",
                "replay_loop", "recorded_loop", "simloop")

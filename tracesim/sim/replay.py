@@ -41,7 +41,7 @@ from tracesim.gcpause import cyclic_gc_paused
 from tracesim.sim.run import HEADER_KEYS, MAX_VIRTUAL_NS, RunInputs, StuckRunError, sim_header
 from tracesim.sim.scenario import EngineConfig, Scenario, Workload, refuse_in_replay
 from tracesim.sim.scheduler import SimReq
-from tracesim.sim.steptime import costs_of_steps, exec_ns_of
+from tracesim.sim.steptime import step_table
 import tracesim.sim.tuplenew as tuplenew
 from tracesim.sim.timing import ModelTiming, RecordedTiming
 
@@ -92,9 +92,9 @@ class _Scan:
     """What replay reads from a recording, gathered in one pass over its records: a long trace's records
     are mostly steps and output frames, and walking them once per question took a fifth of a replay.
 
-    ``t0``: the trace start (the earliest t_ns); ``scheds`` / ``upds``: step -> StepScheduled / StepUpdated
-    and ``execs``: step -> forward-pass ns of its StepExecuted, of the first engine process: what the trace
-    index's ``engine_steps()`` gives (``Trace.index()``: the last record of each kind of each step);
+    ``t0``: the trace start (the earliest t_ns); ``scheds`` / ``execs`` / ``upds``: step -> StepScheduled /
+    StepExecuted / StepUpdated of the first engine process: what the trace index's ``engine_steps()`` gives
+    (``Trace.index()``: the last record of each kind of each step);
     ``picked``: (stream index, record) of every StepUpdated and input / control record, in stream order;
     ``before``: stream index of each picked non-step record -> engine actions (sched / upd records) that
     preceded it (``feed.engine_actions_before``).
@@ -115,8 +115,7 @@ class _Scan:
         if self.scheds is not None:  # well formed (else the index's pairing decides)
             ix.adopt_engine_steps(self._proc, self.scheds, self._execs, self.upds)
         self._execs = None
-        _proc, self.scheds, execs, self.upds = ix.engine_steps()
-        self.execs = exec_ns_of(execs)
+        _proc, self.scheds, self.execs, self.upds = ix.engine_steps()
 
     def _scan(self, records, procs, find_t0: bool):
         """Fill ``picked``, ``before`` and, for a well-formed recording (class doc), ``scheds``, ``upds``,
@@ -300,8 +299,7 @@ def replay(trace: Trace, *, timing: str = "exact", steptime=None, seed: int = 0,
                                  "step_gap_us": steptime.step_gap_us})
         model = ModelTiming(steptime.steptime, cfg_t)
     if timing == "exact":
-        c = costs_of_steps(scan.scheds, scan.upds, scan.execs, t0, features=False)
-        model = RecordedTiming(c.sched_ns, c.upd_ns, c.exec_ns, c.gaps, model)
+        model = RecordedTiming(step_table(scan.scheds, scan.upds, scan.execs, t0), model)
     elif timing != "fitted":
         raise ValueError(f"timing must be 'exact' or 'fitted', got {timing!r}")
 

@@ -17,22 +17,48 @@ import numpy as np
 
 from tracesim.format.index import index_trace, start_of
 from tracesim.format.trace import compiled_columnizer
-from tracesim.format.records import StepScheduled, StepUpdated
+from tracesim.format.records import StepExecuted, StepScheduled, StepUpdated
 from tracesim.sim.scenario import StepTime
-from tracesim.sim.timing import batch_features
+from tracesim.sim.timing import MISSING, batch_features
 
 HOLD_OUT_EVERY = 5
 
 
 @dataclass(frozen=True)
 class StepCosts:
-    """What a trace says each engine action cost, by step (nanoseconds)."""
+    """What a trace says each engine action cost, by step (nanoseconds): ``StepTable`` as dicts, for the fit."""
 
     features: dict  # step -> (prefill, decode, context)
     exec_ns: dict  # step -> forward-pass time
     sched_ns: dict  # step -> schedule() time
     upd_ns: dict  # step -> update_from_output() time
     gaps: dict  # "sched" | "upd" -> {step: time since the previous engine action ended}
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """What a trace says each engine action cost, by step, as int64 arrays of nanoseconds (``MISSING`` where
+    the trace has no such action): exact replay looks a step up in them (``timing.RecordedTiming``).
+
+    A step's row is ``step - first_step``, or ``rows[step]`` where the steps are too sparse for one row per
+    step number (``rows`` is None otherwise): a dict per column cost replay ~0.2 s to build on a 118k-step
+    trace, these arrays are built by numpy."""
+
+    first_step: int
+    rows: dict | None
+    sched_ns: np.ndarray  # schedule() time
+    upd_ns: np.ndarray  # update_from_output() time
+    exec_ns: np.ndarray  # forward-pass time
+    sched_gap_ns: np.ndarray  # time from the end of the previous engine action to the schedule's start
+    upd_gap_ns: np.ndarray  # the same, to the update's start
+
+    def as_dict(self, column: np.ndarray) -> dict:
+        """``{step: value}`` of one of the columns, without its MISSING cells, in step order."""
+        if self.rows is None:
+            steps = range(self.first_step, self.first_step + len(column))
+        else:
+            steps = self.rows  # step -> row, rows numbered in step order
+        return {k: v for k, v in zip(steps, column.tolist()) if v != MISSING}
 
 
 def first_t_ns(records) -> int:
@@ -45,44 +71,78 @@ def step_costs(trace) -> StepCosts:
     by the trace's index (``Trace.index()``: built once, shared with replay, checks and plots)."""
     ix = trace.index() if hasattr(trace, "index") else index_trace(trace)
     _proc, scheds, execs, upds = ix.engine_steps()
-    return costs_of_steps(scheds, upds, exec_ns_of(execs), ix.start_ns)
+    return costs_of_steps(scheds, upds, execs, ix.start_ns)
 
 
-def exec_ns_of(execs: dict) -> dict:
-    """step -> forward-pass ns, from step -> StepExecuted."""
-    return {k: r.end_ns - r.t_ns for k, r in execs.items()}
+def costs_of_steps(scheds: dict, upds: dict, execs: dict, t0: int) -> StepCosts:
+    """``step_costs`` from records already picked out: step -> StepScheduled / StepExecuted / StepUpdated (the
+    last of each step in stream order); ``t0`` = the trace's first t_ns."""
+    table = step_table(scheds, upds, execs, t0)
+    return StepCosts({k: batch_features(r.reqs) for k, r in scheds.items()}, table.as_dict(table.exec_ns),
+                     table.as_dict(table.sched_ns), table.as_dict(table.upd_ns),
+                     {"sched": table.as_dict(table.sched_gap_ns), "upd": table.as_dict(table.upd_gap_ns)})
 
 
-def costs_of_steps(scheds: dict, upds: dict, execs: dict, t0: int, features: bool = True) -> StepCosts:
-    """``step_costs`` from records already picked out: step -> StepScheduled / StepUpdated (the last of each
-    step in stream order), step -> forward-pass ns of a StepExecuted; ``t0`` = the trace's first t_ns.
-    ``features=False`` leaves ``features`` empty (exact replay needs only the times)."""
-    features = {k: batch_features(r.reqs) for k, r in scheds.items()} if features else {}
-    exec_ns, prev_done = {}, None
-    for k in sorted(scheds):
-        s, u = scheds[k], upds.get(k)
-        if k in execs:
-            exec_ns[k] = execs[k]
-        elif u is not None:
-            start = s.end_ns if prev_done is None else max(s.end_ns, prev_done)
-            exec_ns[k] = max(0, u.t_ns - start)
-        prev_done = u.t_ns if u is not None else prev_done
-    sched_t, sched_end = _times(scheds.values())
-    upd_t, upd_end = _times(upds.values())
-    return StepCosts(features, exec_ns, dict(zip(scheds, (sched_end - sched_t).tolist())),
-                     dict(zip(upds, (upd_end - upd_t).tolist())),
-                     _gaps(list(scheds), list(upds), np.concatenate([sched_t, upd_t]),
-                           np.concatenate([sched_end, upd_end]), t0))
+def step_table(scheds: dict, upds: dict, execs: dict, t0: int) -> StepTable:
+    """The ``StepTable`` of step -> StepScheduled / StepExecuted / StepUpdated records; ``t0`` = the trace's
+    first t_ns.
+
+    * schedule and update times: end_ns - t_ns of their records;
+    * forward-pass time of each scheduled step: its StepExecuted's, else (no StepExecuted) estimated as
+      ``upd(k).t_ns - max(sched(k).end_ns, upd(k').t_ns)``, k' the last scheduled step before k with an
+      update (the GPU starts k when k is submitted and k' is done), at least 0; none without an update;
+    * gaps: engine actions ordered by start time, ties by kind (a schedule first), then by step; each one's
+      gap runs from the end of the one before (the first one's from ``t0``), at least 0."""
+    s_steps, u_steps, e_steps = (np.fromiter(d, np.int64, len(d)) for d in (scheds, upds, execs))
+    s_t, s_end = _times(scheds.values())
+    u_t, u_end = _times(upds.values())
+    e_t, e_end = _times(execs.values())
+    every = np.concatenate([s_steps, u_steps, e_steps])
+    if not len(every):
+        empty = np.empty(0, np.int64)
+        return StepTable(0, None, empty, empty, empty, empty, empty)
+    first, last = int(every.min()), int(every.max())
+    if last - first < 4 * len(every) + 4096:  # one row per step number
+        rows, size = None, last - first + 1
+        def row_of(steps):
+            return steps - first
+    else:
+        numbers = np.unique(every)
+        rows, size = dict(zip(numbers.tolist(), range(len(numbers)))), len(numbers)
+        def row_of(steps):
+            return np.searchsorted(numbers, steps)
+    sched_ns, upd_ns, exec_ns, measured, upd_start = (np.full(size, MISSING, np.int64) for _ in range(5))
+    sched_ns[row_of(s_steps)] = s_end - s_t
+    upd_ns[row_of(u_steps)] = u_end - u_t
+    measured[row_of(e_steps)] = e_end - e_t
+    upd_start[row_of(u_steps)] = u_t
+    # forward passes, scheduled steps in step order
+    order = np.argsort(s_steps, kind="stable")
+    at = row_of(s_steps[order])
+    done = upd_start[at]  # each one's update start (MISSING: none)
+    has_upd = done != MISSING
+    last_with_upd = np.maximum.accumulate(np.where(has_upd, np.arange(len(at)), -1))
+    before = np.concatenate([np.array([-1], np.int64), last_with_upd[:-1]])  # the last one before, with an update
+    sched_end = s_end[order]
+    start = np.where(before >= 0, np.maximum(sched_end, done[before]), sched_end)
+    estimated = np.where(has_upd, np.maximum(0, done - start), MISSING)
+    exec_ns[at] = np.where(measured[at] != MISSING, measured[at], estimated)
+    sched_gap_ns, upd_gap_ns = np.full(size, MISSING, np.int64), np.full(size, MISSING, np.int64)
+    gap = _gaps(s_steps, u_steps, np.concatenate([s_t, u_t]), np.concatenate([s_end, u_end]), t0)
+    sched_gap_ns[row_of(s_steps)] = gap[:len(s_steps)]
+    upd_gap_ns[row_of(u_steps)] = gap[len(s_steps):]
+    return StepTable(first, rows, sched_ns, upd_ns, exec_ns, sched_gap_ns, upd_gap_ns)
 
 
 _T_NS, _END_NS = StepScheduled._fields.index("t_ns"), StepScheduled._fields.index("end_ns")
-if (StepUpdated._fields.index("t_ns"), StepUpdated._fields.index("end_ns")) != (_T_NS, _END_NS):
-    raise TypeError("_times reads t_ns and end_ns at one position in StepScheduled and StepUpdated: they moved")
+if any((kind._fields.index("t_ns"), kind._fields.index("end_ns")) != (_T_NS, _END_NS)
+       for kind in (StepExecuted, StepUpdated)):
+    raise TypeError("_times reads t_ns and end_ns at one position in every step record: they moved")
 
 
 def _times(records) -> tuple:
-    """int64 arrays of the t_ns and the end_ns of StepScheduled / StepUpdated ``records``: arrays, not a tuple
-    per record (replay runs this on traces of 100k+ steps); read by the compiled columnizer where it is built."""
+    """int64 arrays of the t_ns and the end_ns of step records: arrays, not a tuple per record (replay runs
+    this on traces of 100k+ steps); read by the compiled columnizer where it is built."""
     records = list(records)
     fast = compiled_columnizer()
     if fast is not None:
@@ -93,21 +153,19 @@ def _times(records) -> tuple:
     return both[0::2], both[1::2]
 
 
-def _gaps(sched_steps: list, upd_steps: list, t, end, t0: int) -> dict:
-    """"sched" | "upd" -> {step: time from the end of the previous engine action to its start}. ``t`` / ``end``:
-    start and end times of the actions of ``sched_steps`` then of ``upd_steps``. Ordered by start time; ties by
-    kind (a schedule first), then by step."""
+def _gaps(sched_steps, upd_steps, t, end, t0: int):
+    """Each engine action's gap (``step_table``), an int64 array: those of ``sched_steps`` then of
+    ``upd_steps`` (int64 arrays), whose start and end times ``t`` / ``end`` hold in that order."""
     if not len(t):
-        return {"sched": {}, "upd": {}}
-    steps = np.array(sched_steps + upd_steps, dtype=np.int64)
+        return np.empty(0, np.int64)
+    steps = np.concatenate([sched_steps, upd_steps])
     kind = np.repeat(np.array([0, 1], dtype=np.int64), [len(sched_steps), len(upd_steps)])
     order = np.lexsort((steps, kind, t))  # by t, then kind, then step
     # The first action's gap runs from the trace's first record (where replay puts t=0).
     previous_end = np.concatenate([np.array([t0], dtype=np.int64), end[order][:-1]])
     gap = np.empty_like(t)
     gap[order] = np.maximum(0, t[order] - previous_end)
-    n = len(sched_steps)
-    return {"sched": dict(zip(sched_steps, gap[:n].tolist())), "upd": dict(zip(upd_steps, gap[n:].tolist()))}
+    return gap
 
 
 @dataclass(frozen=True)
