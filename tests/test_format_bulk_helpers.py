@@ -28,7 +28,7 @@ def _grouped(records) -> dict:
 def test_the_grouping_and_start_found_while_reading_are_those_of_the_records(name):
     trace = read_trace(TRACES / name)
     assert trace._by_type_key == (id(trace.records), len(trace.records))  # handed over, not built later
-    assert trace._start_hint[2] is not None
+    assert trace.read_start() == min(r.t_ns for r in trace.records)
     expected = _grouped(trace.records)
     assert list(trace._kinds()) == list(expected)  # kinds in order of first appearance (Trace.counts)
     assert all(trace._kinds()[k] == v for k, v in expected.items())
@@ -39,6 +39,7 @@ def test_the_hint_is_dropped_when_the_records_change():
     trace = read_trace(TRACES / "vllm-abort.msgpack")
     first = min(range(len(trace.records)), key=lambda i: trace.records[i].t_ns)
     trace.records = trace.records[:first] + trace.records[first + 1:]  # the earliest record removed
+    assert trace.read_start() is None
     assert trace.index().start_ns == min(r.t_ns for r in trace.records)
     assert list(trace._kinds()) == list(_grouped(trace.records))
 
@@ -138,3 +139,16 @@ def test_ids_of_any_characters_are_shared_only_with_equal_ids(tmp_path):
     by_value: dict = {}
     assert all(by_value.setdefault(r.req_id, r.req_id) is r.req_id for r in records)
     assert len(by_value) == len(names)
+
+
+def test_replay_starts_a_changed_trace_at_its_own_first_record():
+    # replay takes the start found while reading; once the records changed it must find the start itself
+    from tracesim.sim.replay import _Scan
+
+    trace = read_trace(TRACES / "vllm-abort.msgpack")
+    start = trace.read_start()
+    assert _Scan(trace).t0 == start
+    keep = [i for i, r in enumerate(trace.records) if r.t_ns != start]  # every record at the start removed
+    trace.records = [trace.records[i] for i in keep]
+    trace.procs = [trace.procs[i] for i in keep] if trace.procs else []
+    assert _Scan(trace).t0 == min(r.t_ns for r in trace.records) > start

@@ -34,12 +34,17 @@ class Trace:
         (``start_ns``)."""
         key = (id(self.records), len(self.records), id(self.procs), len(self.procs))
         if self._index_key != key:
-            hint = self._start_hint
-            if start_ns is None and hint[:2] == key[:2]:
-                start_ns = hint[2]  # None: not known, found by the index
+            if start_ns is None:
+                start_ns = self.read_start()  # None: not known, found by the index
             self._index = index_trace(self, start_ns)
             self._index_key = key
         return self._index
+
+    def read_start(self) -> int | None:
+        """The earliest t_ns, where ``read_trace`` found it while decoding and ``records`` is still the list it
+        read (same object, same length); else None."""
+        hint = self._start_hint
+        return hint[2] if hint[:2] == (id(self.records), len(self.records)) else None
 
     def of(self, *types) -> list:
         """Records of the given record types, in stream order (a new list each call)."""

@@ -106,8 +106,12 @@ class _Scan:
     repeated or out-of-order step record, several engines) the index pairs under its one rule."""
 
     def __init__(self, trace):
+        t0 = trace.read_start()  # found while reading: no need to read every record's t_ns here
         try:
-            t0 = self._scan(trace.records, trace.procs, True)
+            if t0 is None:
+                t0 = self._scan(trace.records, trace.procs, True)
+            else:
+                self._scan(trace.records, trace.procs, False)
         except (TypeError, OverflowError):  # a t_ns that is no int64 (the compiled build types it): again, without
             t0 = self._scan(trace.records, trace.procs, False)  # None: the index finds the start
         ix = trace.index(t0)
