@@ -5,9 +5,9 @@ Runs on the CPU build of vLLM with a tiny dummy-weight model (a GPU user passes 
     python examples/record_rl_loop.py out/run.msgpack
 """
 
+import argparse
 import asyncio
 import os
-import sys
 import tempfile
 
 from tracesim.record import RolloutRecorder, enable_engine_recording, merge_run  # tracesim
@@ -61,4 +61,6 @@ async def main(out_path: str) -> None:
 if __name__ == "__main__":  # vLLM spawns its engine core: keep the script import-safe
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "run.msgpack"))
+    parser = argparse.ArgumentParser(description="Record a small RL loop around vLLM's AsyncLLM (CPU build).")
+    parser.add_argument("out", nargs="?", default="run.msgpack", help="trace file to write (default: run.msgpack)")
+    asyncio.run(main(parser.parse_args().out))
