@@ -4,8 +4,8 @@ A block holds ``block_size`` tokens. A full block gets a content key once comput
 As in vLLM, identical blocks are not de-duplicated: two requests that computed the same block both keep
 theirs under the key, a lookup hits the first one cached, and evicting one leaves the others hittable. As in
 vLLM's ``BlockHashToBlockMap``, a key maps to its block id while one block holds it, and to a dict of block
-ids (an ordered set, in caching order) only while several do: most keys have one block, and a dict per
-cached block was a third of the pool's cost.
+ids (an ordered set, in caching order) only while several do: most keys have one block, and a dict made and
+freed per cached block is then saved.
 
 Unreferenced blocks (``ref`` 0) sit in a free queue, a doubly linked list over block ids as vLLM's
 ``FreeKVCacheBlockQueue`` is (``nxt`` / ``prv``, int64 arrays with a sentinel node: O(1) at both ends and in
@@ -43,7 +43,7 @@ class BlockPool:
         # prv the back); every block starts in it, in id order.
         n = self.num_blocks
         self.nxt = array("q", range(1, n + 2))
-        self.nxt[n] = 0 if n else n
+        self.nxt[n] = 0
         self.prv = array("q", range(-1, n))
         self.prv[0] = n
         self.num_free = n

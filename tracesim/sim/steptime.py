@@ -102,7 +102,7 @@ def step_table(scheds: dict, upds: dict, execs: dict, t0: int) -> StepTable:
         empty = np.empty(0, np.int64)
         return StepTable(0, None, empty, empty, empty, empty, empty)
     first, last = int(every.min()), int(every.max())
-    if last - first < 4 * len(every) + 4096:  # one row per step number
+    if last - first < 4 * len(every) + 4096:  # one row per step number: a few rows per record at most
         rows, size = None, last - first + 1
         def row_of(steps):
             return steps - first
