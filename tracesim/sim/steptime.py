@@ -15,7 +15,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from tracesim.format.index import index_trace, start_of
+from tracesim.format.index import index_trace
 from tracesim.format.trace import compiled_columnizer
 from tracesim.format.records import StepExecuted, StepScheduled, StepUpdated
 from tracesim.sim.scenario import StepTime
@@ -59,11 +59,6 @@ class StepTable:
         else:
             steps = self.rows  # step -> row, rows numbered in step order
         return {k: v for k, v in zip(steps, column.tolist()) if v != MISSING}
-
-
-def first_t_ns(records) -> int:
-    """The earliest ``t_ns`` of the records that have one (0 if none): ``format.index.start_of``."""
-    return start_of(records)
 
 
 def step_costs(trace) -> StepCosts:
